@@ -1,0 +1,418 @@
+"""One definition per generation parameter: type, default, hard limits, recommended bands, description.
+
+The UI, request validation (Pydantic models built here), the REST API and the generated
+docs/parameters.md all read `PARAMS`. The bands are the field facts of RECOMMENDATIONS.md.
+This module is pure Python (no torch), so the UI may import it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal, Mapping
+
+from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
+
+from pipelines import samplers
+
+Verdict = Literal["best", "ok", "caution", "avoid"]
+VERDICT_ORDER: dict[str, int] = {"best": 0, "ok": 1, "caution": 2, "avoid": 3}
+SEED_MAX = 2**32 - 1
+
+
+@dataclass(frozen=True)
+class Band:
+    """A recommended (or discouraged) zone of a parameter with its verdict and a one-line reason."""
+
+    verdict: Verdict
+    why: str
+    lo: float | None = None  # inclusive
+    hi: float | None = None  # inclusive
+    values: tuple[str, ...] = ()  # for choice parameters
+
+    @property
+    def label(self) -> str:
+        if self.values:
+            return ", ".join(self.values)
+        if self.lo is not None and self.hi is not None:
+            return _num(self.lo) if self.lo == self.hi else f"{_num(self.lo)}-{_num(self.hi)}"
+        if self.lo is not None:
+            return f">= {_num(self.lo)}"
+        if self.hi is not None:
+            return f"<= {_num(self.hi)}"
+        return "any"
+
+    def contains(self, value: Any) -> bool:
+        if self.values:
+            return str(value) in self.values
+        try:
+            v = float(value)
+        except (TypeError, ValueError):
+            return False
+        return (self.lo is None or v >= self.lo - 1e-9) and (self.hi is None or v <= self.hi + 1e-9)
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
+@dataclass(frozen=True)
+class HintContext:
+    """What a verdict depends on besides the value: the selected model."""
+
+    family: str = "sd15"
+    native: int = 512  # native training size of the model family, pixels per side
+    distilled: bool = False  # turbo / LCM / lightning models want few steps and low CFG
+
+
+@dataclass(frozen=True)
+class Hint:
+    verdict: Verdict
+    why: str
+    band: str  # label of the band the value fell in
+    recommended: str  # labels of the "best" bands
+
+    def as_text(self) -> str:
+        return f"{self.verdict.upper()} ({self.band}): {self.why}"
+
+
+Bands = tuple[Band, ...]
+BandsFn = Callable[[HintContext], Bands]
+JudgeFn = Callable[[Any, HintContext, Mapping[str, Any]], Band]
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    name: str  # A1111 API field name; also the Pydantic field name
+    label: str
+    kind: Literal["text", "int", "float", "choice"]
+    default: Any
+    description: str
+    bands: Bands | BandsFn
+    minimum: float | None = None
+    maximum: float | None = None
+    step: float | None = None
+    multiple_of: int | None = None
+    choices: Callable[[], list[str]] | None = None
+    infotext_key: str | None = None  # key in the A1111 "parameters" text
+    group: str = "main"
+    judge: JudgeFn | None = None  # custom band picker (e.g. size looks at both sides)
+    nullable: bool = False  # None means "derived" (e.g. the model's native size)
+    modes: frozenset[str] = frozenset({"txt2img", "img2img", "inpaint"})
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def bands_for(self, ctx: HintContext | None = None) -> Bands:
+        ctx = ctx or HintContext()
+        return self.bands(ctx) if callable(self.bands) else self.bands
+
+    def recommended(self, ctx: HintContext | None = None) -> str:
+        return " or ".join(b.label for b in self.bands_for(ctx) if b.verdict == "best")
+
+    def hint(self, value: Any, ctx: HintContext | None = None, others: Mapping[str, Any] | None = None) -> Hint:
+        ctx = ctx or HintContext()
+        if self.judge is not None:
+            band = self.judge(value, ctx, others or {})
+        else:
+            band = next((b for b in self.bands_for(ctx) if b.contains(value)), None)
+            if band is None:
+                band = Band("avoid", "outside every recommended band")
+        return Hint(band.verdict, band.why, band.label, self.recommended(ctx))
+
+
+# ----------------------------------------------------------------------------------------------
+# Bands (RECOMMENDATIONS.md). Functions where the advice depends on the selected model.
+
+
+def _steps_bands(ctx: HintContext) -> Bands:
+    if ctx.distilled:
+        return (
+            Band("best", "distilled (turbo/LCM/lightning) models are made for 1-8 steps", 1, 8),
+            Band("caution", "more steps than a distilled model needs: slower, often worse", 9, 150),
+        )
+    return (
+        Band("avoid", "not enough noise removed: deformed, unusable images", 1, 10),
+        Band("ok", "drafts: blurry details, some artifacts, but fast for judging prompt and composition", 11, 19),
+        Band("best", "best quality per second; ~25 is a good default", 20, 35),
+        Band("caution", "slower, barely better; may add unprompted detail", 36, 150),
+    )
+
+
+def _cfg_bands(ctx: HintContext) -> Bands:
+    if ctx.distilled:
+        return (
+            Band("best", "distilled models want CFG around 1-2", 1, 2),
+            Band("caution", "too strong for a distilled model: contrast and artifacts rise", 2.5, 4),
+            Band("avoid", "burns distilled models: heavy artifacts", 4.5, 30),
+        )
+    return (
+        Band("caution", "creative but weak prompt adherence; pale colours, anatomy errors", 1, 6.5),
+        Band("best", "balance of adherence and variety; 7 is the classic default", 7, 10),
+        Band("caution", "only for very detailed prompts; contrast and distortion rise", 10.5, 15),
+        Band("avoid", "artifacts and distortion, very sensitive to prompt quality", 15.5, 20),
+        Band("avoid", "almost never usable: heavy artifacts", 20.5, 30),
+    )
+
+
+def _size_bands(ctx: HintContext) -> Bands:
+    n = ctx.native
+    return (
+        Band("avoid", f"far below the model's native {n}px: little detail, broken shapes", 64, n * 0.5 - 8),
+        Band("caution", f"below the native {n}px: less detail", n * 0.5, n * 0.75 - 8),
+        Band("best", f"near the native {n}px the model was trained at", n * 0.75, n * 1.5),
+        Band("caution", f"well above native {n}px: duplicated subjects; generate at native and upscale", n * 1.5 + 8, n * 2),
+        Band("avoid", f"far above native {n}px: duplicated subjects, broken anatomy; upscale instead", n * 2 + 8, 2048),
+    )
+
+
+def _size_judge(which: str) -> JudgeFn:
+    other_name = "height" if which == "width" else "width"
+
+    def judge(value: Any, ctx: HintContext, others: Mapping[str, Any]) -> Band:
+        n = ctx.native
+        v = int(value) if value not in (None, "") else n
+        other = others.get(other_name)
+        o = int(other) if other not in (None, "") else n
+        own = next((b for b in _size_bands(ctx) if b.contains(v)), _size_bands(ctx)[-1])
+        if v > n * 1.5 and o > n * 1.5:
+            return Band("avoid", f"both sides far above native {n}px: duplicated subjects; generate at {n} and upscale",
+                        own.lo, own.hi)
+        return own
+
+    return judge
+
+
+def _sampler_bands(ctx: HintContext) -> Bands:
+    bands = [
+        Band("best", "good starting choices: Euler for speed and photos, DPM++ for illustrations and low step counts",
+             values=("Euler", "Euler a", "DPM++ 2M", "DPM++ SDE", "DPM++ 2M SDE")),
+        Band("ok", "sound samplers, less common", values=("LMS", "DPM2", "DPM2 a", "DPM++ 2S a", "DPM++ 3M SDE",
+                                                         "UniPC", "DEIS")),
+        Band("ok", "good quality but ~2x slower per step than Euler", values=("Heun",)),
+        Band("caution", "early samplers, no longer recommended", values=("DDIM", "PLMS")),
+    ]
+    if ctx.distilled:
+        bands.insert(0, Band("best", "made for LCM / distilled models", values=("LCM",)))
+    else:
+        bands.append(Band("avoid", "only for LCM-distilled models: poor images with regular checkpoints", values=("LCM",)))
+    return tuple(bands)
+
+
+_SCHEDULE_BANDS: Bands = (
+    Band("best", "the sampler's usual schedule (Karras for DPM++ samplers)", values=("Automatic",)),
+    Band("best", "denser steps at low noise: good images in fewer steps", values=("Karras",)),
+    Band("ok", "alternative sigma spacing", values=("Exponential", "Uniform", "Beta")),
+    Band("ok", "trailing spacing, used by turbo/lightning models", values=("SGM Uniform",)),
+)
+
+
+_TOKEN_RE = re.compile(r"[A-Za-z]+|\d|[^\sA-Za-z\d]")
+
+
+def approx_tokens(text: str) -> int:
+    """Rough CLIP token count without a tokenizer (words and punctuation; weights syntax excluded)."""
+    text = re.sub(r":\s*-?[\d.]+\s*\)", ")", text or "")
+    text = re.sub(r"(?<!\\)[()\[\]]", " ", text)
+    return sum(max(1, len(w) // 6) if w.isalpha() else 1 for w in _TOKEN_RE.findall(text))
+
+
+def _prompt_judge(value: Any, ctx: HintContext, others: Mapping[str, Any]) -> Band:
+    n = approx_tokens(str(value or ""))
+    if n == 0:
+        return Band("avoid", "empty prompt: the model draws anything", 0, 0)
+    if n <= 75:
+        return Band("best", f"~{n} tokens, one chunk: order subject, details, style, quality, lighting", 1, 75)
+    return Band("ok", f"~{n} tokens: split into 75-token chunks; later chunks weigh less", 76, None)
+
+
+def _negative_judge(value: Any, ctx: HintContext, others: Mapping[str, Any]) -> Band:
+    if not str(value or "").strip():
+        return Band("ok", "empty: fine for landscapes; for people add anatomy guards (deformed, extra limbs...)",
+                    0, 0)
+    return Band("best", "written for the subject; must not contradict the prompt", 1, None)
+
+
+def _seed_bands(what: str) -> Bands:
+    return (
+        Band("ok", f"random {what}: explore variations of a prompt", -1, -1),
+        Band("best", f"fixed {what}: reproducible; change prompt and settings step by step", 0, SEED_MAX),
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# The parameters.
+
+_IMG = frozenset({"img2img", "inpaint"})
+
+PARAMS: dict[str, ParamSpec] = {
+    p.name: p
+    for p in [
+        ParamSpec(
+            "prompt", "Prompt", "text", "",
+            "What to draw. Subject first, then details, style/medium, quality words, lighting. "
+            "(word:1.2) weights a word, [word] de-emphasises it; long prompts are split into 75-token chunks.",
+            (), judge=_prompt_judge, group="prompt",
+        ),
+        ParamSpec(
+            "negative_prompt", "Negative prompt", "text", "",
+            "What to steer away from, written for the subject (anatomy guards for people). "
+            "Same emphasis syntax; must not contradict the prompt.",
+            (), judge=_negative_judge, group="prompt", infotext_key="Negative prompt",
+        ),
+        ParamSpec(
+            "sampler_name", "Sampler", "choice", "DPM++ 2M",
+            "Sampling method. Euler family: fast, photoreal. DPM++: good at low step counts, illustrations. "
+            "Ancestral ('a') and SDE samplers add noise each step and do not converge with more steps.",
+            _sampler_bands, choices=samplers.sampler_names, infotext_key="Sampler", group="sampling",
+        ),
+        ParamSpec(
+            "scheduler", "Schedule type", "choice", "Automatic",
+            "How noise levels are spaced over the steps. Automatic picks the sampler's usual schedule.",
+            _SCHEDULE_BANDS, choices=samplers.schedule_names, infotext_key="Schedule type", group="sampling",
+        ),
+        ParamSpec(
+            "steps", "Sampling steps", "int", 25,
+            "Denoising steps. 20-35 gives the best quality per second; 11-19 for drafts.",
+            _steps_bands, minimum=1, maximum=150, step=1, infotext_key="Steps", group="sampling",
+        ),
+        ParamSpec(
+            "cfg_scale", "CFG scale", "float", 7.0,
+            "How strongly the image follows the prompt. 7-10 balances adherence and variety.",
+            _cfg_bands, minimum=1, maximum=30, step=0.5, infotext_key="CFG scale", group="sampling",
+        ),
+        ParamSpec(
+            "width", "Width", "int", None,
+            "Image width in pixels, a multiple of 8. Default: the model family's native size. Keep at least "
+            "one side at native size; upscale for bigger images. Any size change gives a different image.",
+            _size_bands, minimum=64, maximum=2048, step=8, multiple_of=8, judge=_size_judge("width"),
+            nullable=True, group="size",
+        ),
+        ParamSpec(
+            "height", "Height", "int", None,
+            "Image height in pixels, a multiple of 8. Default: the model family's native size.",
+            _size_bands, minimum=64, maximum=2048, step=8, multiple_of=8, judge=_size_judge("height"),
+            nullable=True, group="size",
+        ),
+        ParamSpec(
+            "seed", "Seed", "int", -1,
+            "-1 picks a random seed. The same seed, parameters and device give the same image; "
+            "images of a batch use seed, seed+1, ...",
+            _seed_bands("seed"), minimum=-1, maximum=SEED_MAX, step=1, infotext_key="Seed", group="seed",
+        ),
+        ParamSpec(
+            "subseed", "Variation seed", "int", -1,
+            "Seed of the noise blended in by the variation strength; -1 picks a random one.",
+            _seed_bands("variation seed"), minimum=-1, maximum=SEED_MAX, step=1, infotext_key="Variation seed",
+            group="seed",
+        ),
+        ParamSpec(
+            "subseed_strength", "Variation strength", "float", 0.0,
+            "How much of the variation seed's noise is blended in: 0 = off, small values give close variations "
+            "of the same composition.",
+            (
+                Band("best", "off: the seed alone decides the image", 0, 0),
+                Band("best", "small variations that keep the composition", 0.01, 0.3),
+                Band("ok", "clear variations", 0.31, 0.7),
+                Band("caution", "almost a different seed: use another seed instead", 0.71, 1),
+            ),
+            minimum=0, maximum=1, step=0.01, infotext_key="Variation seed strength", group="seed",
+        ),
+        ParamSpec(
+            "batch_size", "Batch size", "int", 1,
+            "Images generated at once in one pass. Memory grows with it.",
+            (
+                Band("best", "several images per pass: good for exploring", 1, 4),
+                Band("caution", "memory grows with batch size: out-of-memory risk on small GPUs", 5, 8),
+            ),
+            minimum=1, maximum=8, step=1, group="batch",
+        ),
+        ParamSpec(
+            "n_iter", "Batch count", "int", 1,
+            "How many batches to run one after another.",
+            (
+                Band("best", "a handful of batches: explore, then refine the one you like", 1, 16),
+                Band("caution", "long queue: explore with drafts (11-19 steps) first", 17, 100),
+            ),
+            minimum=1, maximum=100, step=1, group="batch",
+        ),
+        ParamSpec(
+            "clip_skip", "Clip skip", "int", 1,
+            "Stop the text encoder this many layers before its end. 1 = normal; 2 for anime/NovelAI-derived "
+            "SD 1.x models.",
+            (
+                Band("best", "the text encoder's full output: right for most models", 1, 1),
+                Band("ok", "for anime/NovelAI-derived SD 1.x models", 2, 2),
+                Band("caution", "drops more of the text encoder: weaker prompt adherence", 3, 12),
+            ),
+            minimum=1, maximum=12, step=1, infotext_key="Clip skip", group="advanced",
+        ),
+        ParamSpec(
+            "denoising_strength", "Denoising strength", "float", 0.35,
+            "How much of the input image is replaced: low keeps structure, high keeps little of it.",
+            (
+                Band("caution", "no effect: the input comes back unchanged", 0, 0),
+                Band("caution", "almost identical to the input; cannot fix defects or add detail", 0.01, 0.19),
+                Band("best", "keeps structure and composition, improves quality and detail", 0.2, 0.49),
+                Band("ok", "variations: same palette and rough layout, clear structural changes", 0.5, 0.75),
+                Band("avoid", "little left of the input: use txt2img instead", 0.76, 1),
+            ),
+            minimum=0, maximum=1, step=0.01, infotext_key="Denoising strength", group="img2img", modes=_IMG,
+        ),
+    ]
+}
+
+TXT2IMG_FIELDS = [n for n, p in PARAMS.items() if "txt2img" in p.modes]
+
+
+# ----------------------------------------------------------------------------------------------
+# Pydantic request models, built from the specs so limits are declared once.
+
+
+def _field(spec: ParamSpec) -> tuple[Any, Any]:
+    py_type: Any = {"text": str, "int": int, "float": float, "choice": str}[spec.kind]
+    if spec.nullable:
+        py_type = py_type | None
+    return (
+        py_type,
+        Field(
+            default=spec.default,
+            description=spec.description,
+            ge=spec.minimum,
+            le=spec.maximum,
+            multiple_of=spec.multiple_of,
+            title=spec.label,
+        ),
+    )
+
+
+class _ParamsBase(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _split_sampler(cls, data: Any) -> Any:
+        """Accept combined A1111 names such as "DPM++ 2M Karras" and unknown-name errors that list choices."""
+        if not isinstance(data, dict) or "sampler_name" not in data or data["sampler_name"] is None:
+            return data
+        sampler, schedule = samplers.split_name(str(data["sampler_name"]))
+        data = dict(data)
+        data["sampler_name"] = sampler
+        if schedule and data.get("scheduler") in (None, "", "Automatic"):
+            data["scheduler"] = schedule
+        return data
+
+    @model_validator(mode="after")
+    def _check_choices(self) -> "_ParamsBase":
+        samplers.check(self.sampler_name, self.scheduler)
+        return self
+
+
+Txt2ImgParams: type[BaseModel] = create_model(
+    "Txt2ImgParams",
+    __base__=_ParamsBase,
+    __doc__="Everything a txt2img job needs besides the model. Field names follow the A1111 API.",
+    **{name: _field(PARAMS[name]) for name in TXT2IMG_FIELDS},
+)
+
+
+def defaults(mode: str = "txt2img") -> dict[str, Any]:
+    return {n: p.default for n, p in PARAMS.items() if mode in p.modes}
