@@ -97,6 +97,8 @@ class ParamSpec:
     infotext_key: str | None = None  # key in the A1111 "parameters" text
     group: str = "main"
     judge: JudgeFn | None = None  # custom band picker (e.g. size looks at both sides)
+    measure: Callable[[Any], float] | None = None  # what the bands are over, if not the value (e.g. tokens)
+    unit: str = ""  # unit of the measured quantity, shown with band labels
     nullable: bool = False  # None means "derived" (e.g. the model's native size)
     modes: frozenset[str] = frozenset({"txt2img", "img2img", "inpaint"})
     extra: dict[str, Any] = field(default_factory=dict)
@@ -113,9 +115,12 @@ class ParamSpec:
         if self.judge is not None:
             band = self.judge(value, ctx, others or {})
         else:
-            band = next((b for b in self.bands_for(ctx) if b.contains(value)), None)
+            measured = self.measure(value) if self.measure else value
+            band = next((b for b in self.bands_for(ctx) if b.contains(measured)), None)
             if band is None:
                 band = Band("avoid", "outside every recommended band")
+            if self.measure:
+                band = Band(band.verdict, f"~{_num(measured)} {self.unit}: {band.why}", band.lo, band.hi)
         return Hint(band.verdict, band.why, band.label, self.recommended(ctx))
 
 
@@ -173,6 +178,9 @@ def _size_judge(which: str) -> JudgeFn:
         other = others.get(other_name)
         o = int(other) if other not in (None, "") else n
         own = next((b for b in _size_bands(ctx) if b.contains(v)), _size_bands(ctx)[-1])
+        if v <= n * 0.5 and o <= n * 0.5:
+            return Band("avoid", f"both sides at half the native {n}px or less: the model was not trained for it",
+                        own.lo, own.hi)
         if v > n * 1.5 and o > n * 1.5:
             return Band("avoid", f"both sides far above native {n}px: duplicated subjects; generate at {n} and upscale",
                         own.lo, own.hi)
@@ -215,20 +223,16 @@ def approx_tokens(text: str) -> int:
     return sum(max(1, len(w) // 6) if w.isalpha() else 1 for w in _TOKEN_RE.findall(text))
 
 
-def _prompt_judge(value: Any, ctx: HintContext, others: Mapping[str, Any]) -> Band:
-    n = approx_tokens(str(value or ""))
-    if n == 0:
-        return Band("avoid", "empty prompt: the model draws anything", 0, 0)
-    if n <= 75:
-        return Band("best", f"~{n} tokens, one chunk: order subject, details, style, quality, lighting", 1, 75)
-    return Band("ok", f"~{n} tokens: split into 75-token chunks; later chunks weigh less", 76, None)
+_PROMPT_BANDS: Bands = (
+    Band("avoid", "empty prompt: the model draws anything", 0, 0),
+    Band("best", "one chunk: order subject, details, style, quality, lighting", 1, 75),
+    Band("ok", "split into 75-token chunks; later chunks weigh less", 76, None),
+)
 
-
-def _negative_judge(value: Any, ctx: HintContext, others: Mapping[str, Any]) -> Band:
-    if not str(value or "").strip():
-        return Band("ok", "empty: fine for landscapes; for people add anatomy guards (deformed, extra limbs...)",
-                    0, 0)
-    return Band("best", "written for the subject; must not contradict the prompt", 1, None)
+_NEGATIVE_BANDS: Bands = (
+    Band("ok", "empty: fine for landscapes; for people add anatomy guards (deformed, extra limbs...)", 0, 0),
+    Band("best", "written for the subject; must not contradict the prompt", 1, None),
+)
 
 
 def _seed_bands(what: str) -> Bands:
@@ -250,13 +254,13 @@ PARAMS: dict[str, ParamSpec] = {
             "prompt", "Prompt", "text", "",
             "What to draw. Subject first, then details, style/medium, quality words, lighting. "
             "(word:1.2) weights a word, [word] de-emphasises it; long prompts are split into 75-token chunks.",
-            (), judge=_prompt_judge, group="prompt",
+            _PROMPT_BANDS, measure=approx_tokens, unit="tokens", group="prompt",
         ),
         ParamSpec(
             "negative_prompt", "Negative prompt", "text", "",
             "What to steer away from, written for the subject (anatomy guards for people). "
             "Same emphasis syntax; must not contradict the prompt.",
-            (), judge=_negative_judge, group="prompt", infotext_key="Negative prompt",
+            _NEGATIVE_BANDS, measure=approx_tokens, unit="tokens", group="prompt", infotext_key="Negative prompt",
         ),
         ParamSpec(
             "sampler_name", "Sampler", "choice", "DPM++ 2M",
@@ -385,25 +389,20 @@ def _field(spec: ParamSpec) -> tuple[Any, Any]:
 
 
 class _ParamsBase(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid")
 
     @model_validator(mode="before")
     @classmethod
-    def _split_sampler(cls, data: Any) -> Any:
-        """Accept combined A1111 names such as "DPM++ 2M Karras" and unknown-name errors that list choices."""
-        if not isinstance(data, dict) or "sampler_name" not in data or data["sampler_name"] is None:
+    def _canonical_sampler(cls, data: Any) -> Any:
+        """Accept combined A1111 names ("DPM++ 2M Karras") and aliases; reject unknown ones listing the choices."""
+        if not isinstance(data, dict):
             return data
-        sampler, schedule = samplers.split_name(str(data["sampler_name"]))
         data = dict(data)
-        data["sampler_name"] = sampler
-        if schedule and data.get("scheduler") in (None, "", "Automatic"):
+        sampler, schedule = samplers.split_name(str(data.get("sampler_name") or PARAMS["sampler_name"].default))
+        if data.get("scheduler") in (None, "", "Automatic") and schedule:
             data["scheduler"] = schedule
+        data["sampler_name"], data["scheduler"] = samplers.check(sampler, data.get("scheduler") or "Automatic")
         return data
-
-    @model_validator(mode="after")
-    def _check_choices(self) -> "_ParamsBase":
-        samplers.check(self.sampler_name, self.scheduler)
-        return self
 
 
 Txt2ImgParams: type[BaseModel] = create_model(

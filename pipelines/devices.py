@@ -1,0 +1,88 @@
+"""Resolve --device / --precision / --attention into torch objects, and say what is active."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+log = logging.getLogger("studio.devices")
+
+
+@dataclass(frozen=True)
+class Hardware:
+    device: torch.device
+    dtype: torch.dtype
+    attention: str  # "sdpa" or "xformers"
+    total_memory: int  # bytes of device memory (system RAM for the CPU)
+    name: str
+
+    def describe(self) -> str:
+        gib = self.total_memory / 2**30
+        return f"{self.name} · {str(self.dtype).removeprefix('torch.')} · attention {self.attention} · {gib:.1f} GiB"
+
+
+def system_ram() -> int:
+    try:
+        import os
+
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 8 * 2**30
+
+
+def resolve(device: str = "auto", precision: str = "auto", attention: str = "auto") -> Hardware:
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda was asked for but PyTorch sees no CUDA GPU")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise RuntimeError("--device mps was asked for but this PyTorch has no MPS support")
+    dev = torch.device(device)
+    if precision == "auto":
+        dtype = torch.float16 if dev.type in ("cuda", "mps") else torch.float32
+    else:
+        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[precision]
+    if dev.type == "cuda":
+        props = torch.cuda.get_device_properties(dev)
+        total, name = props.total_memory, props.name
+    else:
+        total, name = system_ram(), "CPU" if dev.type == "cpu" else "Apple MPS"
+    return Hardware(dev, dtype, _pick_attention(attention, dev), total, name)
+
+
+def _pick_attention(choice: str, dev: torch.device) -> str:
+    if choice == "sdpa":
+        return "sdpa"
+    usable = dev.type == "cuda" and _xformers_works()
+    if choice == "xformers" and not usable:
+        log.warning("xformers asked for but unusable here (needs CUDA and a build matching this torch): using SDPA")
+    return "xformers" if usable else "sdpa"
+
+
+def _xformers_works() -> bool:
+    try:
+        import xformers.ops  # noqa: F401
+        import torch as _t
+
+        q = _t.zeros(1, 8, 1, 8, device="cuda", dtype=_t.float16)
+        xformers.ops.memory_efficient_attention(q, q, q)
+        return True
+    except Exception as e:  # import error, missing C++/CUDA extension, kernel mismatch
+        log.info("xformers not usable: %s", str(e).splitlines()[0] if str(e) else type(e).__name__)
+        return False
+
+
+def apply_attention(module: torch.nn.Module, attention: str) -> None:
+    """Switch a UNet/VAE/ControlNet to xformers when chosen; SDPA is diffusers' default on torch 2."""
+    if attention == "xformers" and hasattr(module, "enable_xformers_memory_efficient_attention"):
+        module.enable_xformers_memory_efficient_attention()
+
+
+def free_memory() -> None:
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

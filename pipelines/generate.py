@@ -1,0 +1,278 @@
+"""The generation engine: runs on the device worker, one job at a time.
+
+`Engine.txt2img` reads top to bottom as numbered steps: resolve size and seeds, pin the checkpoint's
+components, encode the prompts once, then for each batch draw CPU noise, build a pipeline view over the
+cached components with a fresh scheduler, denoise with cooperative cancellation, and save every image as
+soon as it is decoded.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from PIL import Image
+
+from pipelines import discovery, infotext, prompts, samplers
+from pipelines.devices import Hardware, apply_attention, free_memory
+from pipelines.discovery import CheckpointInfo
+from pipelines.jobs import Cancelled, JobContext, Skipped
+from pipelines.loading import Components, load_components
+from pipelines.manager import ModelManager
+from pipelines.outputs import OutputWriter
+from pipelines.params import SEED_MAX
+
+log = logging.getLogger("studio.generate")
+VERSION = "studio-0.1"
+COMPONENT_FIELDS = ("unet", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "scheduler_config")
+
+# Linear latent -> RGB factors for cheap live previews (no VAE decode), per latent space.
+_PREVIEW_FACTORS = {
+    "sd": [[0.298, 0.207, 0.208], [0.187, 0.286, 0.173], [-0.158, 0.189, 0.264], [-0.184, -0.271, -0.473]],
+    "sdxl": [[0.3448, 0.4168, 0.4395], [-0.1953, -0.0290, 0.0250], [0.1074, 0.0886, -0.0163],
+             [-0.3730, -0.2499, -0.2088]],
+}
+
+
+class OutOfMemory(RuntimeError):
+    pass
+
+
+@dataclass
+class GenerationResult:
+    images: list[Image.Image] = field(default_factory=list)
+    paths: list[Path] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=list)
+    subseeds: list[int] = field(default_factory=list)
+    infotexts: list[str] = field(default_factory=list)
+    parameters: dict[str, Any] = field(default_factory=dict)
+    model: str = ""
+    skipped: int = 0
+
+    def info(self) -> dict[str, Any]:
+        """The A1111 `info` object (the API returns it JSON-encoded)."""
+        p = self.parameters
+        return {
+            "prompt": p.get("prompt", ""), "all_prompts": [p.get("prompt", "")] * len(self.seeds),
+            "negative_prompt": p.get("negative_prompt", ""),
+            "all_negative_prompts": [p.get("negative_prompt", "")] * len(self.seeds),
+            "seed": self.seeds[0] if self.seeds else p.get("seed"), "all_seeds": self.seeds,
+            "subseed": self.subseeds[0] if self.subseeds else p.get("subseed"), "all_subseeds": self.subseeds,
+            "subseed_strength": p.get("subseed_strength", 0), "width": p.get("width"), "height": p.get("height"),
+            "sampler_name": p.get("sampler_name"), "scheduler": p.get("scheduler"), "cfg_scale": p.get("cfg_scale"),
+            "steps": p.get("steps"), "batch_size": p.get("batch_size"), "n_iter": p.get("n_iter"),
+            "restore_faces": False, "face_restoration_model": None, "sd_model_name": self.model,
+            "sd_model_hash": p.get("model_hash"), "sd_vae_name": None, "sd_vae_hash": None,
+            "seed_resize_from_w": -1, "seed_resize_from_h": -1, "denoising_strength": p.get("denoising_strength", 0),
+            "extra_generation_params": {}, "index_of_first_image": 0, "infotexts": self.infotexts, "styles": [],
+            "job_timestamp": time.strftime("%Y%m%d%H%M%S"), "clip_skip": p.get("clip_skip", 1),
+            "is_using_inpainting_conditioning": False, "version": VERSION,
+        }
+
+
+def resolve_seed(seed: int) -> int:
+    return random.randint(0, SEED_MAX) if seed is None or seed < 0 else int(seed)
+
+
+def slerp(t: float, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Spherical interpolation between two noise tensors (variation seeds)."""
+    a_n, b_n = a / a.norm(), b / b.norm()
+    dot = (a_n * b_n).sum().clamp(-1, 1)
+    if dot.abs() > 0.9995:
+        return (1 - t) * a + t * b
+    omega = torch.acos(dot)
+    return (torch.sin((1 - t) * omega) * a + torch.sin(t * omega) * b) / torch.sin(omega)
+
+
+def latent_preview(latents: torch.Tensor, sdxl: bool, size: tuple[int, int]) -> Image.Image:
+    factors = torch.tensor(_PREVIEW_FACTORS["sdxl" if sdxl else "sd"], dtype=torch.float32)
+    rgb = torch.einsum("lhw,lr->hwr", latents[0].float().cpu(), factors)
+    arr = ((rgb + 1) / 2).clamp(0, 1).mul(255).byte().numpy()
+    return Image.fromarray(arr).resize(size, Image.Resampling.NEAREST)
+
+
+class Engine:
+    """Device-side work. Owned by the job worker thread; the UI and API reach it through jobs only."""
+
+    def __init__(self, hardware: Hardware, manager: ModelManager, writer: OutputWriter, *, config_root: Path,
+                 hash_cache: Path | None = None, rng: str = "cpu", preview_every: int = 5):
+        self.hw = hardware
+        self.hash_cache = hash_cache
+        self.manager = manager
+        self.writer = writer
+        self.config_root = Path(config_root)
+        self.rng = rng
+        self.preview_every = preview_every
+
+    # -- components ----------------------------------------------------------------------------
+    @staticmethod
+    def identity(info: CheckpointInfo) -> str:
+        if info.path is not None and info.path.exists():
+            st = info.path.stat()
+            return f"{info.name}@{st.st_size}-{int(st.st_mtime)}"
+        return info.name
+
+    @contextmanager
+    def components(self, info: CheckpointInfo, ctx: JobContext | None = None) -> Iterator[Components]:
+        ident = self.identity(info)
+        keys = [f"{ident}::{f}" for f in COMPONENT_FIELDS]
+
+        def load() -> dict[str, Any]:
+            if ctx is not None:
+                ctx.progress(0, 1, label=f"loading {info.name}")
+            c = load_components(info, dtype=self.hw.dtype, config_root=self.config_root,
+                                progress=self._download_progress(ctx))
+            if ctx is not None:
+                ctx.progress(0, 1, label=f"hashing {info.name}")
+            discovery.ensure_hash(info, self.hash_cache)  # A1111 "Model hash", cached after the first time
+            for m in (c.unet, c.vae):
+                apply_attention(m, self.hw.attention)
+            return {f"{ident}::{f}": getattr(c, f) for f in COMPONENT_FIELDS}
+
+        with self.manager.use(keys, load) as objs:
+            yield Components(**{f: objs[f"{ident}::{f}"] for f in COMPONENT_FIELDS}, family=info.family)
+
+    @staticmethod
+    def _download_progress(ctx: JobContext | None):
+        if ctx is None:
+            return None
+
+        def report(label: str, done: int, total: int) -> None:
+            ctx.check()
+            ctx.progress(done, max(total, 1), label=label)
+
+        return report
+
+    def warm(self, ctx: JobContext, info: CheckpointInfo) -> str:
+        """Load a checkpoint onto the device (model switch) without generating."""
+        with self.components(info, ctx):
+            pass
+        return info.name
+
+    # -- txt2img -------------------------------------------------------------------------------
+    def txt2img(self, ctx: JobContext, params: Any, info: CheckpointInfo) -> GenerationResult:
+        # 1. Resolve what "default" means for this model and draw the seeds.
+        p = params.model_dump()
+        p["width"] = p["width"] or info.native
+        p["height"] = p["height"] or info.native
+        sdxl = info.family.startswith("sdxl")
+        seed, subseed = resolve_seed(p["seed"]), resolve_seed(p["subseed"])
+        p.update(seed=seed, subseed=subseed, scheduler=samplers.resolve_schedule(p["sampler_name"], p["scheduler"]))
+        total_images = p["n_iter"] * p["batch_size"]
+        result = GenerationResult(parameters=p, model=info.model_name)
+        ctx.check()
+
+        # 2. Pin the checkpoint's components on the device (loads or moves them only when needed).
+        with self.components(info, ctx) as comps:
+            ctx.check()
+            p["model_hash"] = info.short_hash
+            # 3. Encode prompt and negative prompt once: emphasis, 75-token chunks, clip skip.
+            embeds = prompts.encode_prompts(
+                p["prompt"], p["negative_prompt"], tokenizers=[t for t in (comps.tokenizer, comps.tokenizer_2) if t],
+                text_encoders=[e for e in (comps.text_encoder, comps.text_encoder_2) if e is not None],
+                clip_skip=p["clip_skip"], device=self.hw.device, dtype=self.hw.dtype, sdxl=sdxl,
+                zero_empty_negative=sdxl)
+            steps_total = p["n_iter"] * p["steps"]
+
+            # 4. One pipeline call per batch; every image is saved as soon as it is decoded.
+            for it in range(p["n_iter"]):
+                ctx.check()
+                seeds = [seed + it * p["batch_size"] + i for i in range(p["batch_size"])]
+                subseeds = [subseed + it * p["batch_size"] + i for i in range(p["batch_size"])]
+                try:
+                    images = self._run_batch(ctx, comps, p, embeds, seeds, subseeds, it, steps_total, sdxl)
+                except Skipped:
+                    ctx.clear_skip()
+                    result.skipped += len(seeds)
+                    log.info("batch %d/%d skipped", it + 1, p["n_iter"])
+                    continue
+                for img, s, sub in zip(images, seeds, subseeds):
+                    text = infotext.build_infotext(p, seed=s, subseed=sub, model_name=info.model_name,
+                                                   model_hash=info.short_hash, extra={"Version": VERSION})
+                    path = self.writer.save(img, text, "txt2img", s)
+                    result.images.append(img)
+                    result.paths.append(path)
+                    result.seeds.append(s)
+                    result.subseeds.append(sub)
+                    result.infotexts.append(text)
+                    ctx.image(img, {"path": str(path), "seed": s, "infotext": text},
+                              label=f"image {len(result.images)}/{total_images}")
+        return result
+
+    def _noise(self, seeds: list[int], subseeds: list[int], strength: float, shape: tuple[int, ...]) -> torch.Tensor:
+        """Initial latents, one generator per image so a seed gives the same picture in any batch position."""
+        dev = torch.device("cpu") if self.rng == "cpu" else self.hw.device
+        out = []
+        for s, sub in zip(seeds, subseeds):
+            x = torch.randn(shape, generator=torch.Generator(dev).manual_seed(s), device=dev, dtype=torch.float32)
+            if strength > 0:
+                y = torch.randn(shape, generator=torch.Generator(dev).manual_seed(sub), device=dev, dtype=torch.float32)
+                x = slerp(strength, x, y)
+            out.append(x)
+        return torch.stack(out).to(self.hw.device, self.hw.dtype)
+
+    def _run_batch(self, ctx: JobContext, comps: Components, p: dict, embeds: dict, seeds: list[int],
+                   subseeds: list[int], it: int, steps_total: int, sdxl: bool) -> list[Image.Image]:
+        w, h, steps = p["width"], p["height"], p["steps"]
+        latents = self._noise(seeds, subseeds, p["subseed_strength"], (4, h // 8, w // 8))
+        gen_dev = "cpu" if self.rng == "cpu" else self.hw.device
+        generators = [torch.Generator(gen_dev).manual_seed(s + 0x5EED) for s in seeds]  # noise of ancestral steps
+        scheduler = samplers.make_scheduler(p["sampler_name"], p["scheduler"], comps.scheduler_config, seed=seeds)
+        pipe = build_pipeline(comps, scheduler)
+
+        def on_step(pipe_: Any, i: int, t: Any, kw: dict) -> dict:
+            ctx.check()
+            if ctx.skip_requested():
+                raise Skipped()
+            ctx.progress(it * steps + i + 1, steps_total, label=f"batch {it + 1}/{p['n_iter']}")
+            if self.preview_every and (i + 1) % self.preview_every == 0 and i + 1 < steps:
+                ctx.preview(latent_preview(kw["latents"], sdxl, (w, h)), step=i + 1)
+            return kw
+
+        call: dict[str, Any] = dict(
+            num_inference_steps=steps, guidance_scale=p["cfg_scale"], width=w, height=h,
+            num_images_per_prompt=len(seeds), latents=latents, generator=generators,
+            callback_on_step_end=on_step, callback_on_step_end_tensor_inputs=["latents"], output_type="pil", **embeds)
+        if comps.unet.config.in_channels == 9:  # inpainting checkpoint used for txt2img: everything is "masked"
+            call.update(image=Image.new("RGB", (w, h), (127, 127, 127)), mask_image=Image.new("L", (w, h), 255),
+                        strength=1.0)
+        try:
+            with torch.inference_mode():
+                return pipe(**call).images
+        except torch.OutOfMemoryError as e:
+            del pipe, latents
+            free_memory()
+            raise OutOfMemory(
+                f"Out of device memory at {w}x{h}, batch size {len(seeds)}: lower the size or batch size. "
+                "Memory was freed; images finished so far are saved.") from e
+
+
+def build_pipeline(comps: Components, scheduler: Any) -> Any:
+    """A per-job pipeline view over cached components: constructing it moves and copies nothing."""
+    from diffusers import StableDiffusionInpaintPipeline, StableDiffusionPipeline, StableDiffusionXLInpaintPipeline
+    from diffusers import StableDiffusionXLPipeline
+
+    inpaint = comps.unet.config.in_channels == 9
+    if comps.text_encoder_2 is not None:
+        cls = StableDiffusionXLInpaintPipeline if inpaint else StableDiffusionXLPipeline
+        pipe = cls(vae=comps.vae, text_encoder=comps.text_encoder, text_encoder_2=comps.text_encoder_2,
+                   tokenizer=comps.tokenizer, tokenizer_2=comps.tokenizer_2, unet=comps.unet, scheduler=scheduler)
+    else:
+        cls = StableDiffusionInpaintPipeline if inpaint else StableDiffusionPipeline
+        pipe = cls(vae=comps.vae, text_encoder=comps.text_encoder, tokenizer=comps.tokenizer, unet=comps.unet,
+                   scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def is_oom(e: BaseException) -> bool:
+    return isinstance(e, (torch.OutOfMemoryError, OutOfMemory)) or "out of memory" in str(e).lower()
+
+
+__all__ = ["Engine", "GenerationResult", "build_pipeline", "Cancelled", "is_oom"]

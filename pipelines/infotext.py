@@ -1,0 +1,178 @@
+"""The A1111 "parameters" text (infotext): build it for saved images and parse any A1111-style text.
+
+Format (one line per part, the negative line only when non-empty)::
+
+    <prompt, may span lines>
+    Negative prompt: <negative, may span lines>
+    Steps: 20, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7, Seed: 123, Size: 512x768, ...
+
+Keys of generation parameters come from `PARAMS[...].infotext_key`, so the names live in one place.
+Values holding a comma, colon, quote or newline are written JSON-quoted, as A1111 does.
+Pure Python, no torch.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, Mapping
+
+from pipelines import samplers
+from pipelines.params import PARAMS
+
+VERSION = "studio-0.1"
+NEGATIVE_PREFIX = f"{PARAMS['negative_prompt'].infotext_key}:"
+
+# "Key: value" pairs of the last line; a value is either JSON-quoted or runs up to the next comma (A1111's regex).
+_PARAM_RE = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*x\s*(\d+)\s*$")
+
+# Parameters written in this order (before Size/Model go their own keys); the rest follow.
+_HEAD = ("steps", "sampler_name", "scheduler", "cfg_scale")
+_TAIL = ("clip_skip", "denoising_strength")
+
+
+def _fmt(value: Any) -> str:
+    """Numbers without a trailing .0 (7, 7.5); everything else as str."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def quote(value: Any) -> str:
+    """A1111 quoting: JSON-quote a value that would otherwise break the `Key: value, ...` line."""
+    text = _fmt(value)
+    if any(c in text for c in ',:"\n'):
+        return json.dumps(text, ensure_ascii=False)
+    return text
+
+
+def unquote(text: str) -> str:
+    if len(text) >= 2 and text[0] == '"' and text[-1] == '"':
+        try:
+            return str(json.loads(text))
+        except ValueError:
+            return text
+    return text
+
+
+def build_infotext(
+    values: Mapping[str, Any],
+    *,
+    seed: int,
+    subseed: int | None = None,
+    model_name: str | None,
+    model_hash: str | None,
+    extra: Mapping[str, Any] | None = None,
+    version: str | None = VERSION,
+) -> str:
+    """The A1111 parameters text of one image. `values` uses our (A1111 API) field names."""
+    key = {name: spec.infotext_key for name, spec in PARAMS.items()}
+    fields: dict[str, Any] = {}
+    for name in _HEAD:
+        if values.get(name) not in (None, ""):
+            fields[key[name]] = values[name]
+    fields[key["seed"]] = seed
+    if values.get("width") and values.get("height"):
+        fields["Size"] = f"{int(values['width'])}x{int(values['height'])}"
+    if model_hash:
+        fields["Model hash"] = model_hash
+    if model_name:
+        fields["Model"] = model_name
+    strength = float(values.get("subseed_strength") or 0)
+    if strength > 0 and subseed is not None:
+        fields[key["subseed"]] = subseed
+        fields[key["subseed_strength"]] = strength
+    if int(values.get("clip_skip") or 1) > 1:
+        fields[key["clip_skip"]] = int(values["clip_skip"])
+    if values.get("denoising_strength") is not None:
+        fields[key["denoising_strength"]] = values["denoising_strength"]
+    fields.update({k: v for k, v in (extra or {}).items() if v is not None})
+    if version:
+        fields.setdefault("Version", version)
+
+    text = str(values.get("prompt") or "")
+    negative = str(values.get("negative_prompt") or "")
+    if negative:
+        text += f"\n{NEGATIVE_PREFIX} {negative}"
+    return text + "\n" + ", ".join(f"{k}: {quote(v)}" for k, v in fields.items())
+
+
+def _convert(kind: str, raw: str) -> Any:
+    if kind == "int":
+        number = float(raw)
+        if not number.is_integer():
+            raise ValueError(raw)
+        return int(number)
+    if kind == "float":
+        return float(raw)
+    return raw
+
+
+def _split_params(line: str) -> list[tuple[str, str]]:
+    return [(k, unquote(v.strip())) for k, v in _PARAM_RE.findall(line)]
+
+
+def parse_infotext(text: str) -> dict[str, Any]:
+    """Parse A1111-style parameters text into our field names; unknown keys go under "extra".
+
+    Never raises: text that is not infotext comes back as {"prompt": text}.
+    """
+    if not isinstance(text, str):
+        return {"prompt": "" if text is None else str(text)}
+    try:
+        return _parse(text)
+    except Exception:  # robustness: infotext comes from arbitrary files
+        return {"prompt": text}
+
+
+def _parse(text: str) -> dict[str, Any]:
+    lines = text.replace("\r\n", "\n").rstrip().split("\n")
+    last = lines[-1]
+    pairs = _split_params(last)
+    if len(pairs) >= 3 or (pairs and last.lstrip().startswith(f"{PARAMS['steps'].infotext_key}:")):
+        lines = lines[:-1]
+    else:
+        pairs = []
+
+    prompt: list[str] = []
+    negative: list[str] | None = None
+    for line in lines:
+        if negative is None and line.startswith(NEGATIVE_PREFIX):
+            rest = line[len(NEGATIVE_PREFIX):]
+            negative = [rest[1:] if rest.startswith(" ") else rest]
+        elif negative is not None:
+            negative.append(line)
+        else:
+            prompt.append(line)
+    if not pairs and negative is None:
+        return {"prompt": text}
+
+    res: dict[str, Any] = {"prompt": "\n".join(prompt), "negative_prompt": "\n".join(negative or [])}
+    by_key = {spec.infotext_key: name for name, spec in PARAMS.items() if spec.infotext_key}
+    extra: dict[str, str] = {}
+    for k, v in pairs:
+        name = by_key.get(k)
+        size = _SIZE_RE.match(v) if k == "Size" else None
+        if size:
+            res["width"], res["height"] = int(size.group(1)), int(size.group(2))
+        elif name and name != "negative_prompt":
+            try:
+                res[name] = _convert(PARAMS[name].kind, v)
+            except ValueError:
+                extra[k] = v
+        else:
+            extra[k] = v
+    if "Model" in extra:
+        res["model_name"] = extra["Model"]
+    if "Model hash" in extra:
+        res["model_hash"] = extra["Model hash"]
+
+    if "sampler_name" in res:
+        sampler, schedule = samplers.split_name(res["sampler_name"])
+        res["sampler_name"] = sampler
+        if res.get("scheduler") in (None, "", "Automatic") and schedule:
+            res["scheduler"] = schedule
+        res.setdefault("scheduler", "Automatic")
+    res["extra"] = extra
+    return res

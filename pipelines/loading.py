@@ -1,0 +1,256 @@
+"""Load a checkpoint's components (UNet, VAE, text encoders, tokenizers, scheduler config).
+
+Three sources, one result (`Components`):
+- a diffusers folder: each component is loaded from its subfolder, local files only;
+- a single `.safetensors`/`.ckpt` file: `<Pipeline>.from_single_file(path, config=<dir>, local_files_only=True)`
+  where <dir> is this family's config set, materialised from `pipelines/configs/<family>/` plus the shared
+  CLIP tokenizer files, so no network is needed (single files carry no configs or tokenizers);
+- a hub id: the cached snapshot if complete, else `snapshot_download` of configs + one weights variant.
+Failures come back as `LoadError` (a RuntimeError): "Could not load <name>: <short reason>".
+"""
+
+from __future__ import annotations
+
+import filecmp
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from .discovery import FAMILIES, CheckpointInfo, detect_family, read_header
+
+log = logging.getLogger("studio.loading")
+
+Progress = Callable[[str, int, int], None]
+CONFIGS = Path(__file__).resolve().parent / "configs"
+TOKENIZER_FILES = ("vocab.json", "merges.txt")
+PIPELINES = {
+    "sd15": "StableDiffusionPipeline", "sd2": "StableDiffusionPipeline", "sd2-v": "StableDiffusionPipeline",
+    "sd15-inpaint": "StableDiffusionInpaintPipeline", "sd2-inpaint": "StableDiffusionInpaintPipeline",
+    "sdxl": "StableDiffusionXLPipeline", "sdxl-inpaint": "StableDiffusionXLInpaintPipeline",
+}
+MODEL_PARTS = ("unet", "vae", "text_encoder", "text_encoder_2")
+
+
+class LoadError(RuntimeError):
+    """A load failure with a message meant for the user (no stack dump needed)."""
+
+
+@dataclass
+class Components:
+    """Everything a generation pipeline needs from one checkpoint."""
+
+    unet: Any
+    vae: Any
+    text_encoder: Any
+    tokenizer: Any
+    scheduler_config: dict
+    family: str
+    text_encoder_2: Any = None
+    tokenizer_2: Any = None
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        """The torch modules by name (for memory accounting and device moves)."""
+        return {n: m for n in MODEL_PARTS if isinstance(m := getattr(self, n), torch.nn.Module)}
+
+
+def pipeline_class(family: str) -> type:
+    """The diffusers pipeline class that loads and runs a family's checkpoints."""
+    import diffusers
+
+    if family not in PIPELINES:
+        raise ValueError(f"unknown model family {family!r}")
+    return getattr(diffusers, PIPELINES[family])
+
+
+# ---------------------------------------------------------------- config sets for single files
+
+
+def _sync(src: Path, dst: Path, link: bool = False) -> None:
+    """Make dst a copy of src (hardlink when asked and possible), atomically; skip if already identical."""
+    if dst.is_file() and filecmp.cmp(src, dst, shallow=False):
+        return
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        if not link:
+            raise OSError
+        os.link(src, tmp)
+    except OSError:
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+def materialize_config(family: str, config_root: Path) -> Path:
+    """`<config_root>/<family>/`: the shipped JSON configs plus the CLIP vocab/merges in each tokenizer folder."""
+    src = CONFIGS / family
+    if not (src / "model_index.json").is_file():
+        raise ValueError(f"no shipped configs for model family {family!r}")
+    dst = Path(config_root) / family
+    for f in src.rglob("*.json"):
+        _sync(f, dst / f.relative_to(src))
+    for tok in ("tokenizer", "tokenizer_2"):
+        if (src / tok).is_dir():
+            for name in TOKENIZER_FILES:
+                _sync(CONFIGS / "clip-tokenizer" / name, dst / tok / name, link=True)
+    return dst
+
+
+# ---------------------------------------------------------------- loaders
+
+
+def _weights_variant(folder: Path, dtype: torch.dtype) -> str | None:
+    """'fp16' when a component folder only has fp16 weights, or has them and fp16 is wanted."""
+    files = [p.name for p in folder.glob("*") if p.suffix in (".safetensors", ".bin")]
+    fp16 = any(".fp16." in f for f in files)
+    plain = any(".fp16." not in f for f in files)
+    return "fp16" if fp16 and (not plain or dtype == torch.float16) else None
+
+
+def _has_weights(folder: Path) -> bool:
+    return any(folder.glob("*.safetensors")) or any(folder.glob("*.bin"))
+
+
+def _load_folder(path: Path, family: str, dtype: torch.dtype, progress: Progress | None) -> Components:
+    """Load each component of a diffusers folder directly (no safety checker, no network)."""
+    import diffusers
+    import transformers
+
+    index = json.loads((path / "model_index.json").read_text(encoding="utf-8"))
+    wanted = [n for n in ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2") if n in index]
+    parts: dict[str, Any] = {}
+    for i, name in enumerate(wanted):
+        if progress:
+            progress(f"loading {name}", i, len(wanted))
+        library, class_name = index[name]
+        cls = getattr(diffusers if library == "diffusers" else transformers, class_name)
+        sub = path / name
+        if name.startswith("tokenizer"):
+            parts[name] = cls.from_pretrained(sub, local_files_only=True)
+        elif library == "diffusers":
+            parts[name] = cls.from_pretrained(sub, torch_dtype=dtype, variant=_weights_variant(sub, dtype),
+                                              local_files_only=True)
+        else:
+            parts[name] = cls.from_pretrained(sub, dtype=dtype, variant=_weights_variant(sub, dtype),
+                                              local_files_only=True)
+        if hasattr(parts[name], "eval"):
+            parts[name].eval()
+    if progress:
+        progress("loaded", len(wanted), len(wanted))
+    scheduler = json.loads((path / "scheduler" / "scheduler_config.json").read_text(encoding="utf-8"))
+    return Components(scheduler_config=scheduler, family=family, **parts)
+
+
+def _load_single_file(path: Path, family: str, dtype: torch.dtype, config_root: Path,
+                      progress: Progress | None) -> Components:
+    """Load an original-layout checkpoint offline with this family's shipped configs."""
+    if path.suffix.lower() == ".safetensors":
+        read_header(path)  # clear message for truncated/corrupt files before diffusers tries
+    config = materialize_config(family, config_root)
+    if progress:
+        progress("loading checkpoint", 0, 1)
+    pipe = pipeline_class(family).from_single_file(
+        str(path), config=str(config), local_files_only=True, torch_dtype=dtype,
+    )
+    if progress:
+        progress("loaded", 1, 1)
+    scheduler = json.loads((config / "scheduler" / "scheduler_config.json").read_text(encoding="utf-8"))
+    parts = {n: getattr(pipe, n, None) for n in ("unet", "vae", "text_encoder", "tokenizer",
+                                                 "text_encoder_2", "tokenizer_2")}
+    return Components(scheduler_config=scheduler, family=family, **parts)
+
+
+def hub_allow_patterns(files: list[str], dtype: torch.dtype) -> list[str]:
+    """Which files of a diffusers hub repo to fetch: configs/tokenizers and one weights variant per model part.
+
+    Skips root-level single files, the safety checker and the weights variant not wanted.
+    """
+    keep = [f for f in files if f.endswith((".json", ".txt")) and not f.startswith("safety_checker/")
+            and ("/" in f or f == "model_index.json")]
+    for part in MODEL_PARTS:
+        weights = [f for f in files if f.startswith(part + "/") and f.endswith((".safetensors", ".bin"))]
+        groups = [[f for f in weights if f.endswith(".safetensors") and ".fp16." in f],
+                  [f for f in weights if f.endswith(".safetensors") and ".fp16." not in f],
+                  [f for f in weights if f.endswith(".bin") and ".fp16." not in f],
+                  [f for f in weights if f.endswith(".bin") and ".fp16." in f]]
+        if dtype != torch.float16:
+            groups[0], groups[1] = groups[1], groups[0]
+        keep += next((g for g in groups if g), [])
+    return sorted(set(keep))
+
+
+def _tqdm_to(progress: Progress | None, label: str) -> type:
+    """A tqdm class whose updates are forwarded to `progress(label + desc, n, total)`."""
+    from tqdm.auto import tqdm
+
+    class Forwarding(tqdm):
+        def update(self, n=1):
+            shown = super().update(n)
+            if progress:
+                progress(f"{label}: {self.desc or ''}".rstrip(": "), int(self.n), int(self.total or 0))
+            return shown
+
+    return Forwarding
+
+
+def _hub_folder(info: CheckpointInfo, dtype: torch.dtype, progress: Progress | None) -> Path:
+    """A complete local snapshot of a hub id (cached, or downloaded now)."""
+    if info.path is not None and (info.path / "model_index.json").is_file() and _has_weights(info.path / "unet"):
+        return info.path
+    repo = info.hub_id or info.name
+    try:
+        from huggingface_hub import HfApi, snapshot_download
+
+        patterns = hub_allow_patterns(HfApi().list_repo_files(repo), dtype)
+        return Path(snapshot_download(repo, allow_patterns=patterns, tqdm_class=_tqdm_to(progress, f"download {repo}")))
+    except Exception as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise LoadError(
+            f"Could not download {repo} from the Hugging Face Hub ({reason[:200]}). To use it offline, put the "
+            f"model (a .safetensors file or a diffusers folder) in models/Stable-diffusion."
+        ) from e
+
+
+def _short_reason(e: BaseException) -> str:
+    text = str(e).strip() or type(e).__name__
+    first = text.splitlines()[0]
+    if "size mismatch" in text or "shape" in first.lower():
+        return f"the weights do not match the expected architecture ({first[:200]})"
+    if "HeaderTooLarge" in text or "deserializ" in text or "incomplete metadata" in text.lower():
+        return f"corrupt or truncated file ({first[:200]})"
+    return first[:300]
+
+
+def load_components(info: CheckpointInfo, *, dtype: torch.dtype, config_root: Path,
+                    progress: Progress | None = None) -> Components:
+    """Load `info`'s components in `dtype` on the CPU. Files and folders never touch the network."""
+    start = time.perf_counter()
+    try:
+        if info.source == "hub":
+            path = _hub_folder(info, dtype, progress)
+            family = detect_family(path)[0]
+        else:
+            if info.path is None:
+                raise ValueError("no path")
+            path = Path(info.path)
+            family = info.family if info.family in PIPELINES else detect_family(path)[0]
+        if family not in PIPELINES:
+            raise ValueError(f"unsupported model family {family!r}")
+        if path.is_dir():
+            components = _load_folder(path, family, dtype, progress)
+        else:
+            components = _load_single_file(path, family, dtype, Path(config_root), progress)
+    except LoadError:
+        raise
+    except Exception as e:
+        raise LoadError(f"Could not load {info.name}: {_short_reason(e)}") from e
+    log.info("loaded %s (source %s, family %s, %s) in %.1f s", info.name, info.source, family,
+             FAMILIES[family].label, time.perf_counter() - start)
+    return components

@@ -1,0 +1,182 @@
+"""A1111 sampler and schedule-type names -> fresh diffusers schedulers.
+
+Everything here is plain data until `make_scheduler`, which imports diffusers lazily, so the UI may
+import this module without pulling in torch.
+
+Schedule types map to diffusers config flags: Karras / Exponential / Beta set `use_*_sigmas`,
+SGM Uniform sets `timestep_spacing="trailing"`, Uniform clears them all (the class's own default spacing).
+"Automatic" is the sampler's usual A1111 schedule; where that is Uniform, Automatic also keeps the
+checkpoint's `timestep_spacing` (turbo / lightning checkpoints ship "trailing").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Mapping
+
+AUTOMATIC = "Automatic"
+
+# label -> (A1111 API name, diffusers config overrides)
+_SCHEDULES: Mapping[str, tuple[str, Mapping[str, Any]]] = MappingProxyType({
+    AUTOMATIC: ("automatic", {}),
+    "Uniform": ("uniform", {}),
+    "Karras": ("karras", {"use_karras_sigmas": True}),
+    "Exponential": ("exponential", {"use_exponential_sigmas": True}),
+    "Beta": ("beta", {"use_beta_sigmas": True}),
+    "SGM Uniform": ("sgm_uniform", {"timestep_spacing": "trailing"}),
+})
+_SIGMA_FLAGS = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas")
+
+_ALL = ("Uniform", "Karras", "Exponential", "Beta", "SGM Uniform")
+_SPACING_ONLY = ("Uniform", "SGM Uniform")  # classes with timestep_spacing but no sigma flags
+
+
+@dataclass(frozen=True)
+class Sampler:
+    name: str
+    cls: str  # diffusers scheduler class name
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    aliases: tuple[str, ...] = ()
+    auto: str = "Uniform"  # what "Automatic" means for this sampler (A1111's default)
+    schedules: tuple[str, ...] = _ALL  # what the diffusers class really supports
+    noisy: bool = False  # adds fresh noise every step (ancestral, SDE, LCM)
+
+
+_DPMPP = "DPMSolverMultistepScheduler"
+_SAMPLERS: Mapping[str, Sampler] = MappingProxyType({s.name: s for s in (
+    Sampler("Euler a", "EulerAncestralDiscreteScheduler", aliases=("k_euler_a", "k_euler_ancestral"),
+            schedules=_SPACING_ONLY, noisy=True),
+    Sampler("Euler", "EulerDiscreteScheduler", aliases=("k_euler",)),
+    Sampler("DPM++ 2M", _DPMPP, {"algorithm_type": "dpmsolver++", "solver_order": 2},
+            aliases=("k_dpmpp_2m",), auto="Karras"),
+    # Needs the `torchsde` package. Its noise comes from a Brownian tree seeded by `noise_sampler_seed`.
+    Sampler("DPM++ SDE", "DPMSolverSDEScheduler", aliases=("k_dpmpp_sde",), auto="Karras", noisy=True),
+    Sampler("DPM++ 2M SDE", _DPMPP, {"algorithm_type": "sde-dpmsolver++", "solver_order": 2},
+            aliases=("k_dpmpp_2m_sde",), auto="Exponential", noisy=True),
+    Sampler("DPM++ 3M SDE", _DPMPP, {"algorithm_type": "sde-dpmsolver++", "solver_order": 3},
+            aliases=("k_dpmpp_3m_sde",), auto="Exponential", noisy=True),
+    # Approximates A1111's ancestral 2S: diffusers has no ancestral single-step solver, so we use the
+    # second-order single-step SDE variant, which also injects fresh noise each step. The class has no
+    # timestep_spacing (its default timesteps already start at the last training step), hence no SGM Uniform.
+    # lower_order_final=True: the class defaults to False, then warns and flips it on every set_timesteps().
+    Sampler("DPM++ 2S a", "DPMSolverSinglestepScheduler",
+            {"algorithm_type": "sde-dpmsolver++", "solver_order": 2, "lower_order_final": True},
+            aliases=("k_dpmpp_2s_a",), auto="Karras", schedules=_ALL[:-1], noisy=True),
+    Sampler("LMS", "LMSDiscreteScheduler", aliases=("k_lms",)),
+    Sampler("Heun", "HeunDiscreteScheduler", aliases=("k_heun",)),
+    Sampler("DPM2", "KDPM2DiscreteScheduler", aliases=("k_dpm_2",), auto="Karras"),
+    Sampler("DPM2 a", "KDPM2AncestralDiscreteScheduler", aliases=("k_dpm_2_a",), auto="Karras", noisy=True),
+    Sampler("UniPC", "UniPCMultistepScheduler", aliases=("unipc",)),
+    Sampler("DEIS", "DEISMultistepScheduler", aliases=("deis",)),
+    Sampler("DDIM", "DDIMScheduler", aliases=("ddim",), schedules=_SPACING_ONLY),
+    Sampler("PLMS", "PNDMScheduler", {"skip_prk_steps": True}, aliases=("plms",), schedules=_SPACING_ONLY),
+    # LCMScheduler ignores timestep_spacing: it always picks from its own `original_inference_steps` grid.
+    Sampler("LCM", "LCMScheduler", aliases=("lcm", "k_lcm"), schedules=("Uniform",), noisy=True),
+)})
+
+
+def sampler_names() -> list[str]:
+    return list(_SAMPLERS)
+
+
+def schedule_names() -> list[str]:
+    return list(_SCHEDULES)
+
+
+def _find_sampler(name: str) -> Sampler | None:
+    key = name.strip().lower()
+    return next((s for s in _SAMPLERS.values() if key == s.name.lower() or key in s.aliases), None)
+
+
+def _find_schedule(name: str | None) -> str | None:
+    if name is None or not name.strip():
+        return AUTOMATIC
+    key = name.strip().lower()
+    return next((label for label, (api, _) in _SCHEDULES.items() if key in (label.lower(), api)), None)
+
+
+def split_name(name: str) -> tuple[str, str | None]:
+    """"DPM++ 2M Karras" -> ("DPM++ 2M", "Karras"); "k_euler_a" -> ("Euler a", None); unknown: (name, None)."""
+    if sampler := _find_sampler(name):
+        return sampler.name, None
+    key = name.strip().lower()
+    if key.endswith("_ka") and (sampler := _find_sampler(key[:-3])):  # old A1111 aliases: k_dpmpp_2m_ka
+        return sampler.name, "Karras"
+    for label in sorted(_SCHEDULES, key=len, reverse=True):  # "SGM Uniform" before "Uniform"
+        for suffix in (label.lower(), label.lower().replace(" ", "_")):
+            if key.endswith(" " + suffix) and (sampler := _find_sampler(key[: -len(suffix) - 1])):
+                return sampler.name, label
+    return name, None
+
+
+def check(sampler: str, schedule: str | None = AUTOMATIC) -> tuple[str, str]:
+    """Return the canonical (sampler, schedule type); raise ValueError listing the valid choices."""
+    found = _find_sampler(sampler)
+    if found is None:
+        raise ValueError(f"Unknown sampler {sampler!r}. Choose one of: {', '.join(_SAMPLERS)}")
+    label = _find_schedule(schedule)
+    choices = (AUTOMATIC, *found.schedules)
+    if label is None:
+        raise ValueError(f"Unknown schedule type {schedule!r}. Choose one of: {', '.join(_SCHEDULES)}")
+    if label not in choices:
+        raise ValueError(f"Schedule type {label!r} is not available for {found.name}; "
+                         f"choose one of: {', '.join(choices)}")
+    return found.name, label
+
+
+def resolve_schedule(sampler: str, schedule: str | None = AUTOMATIC) -> str:
+    """The schedule type actually used: "Automatic" becomes the sampler's usual one (A1111 writes that)."""
+    name, label = check(sampler, schedule)
+    return _SAMPLERS[name].auto if label == AUTOMATIC else label
+
+
+def is_ancestral(sampler: str) -> bool:
+    """True when the sampler adds fresh noise every step (ancestral "a", SDE and LCM samplers): its image
+    depends on the step noise (pass a generator / seed) and does not converge as steps grow."""
+    found = _find_sampler(sampler)
+    return bool(found and found.noisy)
+
+
+def make_scheduler(sampler: str, schedule: str | None, base_config: Mapping[str, Any], *,
+                   seed: int | list[int] | None = None) -> Any:
+    """A new diffusers scheduler for `sampler` / `schedule` built from the checkpoint's scheduler config.
+
+    Keys of `base_config` the class does not take are dropped; `base_config` itself is never changed.
+    `seed` seeds the Brownian-tree noise of "DPM++ SDE", whose `step` takes no generator (random when
+    None); a list gives one seed per image of the batch. Other samplers ignore it.
+    """
+    import inspect
+
+    import diffusers
+
+    name, label = check(sampler, schedule)
+    spec = _SAMPLERS[name]
+    cls = getattr(diffusers, spec.cls)
+    accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
+    config = {k: v for k, v in dict(base_config).items() if k in accepted}
+
+    resolved = resolve_schedule(name, label)
+    overrides: dict[str, Any] = {flag: False for flag in _SIGMA_FLAGS if flag in accepted}
+    overrides.update(_SCHEDULES[resolved][1])
+    if "timestep_spacing" not in overrides and not (label == AUTOMATIC and resolved == "Uniform"):
+        config.pop("timestep_spacing", None)  # the class's own default spacing
+    overrides.update(spec.kwargs)
+    if seed is not None and "noise_sampler_seed" in accepted:
+        overrides["noise_sampler_seed"] = seed
+    return cls.from_config(config, **{k: v for k, v in overrides.items() if k in accepted})
+
+
+def a1111_samplers() -> list[dict[str, Any]]:
+    """Items of A1111's GET /sdapi/v1/samplers."""
+    return [{"name": s.name, "aliases": list(s.aliases),
+             "options": {} if s.auto == "Uniform" else {"scheduler": _SCHEDULES[s.auto][0]}}
+            for s in _SAMPLERS.values()]
+
+
+def a1111_schedulers() -> list[dict[str, Any]]:
+    """Items of A1111's GET /sdapi/v1/schedulers (default_rho / need_inner_model as A1111 reports them)."""
+    return [{"name": api, "label": label, "aliases": ["SGMUniform"] if api == "sgm_uniform" else None,
+             "default_rho": 7.0 if api == "karras" else -1,
+             "need_inner_model": api in ("uniform", "sgm_uniform", "beta")}
+            for label, (api, _) in _SCHEDULES.items()]

@@ -1,0 +1,92 @@
+"""Command-line settings in the A1111 spirit. Parsed once by app.py and passed to whoever needs them."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+DEFAULT_HUB_MODELS = (
+    "stable-diffusion-v1-5/stable-diffusion-v1-5",
+    "stabilityai/stable-diffusion-xl-base-1.0",
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    models_dir: Path = Path("models")
+    outputs_dir: Path = Path("outputs")
+    port: int = 7860
+    listen: bool = False
+    auth: tuple[str, str] | None = None
+    api: bool = False
+    nowebui: bool = False
+    device: str = "auto"
+    precision: str = "auto"
+    attention: str = "auto"
+    rng: str = "cpu"
+    vram_budget_gb: float | None = None
+    ram_budget_gb: float | None = None
+    hub_models: tuple[str, ...] = DEFAULT_HUB_MODELS
+    ckpt: str | None = None
+    preview_every: int = 5
+    max_queued_per_client: int = 16
+
+    @property
+    def host(self) -> str:
+        return "0.0.0.0" if self.listen else "127.0.0.1"
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.models_dir / "Stable-diffusion"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.models_dir / ".cache"
+
+
+def _auth(value: str) -> tuple[str, str]:
+    user, sep, password = value.partition(":")
+    if not sep or not user or not password:
+        raise argparse.ArgumentTypeError("expected user:password")
+    return user, password
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="app.py", description="Local Stable Diffusion studio: web UI and A1111-compatible REST API.")
+    p.add_argument("--models-dir", type=Path, default=Settings.models_dir,
+                   help="folder with Stable-diffusion/ (checkpoints), ESRGAN/, ControlNet/ (default: models)")
+    p.add_argument("--outputs-dir", type=Path, default=Settings.outputs_dir, help="where images are saved (default: outputs)")
+    p.add_argument("--port", type=int, default=Settings.port, help="port to serve on (default: 7860)")
+    p.add_argument("--listen", action="store_true", help="bind 0.0.0.0 so other machines can connect (default: 127.0.0.1 only)")
+    p.add_argument("--auth", type=_auth, default=None, metavar="USER:PASS", help="require this login for the UI and API")
+    p.add_argument("--api", action="store_true", help="serve the A1111-compatible REST API under /sdapi/v1")
+    p.add_argument("--nowebui", action="store_true", help="serve only the REST API (implies --api)")
+    p.add_argument("--device", choices=["auto", "cuda", "cpu", "mps"], default="auto", help="compute device (default: auto)")
+    p.add_argument("--precision", choices=["auto", "fp16", "bf16", "fp32"], default="auto",
+                   help="weights dtype (auto: fp16 on CUDA/MPS, fp32 on CPU)")
+    p.add_argument("--attention", choices=["auto", "sdpa", "xformers"], default="auto",
+                   help="attention kernels (auto: xformers only where it loads with CUDA, else PyTorch SDPA)")
+    p.add_argument("--rng", choices=["cpu", "device"], default="cpu",
+                   help="where initial noise is drawn: cpu gives the same image for a seed on any GPU (default)")
+    p.add_argument("--vram-budget-gb", type=float, default=None, help="device memory for cached models (default: 85%% of total)")
+    p.add_argument("--ram-budget-gb", type=float, default=None, help="CPU RAM for models moved off the device (default: 40%% of RAM)")
+    p.add_argument("--hub-model", dest="hub_models", action="append", default=None, metavar="ORG/NAME",
+                   help="hub id offered in the model list, downloaded on first use (repeatable)")
+    p.add_argument("--ckpt", default=None, help="checkpoint to select at start (name as listed)")
+    p.add_argument("--preview-every", type=int, default=Settings.preview_every,
+                   help="live preview every N steps, 0 = off (default: 5)")
+    return p
+
+
+def parse_args(argv: Sequence[str] | None = None) -> Settings:
+    a = build_parser().parse_args(argv)
+    return Settings(
+        models_dir=a.models_dir, outputs_dir=a.outputs_dir, port=a.port, listen=a.listen, auth=a.auth,
+        api=a.api or a.nowebui, nowebui=a.nowebui, device=a.device, precision=a.precision, attention=a.attention,
+        rng=a.rng, vram_budget_gb=a.vram_budget_gb, ram_budget_gb=a.ram_budget_gb,
+        hub_models=tuple(a.hub_models) if a.hub_models is not None else DEFAULT_HUB_MODELS,
+        ckpt=a.ckpt, preview_every=a.preview_every,
+    )

@@ -1,0 +1,183 @@
+"""The one object the UI and the REST API talk to: models, options, validation, job submission.
+
+It never touches the device itself: generation runs in jobs on the runner's worker thread, through the
+`Engine` that app.py built. Importing this module does not import torch.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping
+
+from pydantic import BaseModel, ValidationError
+
+from pipelines import discovery, outputs
+from pipelines.discovery import CheckpointInfo
+from pipelines.jobs import Job, JobRunner
+from pipelines.params import HintContext, Txt2ImgParams
+from pipelines.settings import Settings
+
+if TYPE_CHECKING:
+    from pipelines.generate import Engine
+
+log = logging.getLogger("studio")
+
+
+class BadRequest(ValueError):
+    """Input the user can fix; the UI shows the message, the API answers 4xx with it."""
+
+
+def describe_validation(e: ValidationError) -> str:
+    parts = []
+    for err in e.errors():
+        where = ".".join(str(x) for x in err.get("loc", ()) if x != "__root__")
+        msg = err.get("msg", "invalid").removeprefix("Value error, ")
+        parts.append(f"{where}: {msg}" if where else msg)
+    return "; ".join(parts)
+
+
+class Studio:
+    def __init__(self, settings: Settings, runner: JobRunner, engine: "Engine", *, hardware: str = ""):
+        self.settings = settings
+        self.runner = runner
+        self.engine = engine
+        self.hardware = hardware
+        self._lock = threading.RLock()
+        self._models: list[CheckpointInfo] = []
+        self._current: str | None = None
+        self._options: dict[str, Any] = {"CLIP_stop_at_last_layers": 1, "samples_format": "png",
+                                          "outdir_samples": str(settings.outputs_dir)}
+        self.refresh_models()
+        if settings.ckpt:
+            self._current = self.find_model(settings.ckpt).name
+
+    # -- models ----------------------------------------------------------------------------------
+    def refresh_models(self) -> list[CheckpointInfo]:
+        found = discovery.scan(self.settings.models_dir, self.settings.hub_models)
+        with self._lock:
+            self._models = found
+            if self._current not in {m.name for m in found}:
+                local = [m for m in found if m.source != "hub" and not m.error]
+                pool = local or found
+                self._current = pool[0].name if pool else None
+        log.info("%d checkpoints (%d local)", len(found), sum(m.source != "hub" for m in found))
+        return found
+
+    def models(self) -> list[CheckpointInfo]:
+        with self._lock:
+            return list(self._models)
+
+    def find_model(self, name: str) -> CheckpointInfo:
+        """Accept a listed name, an A1111 title "name [hash]", a file stem or a short hash."""
+        name = (name or "").strip()
+        bare = name.split(" [")[0]
+        for m in self.models():
+            if name in (m.name, m.title) or bare in (m.name, m.model_name) or (m.short_hash and bare == m.short_hash):
+                return m
+        listed = ", ".join(m.name for m in self.models()) or "none"
+        raise BadRequest(f"Unknown model '{name}'. Available: {listed}. Put checkpoints into "
+                         f"{self.settings.checkpoints_dir} and refresh.")
+
+    def current_model(self) -> CheckpointInfo:
+        with self._lock:
+            current = self._current
+        if current is None:
+            raise BadRequest(f"No checkpoint found. Put a .safetensors/.ckpt file or a diffusers folder into "
+                             f"{self.settings.checkpoints_dir} and press refresh.")
+        return self.find_model(current)
+
+    def select_model(self, name: str, owner: str | None = None) -> Job:
+        """Make `name` the current model and load it in the background (the returned job ends when loaded)."""
+        info = self.find_model(name)
+        if info.error:
+            raise BadRequest(f"{info.name} cannot be used: {info.error}")
+        with self._lock:
+            self._current = info.name
+        return self.runner.submit(lambda ctx: self.engine.warm(ctx, info), kind="load-model", owner=owner)
+
+    def hint_context(self, info: CheckpointInfo | None = None) -> HintContext:
+        try:
+            info = info or self.current_model()
+        except BadRequest:
+            return HintContext()
+        family = info.family if info.family != "unknown" else "sd15"
+        return HintContext(family=family, native=info.native or 512, distilled=info.distilled)
+
+    # -- generation ------------------------------------------------------------------------------
+    def parse_txt2img(self, data: Mapping[str, Any]) -> BaseModel:
+        try:
+            return Txt2ImgParams.model_validate(dict(data))
+        except ValidationError as e:
+            raise BadRequest(describe_validation(e)) from None
+        except ValueError as e:  # sampler / schedule checks
+            raise BadRequest(str(e)) from None
+
+    def submit_txt2img(self, params: BaseModel | Mapping[str, Any], *, model: str | None = None,
+                       owner: str | None = None) -> Job:
+        if not isinstance(params, BaseModel):
+            params = self.parse_txt2img(params)
+        info = self.find_model(model) if model else self.current_model()
+        if info.error:
+            raise BadRequest(f"{info.name} cannot be used: {info.error}")
+        self._check_size(params, info)
+        return self.runner.submit(lambda ctx: self.engine.txt2img(ctx, params, info), kind="txt2img", owner=owner)
+
+    @staticmethod
+    def _check_size(params: BaseModel, info: CheckpointInfo) -> None:
+        w, h = params.width or info.native, params.height or info.native
+        if w * h * params.batch_size > 2048 * 2048 * 2:
+            raise BadRequest(f"{w}x{h} with batch size {params.batch_size} is too large: keep width x height x "
+                             "batch size under 8.4 megapixels, and upscale afterwards")
+
+    def interrupt(self, owner: str | None = None) -> bool:
+        return self.runner.interrupt(owner=owner)
+
+    def skip(self, owner: str | None = None) -> bool:
+        return self.runner.skip(owner=owner)
+
+    # -- options, progress, png info -------------------------------------------------------------
+    def options(self) -> dict[str, Any]:
+        with self._lock:
+            opts = dict(self._options)
+        try:
+            cur = self.current_model()
+            opts.update(sd_model_checkpoint=cur.title, sd_checkpoint_hash=cur.sha256)
+        except BadRequest:
+            opts.update(sd_model_checkpoint=None, sd_checkpoint_hash=None)
+        return opts
+
+    def set_options(self, values: Mapping[str, Any]) -> Job | None:
+        job = None
+        if values.get("sd_model_checkpoint"):
+            job = self.select_model(str(values["sd_model_checkpoint"]))
+        with self._lock:
+            for k, v in values.items():
+                if k not in ("sd_model_checkpoint", "sd_checkpoint_hash"):
+                    self._options[k] = v
+        return job
+
+    def progress(self) -> dict[str, Any]:
+        job = self.runner.current()
+        state = {"skipped": False, "interrupted": False, "job": "", "job_count": len(self.runner.pending()),
+                 "job_timestamp": "0", "job_no": 0, "sampling_step": 0, "sampling_steps": 0}
+        if job is None:
+            return {"progress": 0.0, "eta_relative": 0.0, "state": state, "current_image": None, "textinfo": None}
+        ev = job.last_progress
+        step, total = (ev.step or 0, ev.total or 1) if ev else (0, 1)
+        state.update(job=f"job {job.id}", job_count=state["job_count"] + 1, sampling_step=step, sampling_steps=total,
+                     interrupted=job._cancel.is_set(), skipped=job._skip.is_set())
+        return {"progress": step / total if total else 0.0, "eta_relative": (ev.eta_s or 0.0) if ev else 0.0,
+                "state": state, "current_image": job.last_preview, "textinfo": ev.label if ev else None}
+
+    @staticmethod
+    def png_info(image: Any) -> dict[str, Any]:
+        return outputs.read_png_info(image)
+
+    def memory(self) -> dict[str, int]:
+        return self.engine.manager.usage()
+
+    @property
+    def outputs_dir(self) -> Path:
+        return self.settings.outputs_dir

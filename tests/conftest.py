@@ -1,0 +1,100 @@
+"""Shared fixtures: tiny models saved the way users keep them, and the real server on a free port."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in the tests may reach a model hub
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+
+@pytest.fixture(scope="session")
+def tiny_store(tmp_path_factory) -> Path:
+    """Built once per session: tiny sd15, sd15-inpainting and sdxl diffusers folders."""
+    from tests.tiny_models import build_sd15, build_sdxl
+
+    store = tmp_path_factory.mktemp("tiny-store")
+    build_sd15(store / "tiny-sd15")
+    build_sd15(store / "tiny-sd15-inpainting", inpainting=True)
+    build_sdxl(store / "tiny-sdxl")
+    return store
+
+
+@pytest.fixture
+def models_dir(tiny_store, tmp_path) -> Path:
+    """A fresh models/ folder holding the tiny SD 1.5 model (copy the others in when a test needs them)."""
+    d = tmp_path / "models"
+    (d / "Stable-diffusion").mkdir(parents=True)
+    shutil.copytree(tiny_store / "tiny-sd15", d / "Stable-diffusion" / "tiny-sd15")
+    return d
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, models_dir: Path, outputs_dir: Path, *extra: str):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.outputs_dir = outputs_dir
+        self.log = outputs_dir.parent / f"server-{self.port}.log"
+        cmd = [sys.executable, str(ROOT / "app.py"), "--port", str(self.port), "--models-dir", str(models_dir),
+               "--outputs-dir", str(outputs_dir), "--preview-every", "1", *extra]
+        self._log = open(self.log, "w")
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+    def wait_ready(self, timeout: float = 120) -> "Server":
+        import requests
+
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log.read_text()[-4000:]}")
+            try:
+                requests.get(self.url + "/", timeout=2)
+                return self
+            except requests.RequestException:
+                time.sleep(0.3)
+        raise TimeoutError(f"server not ready after {timeout} s:\n{self.log.read_text()[-4000:]}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self._log.close()
+
+
+@pytest.fixture
+def start_server(tmp_path):
+    """start_server(models_dir, *extra_args) -> Server, stopped at teardown."""
+    servers: list[Server] = []
+
+    def start(models_dir: Path, *extra: str) -> Server:
+        s = Server(models_dir, tmp_path / "outputs", *extra)
+        servers.append(s)
+        return s.wait_ready()
+
+    yield start
+    for s in servers:
+        s.stop()
+
+
+def pytest_configure(config):
+    # diffusers' schedulers trip numpy 2's deprecation warnings thousands of times per run: noise, not signal
+    config.addinivalue_line("filterwarnings", "ignore::DeprecationWarning")

@@ -1,0 +1,150 @@
+"""The txt2img engine on tiny models: seeds, batches, variations, samplers, skip/interrupt, saving, sharing."""
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipelines import devices, discovery, samplers
+from pipelines.generate import Engine
+from pipelines.jobs import Cancelled, EventKind, JobRunner
+from pipelines.manager import ModelManager
+from pipelines.outputs import OutputWriter, read_png_info
+from pipelines.params import Txt2ImgParams
+
+
+@pytest.fixture(scope="module")
+def world(tiny_store, tmp_path_factory):
+    root = tmp_path_factory.mktemp("gen")
+    ckpts = root / "models" / "Stable-diffusion"
+    for name in ("tiny-sd15", "tiny-sdxl", "tiny-sd15-inpainting"):
+        shutil.copytree(tiny_store / name, ckpts / name)
+    infos = {i.name: i for i in discovery.scan(root / "models")}
+    hw = devices.resolve("cpu")
+    manager = ModelManager(device=hw.device, device_budget=2**30, cpu_budget=0)
+    engine = Engine(hw, manager, OutputWriter(root / "outputs"), config_root=root / "models" / ".cache" / "configs",
+                    hash_cache=root / "models" / ".cache" / "hashes.json", preview_every=1)
+    runner = JobRunner().start()
+    yield {"engine": engine, "runner": runner, "infos": infos, "root": root, "manager": manager}
+    runner.stop()
+
+
+def run(world, model="tiny-sd15", **params):
+    params = {"prompt": "a red cube on a table", "steps": 3, "seed": 42, **params}
+    job = world["runner"].submit(lambda ctx: world["engine"].txt2img(ctx, Txt2ImgParams(**params),
+                                                                     world["infos"][model]))
+    return job.wait(120)
+
+
+def pixels(img):
+    return np.asarray(img, dtype=np.int16)
+
+
+def test_same_seed_same_image_and_seed_sequence(world):
+    a, b = run(world, seed=7), run(world, seed=7)
+    assert np.array_equal(pixels(a.images[0]), pixels(b.images[0]))
+    c = run(world, seed=8)
+    assert not np.array_equal(pixels(a.images[0]), pixels(c.images[0]))
+
+    batch = run(world, seed=100, batch_size=2, n_iter=2)
+    assert batch.seeds == [100, 101, 102, 103] and len(batch.images) == 4
+    alone = run(world, seed=102)  # a seed gives the same picture whatever its position in a batch
+    assert np.abs(pixels(batch.images[2]) - pixels(alone.images[0])).max() <= 2
+
+
+def test_random_seed_is_resolved_and_recorded(world):
+    r = run(world, seed=-1)
+    assert r.seeds[0] >= 0 and f"Seed: {r.seeds[0]}" in r.infotexts[0]
+
+
+def test_default_size_is_the_models_native_size(world):
+    assert run(world).images[0].size == (64, 64)
+    assert run(world, width=96, height=64).images[0].size == (96, 64)
+
+
+def test_images_saved_with_infotext(world):
+    r = run(world, seed=5, negative_prompt="blurry", cfg_scale=6.5, clip_skip=2)
+    path = r.paths[0]
+    assert path.exists() and path.parent.parent.name == "txt2img" and path.name.endswith("-5.png")
+    info = read_png_info(__import__("PIL.Image", fromlist=["Image"]).open(path))
+    p = info["parameters"]
+    assert p["prompt"] == "a red cube on a table" and p["negative_prompt"] == "blurry"
+    assert (p["seed"], p["steps"], p["cfg_scale"], p["clip_skip"]) == (5, 3, 6.5, 2)
+    assert p["extra"]["Model"] == "tiny-sd15" and len(p["extra"]["Model hash"]) == 10
+    assert not list(path.parent.glob("*.tmp"))
+
+
+def test_variation_seed(world):
+    base = pixels(run(world, seed=3).images[0])
+    v1 = run(world, seed=3, subseed=9, subseed_strength=0.1)
+    v2 = run(world, seed=3, subseed=9, subseed_strength=0.1)
+    far = pixels(run(world, seed=3, subseed=9, subseed_strength=0.9).images[0])
+    near = pixels(v1.images[0])
+    assert np.array_equal(near, pixels(v2.images[0]))
+    assert 0 < np.abs(near - base).mean() < np.abs(far - base).mean()
+    assert "Variation seed: 9, Variation seed strength: 0.1" in v1.infotexts[0]
+
+
+def test_clip_skip_and_long_prompts_change_the_image(world):
+    a = pixels(run(world, seed=1).images[0])
+    assert not np.array_equal(a, pixels(run(world, seed=1, clip_skip=2).images[0]))
+    long = "a red cube on a table, " * 30  # ~180 tokens: three chunks, nothing cut
+    assert not np.array_equal(a, pixels(run(world, seed=1, prompt=long).images[0]))
+
+
+@pytest.mark.parametrize("sampler", samplers.sampler_names())
+def test_every_sampler_generates(world, sampler):
+    r = run(world, sampler_name=sampler, steps=4, seed=11)
+    arr = pixels(r.images[0])
+    assert arr.shape == (64, 64, 3) and arr.std() > 0
+    assert f"Sampler: {sampler}," in r.infotexts[0]
+
+
+def test_sdxl_and_inpainting_checkpoints(world):
+    xl = run(world, model="tiny-sdxl", seed=4)
+    assert xl.images[0].size == (64, 64) and "Model: tiny-sdxl" in xl.infotexts[0]
+    inp = run(world, model="tiny-sd15-inpainting", seed=4)  # 9-channel UNet used for txt2img
+    assert inp.images[0].size == (64, 64)
+
+
+def test_components_are_loaded_once_and_shared(world):
+    run(world, seed=1)
+    before = len([h for h in world["manager"].history if h["action"] == "load"])
+    run(world, seed=2, sampler_name="Euler a")
+    after = [h for h in world["manager"].history if h["action"] == "load"]
+    assert len(after) == before
+    assert world["manager"].history[-1]["action"] == "hit"
+
+
+def test_events_progress_preview_images(world):
+    params = Txt2ImgParams(prompt="x", steps=3, seed=1, n_iter=2)
+    job = world["runner"].submit(lambda ctx: world["engine"].txt2img(ctx, params, world["infos"]["tiny-sd15"]))
+    events = list(job.events(timeout=60))
+    kinds = [e.kind for e in events]
+    steps = [(e.step, e.total) for e in events if e.kind is EventKind.PROGRESS and e.total == 6]
+    assert steps == [(i, 6) for i in range(1, 7)]
+    assert EventKind.PREVIEW in kinds and kinds.count(EventKind.IMAGE) == 2 and kinds[-1] is EventKind.FINISHED
+    img = next(e for e in events if e.kind is EventKind.IMAGE)
+    assert Path(img.result["path"]).exists() and "Steps: 3" in img.result["infotext"]
+
+
+def test_skip_moves_to_next_batch_and_interrupt_keeps_finished_images(world):
+    engine, runner, info = world["engine"], world["runner"], world["infos"]["tiny-sd15"]
+    params = Txt2ImgParams(prompt="x", steps=40, seed=20, n_iter=3)
+    job = runner.submit(lambda ctx: engine.txt2img(ctx, params, info))
+    for ev in job.events(timeout=60):
+        if ev.kind is EventKind.PROGRESS and ev.total == 120 and ev.step == 2:
+            runner.skip(job)  # abandon batch 1, go on with 2 and 3
+    result = job.result
+    assert result.skipped == 1 and result.seeds == [21, 22]
+
+    job = runner.submit(lambda ctx: engine.txt2img(ctx, params, info))
+    saved = []
+    for ev in job.events(timeout=60):
+        if ev.kind is EventKind.IMAGE:
+            saved.append(Path(ev.result["path"]))
+            runner.interrupt(job)
+    assert job.status == "cancelled" and len(saved) == 1 and saved[0].exists()
+    with pytest.raises(Cancelled):
+        job.wait(1)

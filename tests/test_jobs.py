@@ -1,0 +1,130 @@
+"""The device worker: FIFO order, queue positions, typed events, cooperative interrupt and skip."""
+
+import threading
+import time
+
+import pytest
+
+from pipelines.jobs import Cancelled, EventKind, JobRunner, QueueFull, Skipped
+
+
+@pytest.fixture
+def runner():
+    r = JobRunner(max_queued_per_owner=2).start()
+    yield r
+    r.stop()
+
+
+def stepper(steps=50, delay=0.01, log=None, name=None):
+    def fn(ctx):
+        if log is not None:
+            log.append(name)
+        done = 0
+        for i in range(steps):
+            ctx.check()
+            if ctx.skip_requested():
+                ctx.clear_skip()
+                raise Skipped()
+            time.sleep(delay)
+            done += 1
+            ctx.progress(i + 1, steps)
+        return done
+    return fn
+
+
+def test_fifo_order_and_positions(runner):
+    gate = threading.Event()
+    log = []
+    first = runner.submit(lambda ctx: gate.wait(5) and log.append("first"))
+    jobs = [runner.submit(stepper(2, 0, log, f"j{i}")) for i in range(3)]
+    time.sleep(0.1)
+    assert [runner.position(j) for j in jobs] == [1, 2, 3]
+    queued = [next(iter(j.events(timeout=1))) for j in jobs]
+    assert all(e.kind is EventKind.QUEUED for e in queued)
+    assert [e.position for e in queued] == [1, 2, 3]
+    gate.set()
+    for j in jobs:
+        assert j.wait(5) == 2
+    assert log == ["first", "j0", "j1", "j2"]
+    # positions moved up as the queue drained
+    positions = [e.position for e in jobs[2].events(timeout=5) if e.kind is EventKind.QUEUED]
+    assert positions == [3, 2, 1]
+
+
+def test_progress_events_have_rate_and_eta(runner):
+    job = runner.submit(stepper(10, 0.01))
+    kinds = [e for e in job.events(timeout=5)]
+    prog = [e for e in kinds if e.kind is EventKind.PROGRESS]
+    assert [e.step for e in prog] == list(range(1, 11)) and all(e.total == 10 for e in prog)
+    assert prog[-1].it_per_s and prog[-1].it_per_s > 10 and prog[-1].eta_s == 0
+    assert kinds[0].kind is EventKind.QUEUED and kinds[1].kind is EventKind.STARTED
+    assert kinds[-1].kind is EventKind.FINISHED and kinds[-1].result == 10
+
+
+def test_interrupt_stops_within_a_step(runner):
+    job = runner.submit(stepper(1000, 0.01))
+    while job.last_progress is None:
+        time.sleep(0.005)
+    t0 = time.perf_counter()
+    assert runner.interrupt(job)
+    with pytest.raises(Cancelled):
+        job.wait(5)
+    assert time.perf_counter() - t0 < 0.5
+    assert job.last_progress.step < 1000
+    assert job.status == "cancelled"
+
+
+def test_interrupt_only_own_job(runner):
+    job = runner.submit(stepper(1000, 0.01), owner="alice")
+    while job.last_progress is None:
+        time.sleep(0.005)
+    assert not runner.interrupt(owner="bob")
+    assert runner.interrupt(owner="alice")
+    with pytest.raises(Cancelled):
+        job.wait(5)
+
+
+def test_cancel_while_queued(runner):
+    gate = threading.Event()
+    runner.submit(lambda ctx: gate.wait(5))
+    queued = runner.submit(stepper(5, 0))
+    runner.interrupt(queued)
+    gate.set()
+    events = list(queued.events(timeout=5))
+    assert events[-1].kind is EventKind.CANCELLED and "queued" in events[-1].message
+    assert not any(e.kind is EventKind.STARTED for e in events)
+
+
+def test_skip_moves_on_and_failure_keeps_worker_alive(runner):
+    def batches(ctx):
+        finished = []
+        for b in range(3):
+            try:
+                stepper(30, 0.01)(ctx)
+                finished.append(b)
+            except Skipped:
+                pass
+        return finished
+    job = runner.submit(batches)
+    while job.last_progress is None:
+        time.sleep(0.005)
+    runner.skip(job)
+    assert job.wait(10) == [1, 2]
+
+    bad = runner.submit(lambda ctx: 1 / 0)
+    with pytest.raises(RuntimeError, match="ZeroDivisionError"):
+        bad.wait(5)
+    assert isinstance(bad.exception, ZeroDivisionError)
+    assert runner.submit(lambda ctx: "still alive").wait(5) == "still alive"
+
+
+def test_per_owner_queue_cap(runner):
+    gate = threading.Event()
+    runner.submit(lambda ctx: gate.wait(5), owner="x")
+    time.sleep(0.05)
+    runner.submit(stepper(1, 0), owner="x")
+    runner.submit(stepper(1, 0), owner="x")
+    with pytest.raises(QueueFull):
+        runner.submit(stepper(1, 0), owner="x")
+    runner.submit(stepper(1, 0), owner="y")  # other clients are not affected
+    gate.set()
