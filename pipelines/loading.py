@@ -15,6 +15,7 @@ import filecmp
 import json
 import logging
 import os
+import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -106,11 +107,16 @@ def materialize_config(family: str, config_root: Path) -> Path:
 # ---------------------------------------------------------------- loaders
 
 
+def _is_fp16(filename: str) -> bool:
+    """diffusers/transformers 'fp16' variant files: model.fp16.safetensors, model.fp16-00001-of-00002.safetensors."""
+    return re.search(r"\.fp16[.-]", filename) is not None
+
+
 def _weights_variant(folder: Path, dtype: torch.dtype) -> str | None:
     """'fp16' when a component folder only has fp16 weights, or has them and fp16 is wanted."""
     files = [p.name for p in folder.glob("*") if p.suffix in (".safetensors", ".bin")]
-    fp16 = any(".fp16." in f for f in files)
-    plain = any(".fp16." not in f for f in files)
+    fp16 = any(_is_fp16(f) for f in files)
+    plain = any(not _is_fp16(f) for f in files)
     return "fp16" if fp16 and (not plain or dtype == torch.float16) else None
 
 
@@ -176,10 +182,10 @@ def hub_allow_patterns(files: list[str], dtype: torch.dtype) -> list[str]:
             and ("/" in f or f == "model_index.json")]
     for part in MODEL_PARTS:
         weights = [f for f in files if f.startswith(part + "/") and f.endswith((".safetensors", ".bin"))]
-        groups = [[f for f in weights if f.endswith(".safetensors") and ".fp16." in f],
-                  [f for f in weights if f.endswith(".safetensors") and ".fp16." not in f],
-                  [f for f in weights if f.endswith(".bin") and ".fp16." not in f],
-                  [f for f in weights if f.endswith(".bin") and ".fp16." in f]]
+        groups = [[f for f in weights if f.endswith(".safetensors") and _is_fp16(f)],
+                  [f for f in weights if f.endswith(".safetensors") and not _is_fp16(f)],
+                  [f for f in weights if f.endswith(".bin") and not _is_fp16(f)],
+                  [f for f in weights if f.endswith(".bin") and _is_fp16(f)]]
         if dtype != torch.float16:
             groups[0], groups[1] = groups[1], groups[0]
         keep += next((g for g in groups if g), [])
@@ -219,13 +225,16 @@ def _hub_folder(info: CheckpointInfo, dtype: torch.dtype, progress: Progress | N
 
 
 def _short_reason(e: BaseException) -> str:
-    text = str(e).strip() or type(e).__name__
-    first = text.splitlines()[0]
-    if "size mismatch" in text or "shape" in first.lower():
-        return f"the weights do not match the expected architecture ({first[:200]})"
+    """One line a user can act on, from whatever diffusers/transformers/safetensors raised."""
+    text = re.sub(r"torch\.Size\((\[.*?\])\)", r"\1", str(e).strip()) or type(e).__name__
+    shape = re.search(r"(\S+) expected shape (\[.*?\]), but got (\[.*?\])", text)
+    if shape:
+        return f"the weights do not fit the architecture ({shape[1]}: expected {shape[2]}, got {shape[3]})"
+    if "meta tensor" in text:
+        return "incomplete checkpoint (some weights are missing)"
     if "HeaderTooLarge" in text or "deserializ" in text or "incomplete metadata" in text.lower():
-        return f"corrupt or truncated file ({first[:200]})"
-    return first[:300]
+        return f"corrupt or truncated file ({text.splitlines()[0][:200]})"
+    return text.splitlines()[0][:300]
 
 
 def load_components(info: CheckpointInfo, *, dtype: torch.dtype, config_root: Path,

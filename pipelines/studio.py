@@ -89,13 +89,19 @@ class Studio:
         return self.find_model(current)
 
     def select_model(self, name: str, owner: str | None = None) -> Job:
-        """Make `name` the current model and load it in the background (the returned job ends when loaded)."""
+        """Load `name` in the background; it becomes the current model once loaded (a failed load keeps the
+        previous one, as A1111 does). The returned job ends when the switch is done."""
         info = self.find_model(name)
         if info.error:
             raise BadRequest(f"{info.name} cannot be used: {info.error}")
-        with self._lock:
-            self._current = info.name
-        return self.runner.submit(lambda ctx: self.engine.warm(ctx, info), kind="load-model", owner=owner)
+
+        def switch(ctx: Any) -> str:
+            self.engine.warm(ctx, info)
+            with self._lock:
+                self._current = info.name
+            return info.name
+
+        return self.runner.submit(switch, kind="load-model", owner=owner)
 
     def hint_context(self, info: CheckpointInfo | None = None) -> HintContext:
         try:

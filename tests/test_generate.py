@@ -148,3 +148,44 @@ def test_skip_moves_to_next_batch_and_interrupt_keeps_finished_images(world):
     assert job.status == "cancelled" and len(saved) == 1 and saved[0].exists()
     with pytest.raises(Cancelled):
         job.wait(1)
+
+
+def test_out_of_memory_in_a_step_is_reported_and_the_next_job_runs(world):
+    import torch
+
+    engine, runner, info = world["engine"], world["runner"], world["infos"]["tiny-sd15"]
+    run(world, seed=1)  # components cached
+    with engine.components(info) as comps:
+        unet = comps.unet
+    calls = {"n": 0}
+
+    def explode(module, args):
+        calls["n"] += 1
+        if calls["n"] == 5:  # fails inside the second batch
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    hook = unet.register_forward_pre_hook(explode)
+    try:
+        params = Txt2ImgParams(prompt="x", steps=3, seed=30, n_iter=2)
+        job = runner.submit(lambda ctx: engine.txt2img(ctx, params, info))
+        events = list(job.events(timeout=60))
+    finally:
+        hook.remove()
+    failed = events[-1]
+    assert failed.kind is EventKind.FAILED and "Out of device memory at 64x64" in failed.message
+    finished = [e for e in events if e.kind is EventKind.IMAGE]
+    assert len(finished) == 1 and Path(finished[0].result["path"]).exists()  # batch 1 was kept
+    assert all(world["manager"].where(k) for k in world["manager"].cached("tiny-sd15"))  # nothing half-dropped
+    assert run(world, seed=31).images  # the worker and the cached model are fine
+
+
+def test_corrupt_checkpoint_fails_with_a_clear_message(world, tmp_path):
+    bad_dir = tmp_path / "models" / "Stable-diffusion"
+    bad_dir.mkdir(parents=True)
+    (bad_dir / "broken.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all")
+    info = next(i for i in discovery.scan(tmp_path / "models") if i.name == "broken.safetensors")
+    assert info.error
+    job = world["runner"].submit(lambda ctx: world["engine"].txt2img(ctx, Txt2ImgParams(prompt="x"), info))
+    with pytest.raises(RuntimeError, match="broken.safetensors"):
+        job.wait(60)
+    assert run(world, seed=2).images

@@ -1,0 +1,340 @@
+"""The A1111-compatible REST API (`/sdapi/v1/...`), so existing A1111 clients work unchanged.
+
+`build_api(studio, auth)` returns an APIRouter that app.py mounts. Every endpoint is a thin adapter over the
+`Studio` facade: parse and validate the request, submit a job to the shared queue, wait for it, and shape
+the answer the way A1111 does. Generation defaults come from PARAMS (the UI's defaults), not from A1111's
+API defaults. Errors answer {"error": <kind>, "detail": <reason>} with a 4xx/5xx status.
+Pure Python: no torch import here (results are duck-typed).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import logging
+import secrets
+from typing import Any, Callable
+
+from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from fastapi.security import HTTPBasic, HTTPBasicCredentials
+from PIL import Image, UnidentifiedImageError
+from PIL.PngImagePlugin import PngInfo
+from pydantic import ConfigDict, ValidationError
+
+from pipelines import samplers
+from pipelines.jobs import EventKind, QueueFull
+from pipelines.params import Txt2ImgParams
+from pipelines.studio import BadRequest, Studio, describe_validation
+
+log = logging.getLogger("studio.api")
+WAIT_S = 3600.0  # longest wait for one job event (model download, very long step); never forever
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, error: str, detail: str):
+        super().__init__(detail)
+        self.status, self.error, self.detail = status, error, detail
+
+    def response(self) -> JSONResponse:
+        return JSONResponse({"error": self.error, "detail": self.detail}, status_code=self.status)
+
+
+class _Route(APIRoute):
+    """Turns ApiError into its JSON answer (an APIRouter cannot register exception handlers)."""
+
+    def get_route_handler(self) -> Callable:
+        handler = super().get_route_handler()
+
+        async def run(request: Request):
+            try:
+                return await handler(request)
+            except ApiError as e:
+                return e.response()
+
+        return run
+
+
+# ----------------------------------------------------------------------------------------------
+# Request model: our parameters (PARAMS defaults) plus the A1111 fields clients send.
+
+
+class Txt2ImgRequest(Txt2ImgParams):
+    model_config = ConfigDict(extra="ignore", validate_assignment=True)
+
+    sampler_index: str | None = None  # old name of sampler_name, used when sampler_name is absent
+    override_settings: dict[str, Any] = {}
+    override_settings_restore_afterwards: bool = True
+    send_images: bool = True
+    save_images: bool = True  # images are always saved, as in the UI
+    styles: list[str] = []
+    enable_hr: bool = False
+    restore_faces: bool | None = None
+    tiling: bool | None = None
+    eta: float | None = None
+    seed_resize_from_h: int = -1
+    seed_resize_from_w: int = -1
+    refiner_checkpoint: str | None = None
+    script_name: str | None = None
+    script_args: list[Any] = []
+    alwayson_scripts: dict[str, Any] = {}
+
+
+# A1111 fields accepted and ignored without a warning: they change nothing unless a feature above is on.
+_SILENT = frozenset({
+    "denoising_strength", "firstphase_width", "firstphase_height", "hr_scale", "hr_upscaler", "hr_second_pass_steps",
+    "hr_resize_x", "hr_resize_y", "hr_checkpoint_name", "hr_sampler_name", "hr_scheduler", "hr_prompt",
+    "hr_negative_prompt", "hr_cfg", "hr_distilled_cfg", "refiner_switch_at", "s_min_uncond", "s_churn", "s_tmax",
+    "s_tmin", "s_noise", "do_not_save_samples", "do_not_save_grid", "disable_extra_networks", "comments",
+    "force_task_id", "infotext", "firstpass_image", "distilled_cfg_scale", "sampler_index",
+})
+
+# Fields we do not implement yet: (is it in use?, what happens instead).
+_UNSUPPORTED: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "enable_hr": (bool, "hires fix is not implemented yet"),
+    "restore_faces": (bool, "face restoration is not implemented yet"),
+    "tiling": (bool, "tiling is not implemented yet"),
+    "styles": (bool, "styles are not implemented yet"),
+    "alwayson_scripts": (bool, "scripts are not implemented yet"),
+    "script_name": (bool, "scripts are not implemented yet"),
+    "refiner_checkpoint": (bool, "refiner is not implemented yet"),
+    "eta": (lambda v: v is not None, "eta is fixed by the sampler"),
+    "seed_resize_from_h": (lambda v: v > 0, "seed resize is not implemented yet"),
+    "seed_resize_from_w": (lambda v: v > 0, "seed resize is not implemented yet"),
+    "save_images": (lambda v: not v, "images are always saved"),
+    "override_settings_restore_afterwards": (lambda v: not v, "overrides apply to this request only"),
+}
+_OVERRIDES = {"sd_model_checkpoint", "CLIP_stop_at_last_layers"}
+
+
+def parse_request(body: Any) -> tuple[Txt2ImgRequest, str | None, list[str]]:
+    """Validate an A1111 txt2img body -> (request, model override or None, warnings). Raises ApiError 422."""
+    if not isinstance(body, dict):
+        raise ApiError(422, "ValidationError", "body: expected a JSON object")
+    fields = Txt2ImgRequest.model_fields
+    # null means "default" for fields that have a non-null default (A1111 clients send nulls)
+    data = {k: v for k, v in body.items() if not (v is None and k in fields and fields[k].default is not None)}
+    if not data.get("sampler_name") and data.get("sampler_index"):
+        data["sampler_name"] = data["sampler_index"]
+    overrides = data.get("override_settings") or {}
+    if isinstance(overrides, dict) and overrides.get("CLIP_stop_at_last_layers") is not None \
+            and data.get("clip_skip") is None:
+        data["clip_skip"] = overrides["CLIP_stop_at_last_layers"]
+    try:
+        req = Txt2ImgRequest.model_validate(data)
+    except ValidationError as e:
+        raise ApiError(422, "ValidationError", describe_validation(e)) from None
+    except ValueError as e:
+        raise ApiError(422, "ValidationError", str(e)) from None
+
+    warnings = [f"{name}={getattr(req, name)!r} ignored: {why}"
+                for name, (used, why) in _UNSUPPORTED.items() if used(getattr(req, name))]
+    if other := sorted(set(req.override_settings) - _OVERRIDES):
+        warnings.append(f"override_settings ignored: {', '.join(other)}")
+    if unknown := sorted(set(body) - set(fields) - _SILENT):
+        warnings.append(f"unknown fields ignored: {', '.join(unknown)}")
+    model = req.override_settings.get("sd_model_checkpoint") or None
+    return req, (str(model) if model else None), warnings
+
+
+# ----------------------------------------------------------------------------------------------
+# Helpers
+
+
+def encode_png(image: Any, parameters: str | None = None) -> str:
+    pnginfo = None
+    if parameters:
+        pnginfo = PngInfo()
+        pnginfo.add_text("parameters", parameters)
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", pnginfo=pnginfo)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def decode_image(data: Any) -> Image.Image:
+    if not isinstance(data, str) or not data.strip():
+        raise ApiError(400, "BadImage", "image: expected a base64-encoded image string")
+    text = data.strip()
+    if text.startswith("data:"):
+        text = text.partition(",")[2]
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise ApiError(400, "BadImage", f"image: invalid base64 ({e})") from None
+    try:
+        image = Image.open(io.BytesIO(raw))
+        image.load()
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
+        raise ApiError(400, "BadImage", f"image: {len(raw)} bytes that are not a readable image "
+                                        "(expected PNG, JPEG or WEBP)") from None
+    return image
+
+
+def job_error(job: Any) -> ApiError:
+    """Map a failed job to a status: out of memory / bad checkpoint -> 4xx, anything else -> 500."""
+    exc, message = job.exception, job.error or "job failed"
+    if type(exc).__name__ == "OutOfMemory" or "out of memory" in message.lower():
+        return ApiError(422, "OutOfMemory", message)
+    if isinstance(exc, BadRequest):
+        return ApiError(422, "BadRequest", message)
+    if type(exc).__name__ == "LoadError" or job.kind == "load-model":
+        return ApiError(422, "ModelLoadError", message)
+    return ApiError(500, type(exc).__name__ if exc else "JobFailed", message)
+
+
+def wait_job(job: Any) -> list[Any]:
+    """Wait for a job's end; return its events (image events included). Raises ApiError on failure."""
+    events = []
+    try:
+        for ev in job.events(timeout=WAIT_S):
+            events.append(ev)
+    except TimeoutError as e:
+        raise ApiError(504, "Timeout", str(e)) from None
+    if events[-1].kind is EventKind.FAILED:
+        raise job_error(job)
+    return events
+
+
+def _client(request: Request) -> str:
+    return request.headers.get("x-client-id") or (request.client.host if request.client else "unknown")
+
+
+async def _json_body(request: Request) -> Any:
+    raw = await request.body()
+    try:
+        return json.loads(raw or b"null")
+    except ValueError as e:
+        raise ApiError(422, "JSONDecodeError", f"body: malformed JSON ({e})") from None
+
+
+def _find_model(studio: Studio, name: str) -> Any:
+    try:
+        return studio.find_model(name)
+    except BadRequest as e:
+        raise ApiError(404, "ModelNotFound", str(e)) from None
+
+
+# ----------------------------------------------------------------------------------------------
+# Endpoints
+
+
+def build_api(studio: Studio, auth: tuple[str, str] | None = None) -> APIRouter:
+    deps = []
+    if auth:
+        basic = HTTPBasic(auto_error=False)
+
+        def check_auth(credentials: HTTPBasicCredentials | None = Depends(basic)) -> None:
+            ok = credentials is not None and (
+                secrets.compare_digest(credentials.username.encode(), auth[0].encode())
+                & secrets.compare_digest(credentials.password.encode(), auth[1].encode()))
+            if not ok:
+                raise HTTPException(401, "Incorrect username or password", headers={"WWW-Authenticate": "Basic"})
+
+        deps.append(Depends(check_auth))
+    api = APIRouter(prefix="/sdapi/v1", tags=["A1111 API"], dependencies=deps, route_class=_Route)
+    body_doc = {"requestBody": {"content": {"application/json": {"schema": Txt2ImgRequest.model_json_schema()}}}}
+
+    @api.post("/txt2img", openapi_extra=body_doc)
+    def txt2img(request: Request, body: Any = Depends(_json_body)) -> dict[str, Any]:
+        req, model, warnings = parse_request(body)
+        for w in warnings:
+            log.warning("txt2img: %s", w)
+        if model:
+            model = _find_model(studio, model).name
+        params = req.model_dump(include=set(Txt2ImgParams.model_fields))
+        try:
+            job = studio.submit_txt2img(params, model=model, owner=_client(request))
+        except QueueFull as e:
+            raise ApiError(429, "QueueFull", str(e)) from None
+        except BadRequest as e:
+            raise ApiError(422, "BadRequest", str(e)) from None
+        events = wait_job(job)
+        last = events[-1]
+        if last.kind is EventKind.FINISHED:
+            result = last.result
+            images, texts, info = result.images, result.infotexts, result.info()
+        else:  # interrupted: what was finished so far, as A1111 does
+            done = [ev for ev in events if ev.kind is EventKind.IMAGE]
+            images = [ev.image for ev in done]
+            texts = [(ev.result or {}).get("infotext", "") for ev in done]
+            seeds = [(ev.result or {}).get("seed") for ev in done]
+            info = {"prompt": req.prompt, "negative_prompt": req.negative_prompt, "seed": seeds[0] if seeds else req.seed,
+                    "all_seeds": seeds, "infotexts": texts, "steps": req.steps, "sampler_name": req.sampler_name,
+                    "scheduler": req.scheduler, "cfg_scale": req.cfg_scale,
+                    "width": images[0].width if images else req.width,
+                    "height": images[0].height if images else req.height, "interrupted": True}
+        info["warnings"] = warnings
+        return {"images": [encode_png(im, t) for im, t in zip(images, texts)] if req.send_images else [],
+                "parameters": req.model_dump(), "info": json.dumps(info)}
+
+    @api.get("/sd-models")
+    def sd_models() -> list[dict[str, Any]]:
+        return [{"title": m.title, "model_name": m.model_name, "hash": m.short_hash, "sha256": m.sha256,
+                 "filename": str(m.path) if m.path else m.hub_id, "config": None} for m in studio.models()]
+
+    @api.post("/refresh-checkpoints")
+    def refresh_checkpoints() -> None:
+        studio.refresh_models()
+
+    @api.get("/sd-vae")
+    def sd_vae() -> list:
+        return []
+
+    @api.get("/samplers")
+    def list_samplers() -> list[dict[str, Any]]:
+        return samplers.a1111_samplers()
+
+    @api.get("/schedulers")
+    def list_schedulers() -> list[dict[str, Any]]:
+        return samplers.a1111_schedulers()
+
+    @api.get("/options")
+    def get_options() -> dict[str, Any]:
+        return studio.options()
+
+    @api.post("/options")
+    def set_options(body: Any = Depends(_json_body)) -> bool:
+        if not isinstance(body, dict):
+            raise ApiError(422, "ValidationError", "body: expected a JSON object of option names and values")
+        if body.get("sd_model_checkpoint"):
+            body["sd_model_checkpoint"] = _find_model(studio, str(body["sd_model_checkpoint"])).name
+        try:
+            job = studio.set_options(body)
+        except QueueFull as e:
+            raise ApiError(429, "QueueFull", str(e)) from None
+        except BadRequest as e:
+            raise ApiError(422, "BadRequest", str(e)) from None
+        if job is not None:
+            wait_job(job)  # the previous model stays selected when this load fails
+        return True
+
+    @api.get("/progress")
+    def progress(skip_current_image: bool = False) -> dict[str, Any]:
+        p = studio.progress()
+        image = p.get("current_image")
+        p["current_image"] = encode_png(image) if image is not None and not skip_current_image else None
+        return p
+
+    @api.post("/interrupt")
+    def interrupt() -> dict[str, bool]:
+        return {"interrupted": studio.interrupt()}
+
+    @api.post("/skip")
+    def skip() -> dict[str, bool]:
+        return {"skipped": studio.skip()}
+
+    @api.post("/png-info")
+    def png_info(body: Any = Depends(_json_body)) -> dict[str, Any]:
+        image = decode_image(body.get("image") if isinstance(body, dict) else None)
+        info = studio.png_info(image)
+        info["items"] = {k: v for k, v in info["items"].items() if k != "parameters"}
+        return info
+
+    @api.get("/memory")
+    def memory() -> dict[str, Any]:
+        return studio.memory()
+
+    return api
