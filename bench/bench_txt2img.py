@@ -85,7 +85,7 @@ def main() -> None:
     from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
 
     t0 = time.perf_counter()
-    plain = StableDiffusionPipeline.from_pretrained(folder, torch_dtype=hw.dtype, safety_checker=None,
+    plain = StableDiffusionPipeline.from_pretrained(folder, dtype=hw.dtype, safety_checker=None,
                                                     requires_safety_checker=False, local_files_only=True).to(hw.device)
     plain_load = time.perf_counter() - t0
     plain.scheduler = EulerDiscreteScheduler.from_config(plain.scheduler.config)
@@ -99,10 +99,6 @@ def main() -> None:
         sync(hw.device)
         return time.perf_counter() - t
 
-    plain_once()  # warm-up
-    plain_times = [plain_once() for _ in range(args.runs)]
-    del plain
-    devices.free_memory()
 
     # -- the app's path: job queue, prompt encoding, per-job pipeline view, PNG save -------------------
     manager = ModelManager(device=hw.device, device_budget=hw.total_memory, cpu_budget=0)
@@ -124,8 +120,13 @@ def main() -> None:
         runner.submit(lambda ctx: engine.txt2img(ctx, params, info)).wait()
         return time.perf_counter() - t
 
-    app_once()
-    app_times = [app_once() for _ in range(args.runs)]
+    plain_once(), app_once()  # warm-up
+    plain_times, app_times = [], []
+    for _ in range(args.runs):  # interleaved, so both see the same machine conditions
+        plain_times.append(plain_once())
+        app_times.append(app_once())
+    del plain
+    devices.free_memory()
 
     # -- memory shared across modes -----------------------------------------------------------------
     from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionInpaintPipeline

@@ -20,11 +20,12 @@ from typing import Any, Callable, Iterator
 log = logging.getLogger("studio.jobs")
 
 
-class Cancelled(Exception):
-    """Raised inside a job when the user interrupted it."""
+class Cancelled(BaseException):
+    """Raised inside a job when the user interrupted it. A BaseException (like asyncio.CancelledError), so
+    library code's `except Exception` cannot swallow a cancel and report it as a failure."""
 
 
-class Skipped(Exception):
+class Skipped(BaseException):
     """Raised inside a job to abandon the current image/batch and go on with the next one."""
 
 
@@ -218,6 +219,14 @@ class JobRunner:
         if target is None or target.done or (owner is not None and target.owner != owner):
             return False
         target._cancel.set()
+        with self._lock:
+            queued = target in self._pending
+            if queued:  # never started: end it now instead of when it reaches the worker
+                self._pending.remove(target)
+                for i, waiting in enumerate(self._pending):
+                    waiting.emit(JobEvent(EventKind.QUEUED, waiting.id, position=i + (self._current is not None)))
+        if queued:
+            self._end(target, "cancelled", EventKind.CANCELLED, message="cancelled while queued")
         return True
 
     def skip(self, job: Job | None = None, owner: str | None = None) -> bool:

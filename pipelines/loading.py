@@ -17,6 +17,7 @@ import logging
 import os
 import re
 import shutil
+import textwrap
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -219,7 +220,7 @@ def _hub_folder(info: CheckpointInfo, dtype: torch.dtype, progress: Progress | N
     except Exception as e:
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise LoadError(
-            f"Could not download {repo} from the Hugging Face Hub ({reason[:200]}). To use it offline, put the "
+            f"Could not download {repo} from the Hugging Face Hub ({textwrap.shorten(reason, 200)}). To use it offline, put the "
             f"model (a .safetensors file or a diffusers folder) in models/Stable-diffusion."
         ) from e
 

@@ -119,7 +119,7 @@ class ParamSpec:
             band = next((b for b in self.bands_for(ctx) if b.contains(measured)), None)
             if band is None:
                 band = Band("avoid", "outside every recommended band")
-            if self.measure:
+            if self.measure and measured:
                 band = Band(band.verdict, f"~{_num(measured)} {self.unit}: {band.why}", band.lo, band.hi)
         return Hint(band.verdict, band.why, band.label, self.recommended(ctx))
 

@@ -78,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ckpt", default=None, help="checkpoint to select at start (name as listed)")
     p.add_argument("--preview-every", type=int, default=Settings.preview_every,
                    help="live preview every N steps, 0 = off (default: 5)")
+    p.add_argument("--max-queued-per-client", type=int, default=Settings.max_queued_per_client,
+                   help="jobs one browser session or API client may have waiting (default: 16)")
     return p
 
 
@@ -88,5 +90,5 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         api=a.api or a.nowebui, nowebui=a.nowebui, device=a.device, precision=a.precision, attention=a.attention,
         rng=a.rng, vram_budget_gb=a.vram_budget_gb, ram_budget_gb=a.ram_budget_gb,
         hub_models=tuple(a.hub_models) if a.hub_models is not None else DEFAULT_HUB_MODELS,
-        ckpt=a.ckpt, preview_every=a.preview_every,
+        ckpt=a.ckpt, preview_every=a.preview_every, max_queued_per_client=a.max_queued_per_client,
     )

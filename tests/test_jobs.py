@@ -88,11 +88,29 @@ def test_cancel_while_queued(runner):
     gate = threading.Event()
     runner.submit(lambda ctx: gate.wait(5))
     queued = runner.submit(stepper(5, 0))
+    behind = runner.submit(stepper(1, 0))
     runner.interrupt(queued)
+    assert queued.done and runner.position(behind) == 1  # ended at once, the queue moved up
     gate.set()
     events = list(queued.events(timeout=5))
     assert events[-1].kind is EventKind.CANCELLED and "queued" in events[-1].message
     assert not any(e.kind is EventKind.STARTED for e in events)
+
+
+def test_cancel_is_not_swallowed_by_library_error_handling(runner):
+    def job(ctx):
+        try:
+            stepper(1000, 0.01)(ctx)
+        except Exception as e:  # what loaders and libraries do: must not turn a cancel into a failure
+            raise RuntimeError(f"wrapped: {e}") from e
+
+    j = runner.submit(job)
+    while j.last_progress is None:
+        time.sleep(0.005)
+    runner.interrupt(j)
+    with pytest.raises(Cancelled):
+        j.wait(5)
+    assert j.status == "cancelled"
 
 
 def test_skip_moves_on_and_failure_keeps_worker_alive(runner):

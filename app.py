@@ -1,0 +1,75 @@
+"""Composition root: parse the command line, build the device, model manager, job runner and studio,
+then serve the web UI and/or the A1111-compatible REST API.
+
+    python app.py                 # web UI on http://127.0.0.1:7860
+    python app.py --api           # web UI + REST API under /sdapi/v1
+    python app.py --nowebui       # REST API only
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Sequence
+
+from pipelines.settings import Settings, parse_args
+
+log = logging.getLogger("studio")
+
+
+def build_app(settings: Settings):
+    """Build every long-lived object once and wire them together; returns the ASGI app."""
+    import gradio as gr
+    from fastapi import FastAPI
+
+    from pipelines import devices
+    from pipelines.generate import Engine
+    from pipelines.jobs import JobRunner
+    from pipelines.manager import ModelManager
+    from pipelines.outputs import OutputWriter
+    from pipelines.studio import Studio
+    from ui.api import build_api
+    from ui.layout import CSS, build_ui
+
+    settings.checkpoints_dir.mkdir(parents=True, exist_ok=True)
+    settings.outputs_dir.mkdir(parents=True, exist_ok=True)
+    hw = devices.resolve(settings.device, settings.precision, settings.attention)
+    gib, ram = 2**30, devices.system_ram()
+    ram_budget = int(settings.ram_budget_gb * gib) if settings.ram_budget_gb else int(ram * 0.4)
+    if hw.device.type == "cpu":  # one tier: the models live in RAM
+        device_budget = int(settings.ram_budget_gb * gib) if settings.ram_budget_gb else int(ram * 0.6)
+    else:
+        device_budget = int(settings.vram_budget_gb * gib) if settings.vram_budget_gb else int(hw.total_memory * 0.85)
+    manager = ModelManager(device=hw.device, device_budget=device_budget, cpu_budget=ram_budget)
+    engine = Engine(hw, manager, OutputWriter(settings.outputs_dir), config_root=settings.cache_dir / "configs",
+                    hash_cache=settings.cache_dir / "hashes.json", rng=settings.rng,
+                    preview_every=settings.preview_every)
+    runner = JobRunner(max_queued_per_owner=settings.max_queued_per_client).start()
+    studio = Studio(settings, runner, engine, hardware=hw.describe())
+    log.info("device: %s", hw.describe())
+
+    app = FastAPI(title="Stable Diffusion studio", docs_url="/docs" if settings.api else None)
+    app.state.studio = studio
+    if settings.api:
+        app.include_router(build_api(studio, auth=settings.auth))
+    if not settings.nowebui:
+        app = gr.mount_gradio_app(app, build_ui(studio), path="/", auth=settings.auth, ssr_mode=False,
+                                  max_file_size="50mb", css=CSS)
+    app.router.add_event_handler("shutdown", runner.stop)
+    return app
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    settings = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    import uvicorn
+
+    app = build_app(settings)
+    where = f"http://{settings.host}:{settings.port}"
+    print(f"Serving {'API only' if settings.nowebui else 'web UI'} on {where}"
+          + (f" (API: {where}/sdapi/v1, docs {where}/docs)" if settings.api else ""), flush=True)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,80 @@
+"""PNG Info tab: read the generation parameters of any image and send them to txt2img."""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import gradio as gr
+from PIL import Image
+
+from pipelines.params import PARAMS, TXT2IMG_FIELDS
+from pipelines.studio import Studio
+from ui.widgets import QUIET
+
+
+def fields_table(parsed: Mapping[str, Any]) -> str:
+    """Parsed parameters as a Markdown table (our labels, then unknown A1111 keys)."""
+    rows = [(PARAMS[n].label, parsed[n]) for n in PARAMS if n in parsed and parsed[n] not in (None, "")]
+    rows += list((parsed.get("extra") or {}).items())
+    if not rows:
+        return ""
+    cell = lambda v: html.escape(str(v)).replace("|", "\\|").replace("\n", "<br>")  # noqa: E731
+    return "| Parameter | Value |\n|---|---|\n" + "\n".join(f"| {cell(k)} | {cell(v)} |" for k, v in rows)
+
+
+def txt2img_values(parsed: Mapping[str, Any]) -> list[Any]:
+    """Values for every txt2img field, in TXT2IMG_FIELDS order.
+
+    Full infotext: fields it omits mean their default (no variation, clip skip 1...); size kept when absent.
+    Plain text (no parameters line): only the prompt is filled.
+    """
+    full = "steps" in parsed
+    out = []
+    for name in TXT2IMG_FIELDS:
+        if name in parsed and parsed[name] is not None:
+            out.append(parsed[name])
+        elif full and name not in ("width", "height"):
+            out.append(PARAMS[name].default)
+        else:
+            out.append(gr.skip())
+    return out
+
+
+@dataclass
+class PngInfo:
+    parsed: gr.State
+    send: gr.Button
+
+
+def build_pnginfo(studio: Studio) -> PngInfo:
+    with gr.Row():
+        with gr.Column(scale=1):
+            # filepath + no mode conversion: the uploaded file itself is read, every text chunk intact
+            image = gr.Image(label="Source image", type="filepath", image_mode=None, sources=["upload", "clipboard"],
+                             height=420, elem_id="pnginfo-image")
+        with gr.Column(scale=1):
+            text = gr.Textbox(label="Parameters", lines=6, interactive=False, elem_id="pnginfo-text", buttons=["copy"])
+            send = gr.Button("Send to txt2img", variant="primary", elem_id="pnginfo-send", interactive=False)
+            table = gr.Markdown("", elem_id="pnginfo-fields")
+            with gr.Accordion("All text chunks", open=False):
+                items = gr.JSON(label="Image info", elem_id="pnginfo-items")
+    parsed = gr.State({})
+
+    def read(path: str | None) -> tuple[str, Any, str, dict, dict]:
+        if not path:
+            return "", gr.Button(interactive=False), "", {}, {}
+        try:
+            with Image.open(path) as img:
+                info = studio.png_info(img)
+        except (OSError, ValueError) as e:
+            return f"Cannot read this file: {e}", gr.Button(interactive=False), "", {}, {}
+        params = info.get("parameters") or {}
+        if not info.get("info"):
+            return ("No generation parameters found in this image.", gr.Button(interactive=False), "",
+                    info.get("items", {}), {})
+        return info["info"], gr.Button(interactive=True), fields_table(params), info.get("items", {}), params
+
+    image.change(read, image, [text, send, table, items, parsed], **QUIET)
+    return PngInfo(parsed, send)

@@ -1,0 +1,119 @@
+"""Gradio inputs built from `ParamSpec`s, each with a live verdict badge under it.
+
+A spec gives the label, limits, step, default, description (shown as `info=`) and choices; its `hint()`
+gives the verdict (best/ok/caution/avoid) and the one-line why. `bind_hints` re-judges a field on every
+change, together with the fields its verdict depends on (width <-> height) and the selected model.
+"""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Sequence
+
+import gradio as gr
+
+from pipelines.params import PARAMS, HintContext, ParamSpec
+
+VERDICT_ICON = {"best": "✔", "ok": "●", "caution": "▲", "avoid": "✖"}
+LINKED = {"width": ("height",), "height": ("width",)}  # verdicts that look at the other side too
+QUIET = dict(queue=False, show_progress="hidden", api_visibility="private")
+
+CSS = """
+.verdict {display:flex; flex-wrap:wrap; align-items:baseline; gap:2px 8px; font-size:12.5px; line-height:1.35;
+  padding:4px 8px; margin-top:-4px; border-radius:6px; border-left:4px solid var(--v-color);
+  background:color-mix(in srgb, var(--v-color) 9%, transparent);}
+.verdict .badge {font-weight:700; text-transform:uppercase; letter-spacing:.04em; font-size:11px; color:#fff;
+  background:var(--v-color); border-radius:4px; padding:0 6px;}
+.verdict .why {flex:1 1 12em; color:var(--body-text-color);}
+.verdict .rec {color:var(--body-text-color-subdued);}
+.verdict-best {--v-color:#16a34a;} .verdict-ok {--v-color:#2563eb;}
+.verdict-caution {--v-color:#d97706;} .verdict-avoid {--v-color:#dc2626;}
+.hint-html, .hint-html > .html-container {padding:0 !important; min-height:0 !important;}
+.param-block {gap:4px !important;}
+/* descriptions: two lines, the whole text on hover or focus */
+.param-block .info-text {display:-webkit-box; -webkit-line-clamp:2; -webkit-box-orient:vertical; overflow:hidden;}
+.param-block:hover .info-text, .param-block:focus-within .info-text {-webkit-line-clamp:unset;}
+"""
+
+
+def hint_html(spec: ParamSpec, value: Any, ctx: HintContext, others: Mapping[str, Any] | None = None) -> str:
+    """The badge: verdict, the one-line why and the recommended band(s) for this model."""
+    try:
+        h = spec.hint(value, ctx, others or {})
+    except (TypeError, ValueError):  # half-typed value: judge it when it is a number again
+        return ""
+    unit = f" {spec.unit}" if spec.unit else ""
+    rec = f'<span class="rec">Recommended: {html.escape(h.recommended)}{unit}</span>' if h.recommended else ""
+    return (f'<div class="verdict verdict-{h.verdict}" data-verdict="{h.verdict}">'
+            f'<span class="badge">{VERDICT_ICON[h.verdict]} {h.verdict}</span>'
+            f'<span class="why">{html.escape(h.why)}</span>{rec}</div>')
+
+
+def initial_value(spec: ParamSpec, ctx: HintContext) -> Any:
+    return ctx.native if spec.default is None and spec.name in ("width", "height") else spec.default
+
+
+def make_input(spec: ParamSpec, ctx: HintContext, elem_id: str, **kw: Any) -> gr.components.Component:
+    """The Gradio component for one spec: textbox, dropdown, slider (bounded range) or number (seeds)."""
+    common = dict(label=spec.label, info=spec.description, elem_id=elem_id, value=initial_value(spec, ctx), **kw)
+    if spec.kind == "text":
+        lines = 3 if spec.name == "prompt" else 2
+        return gr.Textbox(lines=lines, max_lines=12, placeholder=spec.description.split(".")[0], **common)
+    if spec.kind == "choice":
+        return gr.Dropdown(choices=spec.choices() if spec.choices else [], **common)
+    precision = 0 if spec.kind == "int" else None
+    if spec.maximum is not None and spec.maximum - (spec.minimum or 0) <= 4096:
+        return gr.Slider(minimum=spec.minimum, maximum=spec.maximum, step=spec.step, precision=precision, **common)
+    return gr.Number(minimum=spec.minimum, maximum=spec.maximum, step=spec.step, precision=precision, **common)
+
+
+@dataclass
+class ParamWidget:
+    spec: ParamSpec
+    input: gr.components.Component
+    hint: gr.HTML
+
+
+def param_widget(name: str, ctx: HintContext, prefix: str, *, scale: int = 1, min_width: int = 160,
+                 **kw: Any) -> ParamWidget:
+    """Input plus its verdict badge, stacked. Call inside the layout block where it should appear.
+
+    elem_ids: `{prefix}-{name}` for the input and `{prefix}-{name}-hint` for the badge (`_` -> `-`).
+    """
+    spec = PARAMS[name]
+    eid = f"{prefix}-{name.replace('_', '-')}"
+    with gr.Column(elem_classes="param-block", scale=scale, min_width=min_width):
+        comp = make_input(spec, ctx, eid, **kw)
+        hint = gr.HTML(hint_html(spec, initial_value(spec, ctx), ctx), elem_id=f"{eid}-hint",
+                       elem_classes="hint-html", padding=False, container=False)
+    return ParamWidget(spec, comp, hint)
+
+
+def judge_all(widgets: Mapping[str, ParamWidget], names: Sequence[str], values: Sequence[Any],
+              ctx: HintContext) -> list[str]:
+    """Badges for `names`, each judged with all `values` (same order as `names`) as its `others`."""
+    others = dict(zip(names, values))
+    return [hint_html(widgets[n].spec, others[n], ctx, others) for n in names]
+
+
+def bind_hints(widgets: Mapping[str, ParamWidget], ctx_input: gr.components.Component,
+               ctx_of: Callable[[Any], HintContext]) -> Callable[..., list[str]]:
+    """Re-judge a field on each change (with its linked fields); returns `rejudge_all(*values, ctx_value)`."""
+    for name, w in widgets.items():
+        group = [name, *[n for n in LINKED.get(name, ()) if n in widgets]]
+
+        def rejudge(*args: Any, _group: list[str] = group) -> list[str]:
+            *values, ctx_value = args
+            return judge_all(widgets, _group, values, ctx_of(ctx_value))
+
+        w.input.change(rejudge, [*(widgets[n].input for n in group), ctx_input],
+                       [widgets[n].hint for n in group], trigger_mode="always_last", **QUIET)
+
+    names = list(widgets)
+
+    def rejudge_all(*args: Any) -> list[str]:
+        *values, ctx_value = args
+        return judge_all(widgets, names, values, ctx_of(ctx_value))
+
+    return rejudge_all
