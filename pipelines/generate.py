@@ -1,9 +1,9 @@
 """The generation engine: runs on the device worker, one job at a time.
 
-`Engine.txt2img` reads top to bottom as numbered steps: resolve size and seeds, pin the checkpoint's
-components, encode the prompts once, then for each batch draw CPU noise, build a pipeline view over the
-cached components with a fresh scheduler, denoise with cooperative cancellation, and save every image as
-soon as it is decoded.
+`Engine.generate` reads top to bottom as numbered steps: resolve size and seeds, pin the checkpoint's
+components, encode the prompts once, then for each batch build a pipeline view over the cached components
+with a fresh scheduler, denoise with cooperative cancellation, and save every image as soon as it is
+decoded. A `Plan` supplies what differs between modes (txt2img here; img2img and inpaint in img2img.py).
 """
 
 from __future__ import annotations
@@ -54,6 +54,14 @@ class GenerationResult:
     parameters: dict[str, Any] = field(default_factory=dict)
     model: str = ""
     skipped: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+    def add(self, image: Image.Image, path: Path, seed: int, subseed: int, text: str) -> None:
+        self.images.append(image)
+        self.paths.append(path)
+        self.seeds.append(seed)
+        self.subseeds.append(subseed)
+        self.infotexts.append(text)
 
     def info(self) -> dict[str, Any]:
         """The A1111 `info` object (the API returns it JSON-encoded)."""
@@ -155,30 +163,40 @@ class Engine:
             pass
         return info.name
 
-    # -- txt2img -------------------------------------------------------------------------------
+    # -- generation ----------------------------------------------------------------------------
     def txt2img(self, ctx: JobContext, params: Any, info: CheckpointInfo) -> GenerationResult:
-        # 1. Resolve what "default" means for this model and draw the seeds.
+        return self.generate(ctx, params, info, Txt2ImgPlan())
+
+    def img2img(self, ctx: JobContext, params: Any, info: CheckpointInfo, image: Image.Image,
+                mask: Image.Image | None = None) -> GenerationResult:
+        from pipelines.img2img import Img2ImgPlan  # img2img.py builds on this module
+
+        return self.generate(ctx, params, info, Img2ImgPlan(image, mask))
+
+    def generate(self, ctx: JobContext, params: Any, info: CheckpointInfo, plan: "Plan") -> GenerationResult:
+        """Run a job of any mode; `plan` supplies what differs between txt2img, img2img and inpaint."""
+        # 1. Resolve the seeds and what "default" means for this model and input.
         p = params.model_dump()
-        p["width"] = p["width"] or info.native
-        p["height"] = p["height"] or info.native
-        sdxl = info.family.startswith("sdxl")
-        seed, subseed = resolve_seed(p["seed"]), resolve_seed(p["subseed"])
+        seed, subseed = resolve_seed(p["seed"]), resolve_seed(p.get("subseed", -1))
         p.update(seed=seed, subseed=subseed, scheduler=samplers.resolve_schedule(p["sampler_name"], p["scheduler"]))
+        plan.resolve(p, info)
+        result = GenerationResult(parameters=p, model=info.model_name, warnings=list(plan.warnings))
         total_images = p["n_iter"] * p["batch_size"]
-        result = GenerationResult(parameters=p, model=info.model_name)
         ctx.check()
 
         # 2. Pin the checkpoint's components on the device (loads or moves them only when needed).
         with self.components(info, ctx) as comps:
             ctx.check()
             p["model_hash"] = info.short_hash
+            sdxl = comps.text_encoder_2 is not None
             # 3. Encode prompt and negative prompt once: emphasis, 75-token chunks, clip skip.
             embeds = prompts.encode_prompts(
                 p["prompt"], p["negative_prompt"], tokenizers=[t for t in (comps.tokenizer, comps.tokenizer_2) if t],
                 text_encoders=[e for e in (comps.text_encoder, comps.text_encoder_2) if e is not None],
                 clip_skip=p["clip_skip"], device=self.hw.device, dtype=self.hw.dtype, sdxl=sdxl,
                 zero_empty_negative=sdxl)
-            steps_total = p["n_iter"] * p["steps"]
+            steps = plan.steps(p)
+            steps_total = p["n_iter"] * steps
 
             # 4. One pipeline call per batch; every image is saved as soon as it is decoded.
             for it in range(p["n_iter"]):
@@ -186,26 +204,23 @@ class Engine:
                 seeds = [seed + it * p["batch_size"] + i for i in range(p["batch_size"])]
                 subseeds = [subseed + it * p["batch_size"] + i for i in range(p["batch_size"])]
                 try:
-                    images = self._run_batch(ctx, comps, p, embeds, seeds, subseeds, it, steps_total, sdxl)
+                    images = plan.shortcut(p) or self._run_batch(ctx, comps, plan, p, embeds, seeds, subseeds,
+                                                                  it * steps, steps_total)
                 except Skipped:
                     ctx.clear_skip()
                     result.skipped += len(seeds)
                     log.info("batch %d/%d skipped", it + 1, p["n_iter"])
                     continue
-                for img, s, sub in zip(images, seeds, subseeds):
+                for img, s, sub in zip(plan.finish(images), seeds, subseeds):
                     text = infotext.build_infotext(p, seed=s, subseed=sub, model_name=info.model_name,
                                                    model_hash=info.short_hash, extra={"Version": VERSION})
-                    path = self.writer.save(img, text, "txt2img", s)
-                    result.images.append(img)
-                    result.paths.append(path)
-                    result.seeds.append(s)
-                    result.subseeds.append(sub)
-                    result.infotexts.append(text)
+                    path = self.writer.save(img, text, plan.mode, s)
+                    result.add(img, path, s, sub, text)
                     ctx.image(img, {"path": str(path), "seed": s, "infotext": text},
                               label=f"image {len(result.images)}/{total_images}")
         return result
 
-    def _noise(self, seeds: list[int], subseeds: list[int], strength: float, shape: tuple[int, ...]) -> torch.Tensor:
+    def noise(self, seeds: list[int], subseeds: list[int], strength: float, shape: tuple[int, ...]) -> torch.Tensor:
         """Initial latents, one generator per image so a seed gives the same picture in any batch position."""
         dev = torch.device("cpu") if self.rng == "cpu" else self.hw.device
         out = []
@@ -217,54 +232,104 @@ class Engine:
             out.append(x)
         return torch.stack(out).to(self.hw.device, self.hw.dtype)
 
-    def _run_batch(self, ctx: JobContext, comps: Components, p: dict, embeds: dict, seeds: list[int],
-                   subseeds: list[int], it: int, steps_total: int, sdxl: bool) -> list[Image.Image]:
-        w, h, steps = p["width"], p["height"], p["steps"]
-        latents = self._noise(seeds, subseeds, p["subseed_strength"], (4, h // 8, w // 8))
-        gen_dev = "cpu" if self.rng == "cpu" else self.hw.device
-        generators = [torch.Generator(gen_dev).manual_seed(s + 0x5EED) for s in seeds]  # noise of ancestral steps
+    def generators(self, seeds: list[int]) -> list[torch.Generator]:
+        dev = "cpu" if self.rng == "cpu" else self.hw.device
+        return [torch.Generator(dev).manual_seed(s) for s in seeds]
+
+    def _run_batch(self, ctx: JobContext, comps: Components, plan: "Plan", p: dict, embeds: dict, seeds: list[int],
+                   subseeds: list[int], done_before: int, steps_total: int) -> list[Image.Image]:
+        w, h, sdxl = p["width"], p["height"], comps.text_encoder_2 is not None
         scheduler = samplers.make_scheduler(p["sampler_name"], p["scheduler"], comps.scheduler_config, seed=seeds)
-        pipe = build_pipeline(comps, scheduler)
+        kind, extra = plan.call(self, comps, p, seeds, subseeds)
+        pipe = build_pipeline(comps, scheduler, kind)
+        per_batch = max(plan.steps(p), 1)
+        label = f"batch {done_before // per_batch + 1}/{p['n_iter']}"
+        order = getattr(scheduler, "order", 1)  # 2nd-order samplers (Heun, DPM2) call back ~twice per step
 
         def on_step(pipe_: Any, i: int, t: Any, kw: dict) -> dict:
             ctx.check()
             if ctx.skip_requested():
                 raise Skipped()
-            ctx.progress(it * steps + i + 1, steps_total, label=f"batch {it + 1}/{p['n_iter']}")
-            if self.preview_every and (i + 1) % self.preview_every == 0 and i + 1 < steps:
+            ctx.progress(done_before + min(-(-(i + 1) // order), per_batch), steps_total, label=label)
+            if self.preview_every and (i + 1) % self.preview_every == 0:
                 ctx.preview(latent_preview(kw["latents"], sdxl, (w, h)), step=i + 1)
             return kw
 
         call: dict[str, Any] = dict(
-            num_inference_steps=steps, guidance_scale=p["cfg_scale"], width=w, height=h,
-            num_images_per_prompt=len(seeds), latents=latents, generator=generators,
-            callback_on_step_end=on_step, callback_on_step_end_tensor_inputs=["latents"], output_type="pil", **embeds)
-        if comps.unet.config.in_channels == 9:  # inpainting checkpoint used for txt2img: everything is "masked"
-            call.update(image=Image.new("RGB", (w, h), (127, 127, 127)), mask_image=Image.new("L", (w, h), 255),
-                        strength=1.0)
+            num_inference_steps=p["steps"], guidance_scale=p["cfg_scale"], width=w, height=h,
+            num_images_per_prompt=len(seeds), callback_on_step_end=on_step,
+            callback_on_step_end_tensor_inputs=["latents"], output_type="pil", **embeds)
+        call.update(extra)  # the plan may override e.g. num_inference_steps
         try:
             with torch.inference_mode():
                 return pipe(**call).images
         except torch.OutOfMemoryError as e:
-            del pipe, latents
+            del pipe, call, extra
             free_memory()
             raise OutOfMemory(
                 f"Out of device memory at {w}x{h}, batch size {len(seeds)}: lower the size or batch size. "
                 "Memory was freed; images finished so far are saved.") from e
 
 
-def build_pipeline(comps: Components, scheduler: Any) -> Any:
-    """A per-job pipeline view over cached components: constructing it moves and copies nothing."""
-    from diffusers import StableDiffusionInpaintPipeline, StableDiffusionPipeline, StableDiffusionXLInpaintPipeline
-    from diffusers import StableDiffusionXLPipeline
+class Plan:
+    """What differs between modes. Subclasses override what they need; this is txt2img's neighbour."""
 
-    inpaint = comps.unet.config.in_channels == 9
-    if comps.text_encoder_2 is not None:
-        cls = StableDiffusionXLInpaintPipeline if inpaint else StableDiffusionXLPipeline
+    mode = "txt2img"  # output folder
+
+    def __init__(self) -> None:
+        self.warnings: list[str] = []
+
+    def resolve(self, p: dict, info: CheckpointInfo) -> None:
+        """Fill in derived values (size) before anything is loaded."""
+        p["width"] = p.get("width") or info.native
+        p["height"] = p.get("height") or info.native
+
+    def steps(self, p: dict) -> int:
+        return p["steps"]
+
+    def shortcut(self, p: dict) -> list[Image.Image] | None:
+        """Images that need no denoising at all (e.g. img2img at strength 0), else None."""
+        return None
+
+    def call(self, engine: Engine, comps: Components, p: dict, seeds: list[int],
+             subseeds: list[int]) -> tuple[str, dict[str, Any]]:
+        """(pipeline kind, extra pipeline kwargs) for one batch."""
+        raise NotImplementedError
+
+    def finish(self, images: list[Image.Image]) -> list[Image.Image]:
+        return images
+
+
+class Txt2ImgPlan(Plan):
+    def call(self, engine: Engine, comps: Components, p: dict, seeds: list[int],
+             subseeds: list[int]) -> tuple[str, dict[str, Any]]:
+        w, h = p["width"], p["height"]
+        extra: dict[str, Any] = dict(latents=engine.noise(seeds, subseeds, p["subseed_strength"], (4, h // 8, w // 8)),
+                                     generator=engine.generators([s + 0x5EED for s in seeds]))  # ancestral noise
+        if comps.unet.config.in_channels == 9:  # inpainting checkpoint used for txt2img: everything is "masked"
+            extra.update(image=Image.new("RGB", (w, h), (127, 127, 127)), mask_image=Image.new("L", (w, h), 255),
+                         strength=1.0)
+            return "inpaint", extra
+        return "txt2img", extra
+
+
+_PIPELINES = {
+    (False, "txt2img"): "StableDiffusionPipeline", (False, "img2img"): "StableDiffusionImg2ImgPipeline",
+    (False, "inpaint"): "StableDiffusionInpaintPipeline", (True, "txt2img"): "StableDiffusionXLPipeline",
+    (True, "img2img"): "StableDiffusionXLImg2ImgPipeline", (True, "inpaint"): "StableDiffusionXLInpaintPipeline",
+}
+
+
+def build_pipeline(comps: Components, scheduler: Any, kind: str = "txt2img") -> Any:
+    """A per-job pipeline view over cached components: constructing it moves and copies nothing."""
+    import diffusers
+
+    sdxl = comps.text_encoder_2 is not None
+    cls = getattr(diffusers, _PIPELINES[(sdxl, kind)])
+    if sdxl:
         pipe = cls(vae=comps.vae, text_encoder=comps.text_encoder, text_encoder_2=comps.text_encoder_2,
                    tokenizer=comps.tokenizer, tokenizer_2=comps.tokenizer_2, unet=comps.unet, scheduler=scheduler)
     else:
-        cls = StableDiffusionInpaintPipeline if inpaint else StableDiffusionPipeline
         pipe = cls(vae=comps.vae, text_encoder=comps.text_encoder, tokenizer=comps.tokenizer, unet=comps.unet,
                    scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
@@ -275,4 +340,4 @@ def is_oom(e: BaseException) -> bool:
     return isinstance(e, (torch.OutOfMemoryError, OutOfMemory)) or "out of memory" in str(e).lower()
 
 
-__all__ = ["Engine", "GenerationResult", "build_pipeline", "Cancelled", "is_oom"]
+__all__ = ["Engine", "GenerationResult", "Plan", "Txt2ImgPlan", "build_pipeline", "Cancelled", "is_oom"]

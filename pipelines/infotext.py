@@ -29,7 +29,8 @@ _SIZE_RE = re.compile(r"^\s*(\d+)\s*x\s*(\d+)\s*$")
 
 # Parameters written in this order (before Size/Model go their own keys); the rest follow.
 _HEAD = ("steps", "sampler_name", "scheduler", "cfg_scale")
-_TAIL = ("clip_skip", "denoising_strength")
+# written above only under their own conditions (or not as Key: value at all)
+_CONDITIONAL = frozenset({"prompt", "negative_prompt", "seed", "subseed", "subseed_strength", "clip_skip"})
 
 
 def _fmt(value: Any) -> str:
@@ -87,6 +88,10 @@ def build_infotext(
         fields[key["clip_skip"]] = int(values["clip_skip"])
     if values.get("denoising_strength") is not None:
         fields[key["denoising_strength"]] = values["denoising_strength"]
+    for name, spec in PARAMS.items():  # every other keyed parameter the job has (inpaint settings...)
+        if spec.infotext_key and name not in _CONDITIONAL and spec.infotext_key not in fields \
+                and values.get(name) not in (None, ""):
+            fields[spec.infotext_key] = values[name]
     fields.update({k: v for k, v in (extra or {}).items() if v is not None})
     if version:
         fields.setdefault("Version", version)

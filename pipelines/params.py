@@ -63,6 +63,7 @@ class HintContext:
     family: str = "sd15"
     native: int = 512  # native training size of the model family, pixels per side
     distilled: bool = False  # turbo / LCM / lightning models want few steps and low CFG
+    mode: str = "txt2img"  # txt2img, img2img or inpaint: denoising advice differs between the last two
 
 
 @dataclass(frozen=True)
@@ -246,6 +247,29 @@ def _seed_bands(what: str) -> Bands:
 # The parameters.
 
 _IMG = frozenset({"img2img", "inpaint"})
+_INP = frozenset({"inpaint"})
+RESIZE_MODES = ("Just resize", "Crop and resize", "Resize and fill", "Just resize (latent upscale)")  # A1111 0..3
+MASK_MODES = ("Inpaint masked", "Inpaint not masked")  # A1111 inpainting_mask_invert 0/1
+MASKED_CONTENT = ("fill", "original", "latent noise", "latent nothing")  # A1111 inpainting_fill 0..3
+INPAINT_AREAS = ("Whole picture", "Only masked")  # A1111 inpaint_full_res false/true
+
+
+def _denoise_bands(ctx: HintContext) -> Bands:
+    if ctx.mode == "inpaint":
+        return (
+            Band("caution", "no effect: the masked area comes back unchanged", 0, 0.09),
+            Band("best", "touch-ups: keeps the masked area's shapes and colours", 0.1, 0.49),
+            Band("best", "replaces the masked content while matching its surroundings", 0.5, 0.75),
+            Band("ok", "new content: pair with 'latent noise' or 'fill' masked content", 0.76, 1),
+        )
+    return (
+        Band("caution", "no effect: the input comes back unchanged", 0, 0),
+        Band("caution", "almost identical to the input; cannot fix defects or add detail", 0.01, 0.19),
+        Band("best", "keeps structure and composition, improves quality and detail", 0.2, 0.49),
+        Band("ok", "variations: same palette and rough layout, clear structural changes", 0.5, 0.75),
+        Band("avoid", "little left of the input: use txt2img instead", 0.76, 1),
+    )
+
 
 PARAMS: dict[str, ParamSpec] = {
     p.name: p
@@ -306,7 +330,7 @@ PARAMS: dict[str, ParamSpec] = {
             "subseed", "Variation seed", "int", -1,
             "Seed of the noise blended in by the variation strength; -1 picks a random one.",
             _seed_bands("variation seed"), minimum=-1, maximum=SEED_MAX, step=1, infotext_key="Variation seed",
-            group="seed",
+            group="seed", modes=frozenset({"txt2img"}),
         ),
         ParamSpec(
             "subseed_strength", "Variation strength", "float", 0.0,
@@ -319,6 +343,7 @@ PARAMS: dict[str, ParamSpec] = {
                 Band("caution", "almost a different seed: use another seed instead", 0.71, 1),
             ),
             minimum=0, maximum=1, step=0.01, infotext_key="Variation seed strength", group="seed",
+            modes=frozenset({"txt2img"}),
         ),
         ParamSpec(
             "batch_size", "Batch size", "int", 1,
@@ -350,21 +375,91 @@ PARAMS: dict[str, ParamSpec] = {
             minimum=1, maximum=12, step=1, infotext_key="Clip skip", group="advanced",
         ),
         ParamSpec(
-            "denoising_strength", "Denoising strength", "float", 0.35,
-            "How much of the input image is replaced: low keeps structure, high keeps little of it.",
+            "denoising_strength", "Denoising strength", "float", 0.4,
+            "How much of the input image is replaced: low keeps structure, high keeps little of it. "
+            "Sampling runs steps x strength steps.",
+            _denoise_bands, minimum=0, maximum=1, step=0.01, infotext_key="Denoising strength", group="img2img",
+            modes=_IMG,
+        ),
+        ParamSpec(
+            "resize_mode", "Resize mode", "choice", RESIZE_MODES[0],
+            "How the input image is fitted to width x height when its aspect ratio differs.",
             (
-                Band("caution", "no effect: the input comes back unchanged", 0, 0),
-                Band("caution", "almost identical to the input; cannot fix defects or add detail", 0.01, 0.19),
-                Band("best", "keeps structure and composition, improves quality and detail", 0.2, 0.49),
-                Band("ok", "variations: same palette and rough layout, clear structural changes", 0.5, 0.75),
-                Band("avoid", "little left of the input: use txt2img instead", 0.76, 1),
+                Band("best", "exact when the size follows the input's aspect ratio (the default size does)",
+                     values=RESIZE_MODES[:1]),
+                Band("best", "keeps the aspect ratio, crops what sticks out", values=RESIZE_MODES[1:2]),
+                Band("ok", "keeps everything, extends the edges into the empty bands", values=RESIZE_MODES[2:3]),
+                Band("caution", "resizes the latents: blurry unless denoising is 0.5 or more",
+                     values=RESIZE_MODES[3:]),
             ),
-            minimum=0, maximum=1, step=0.01, infotext_key="Denoising strength", group="img2img", modes=_IMG,
+            choices=lambda: list(RESIZE_MODES), group="img2img", modes=_IMG,
+        ),
+        ParamSpec(
+            "scale_by", "Resize by", "float", None,
+            "Scale the input image by this factor instead of giving width and height (empty: use width/height).",
+            (
+                Band("caution", "much smaller than the input: detail is lost", 0.05, 0.49),
+                Band("best", "around the input's size", 0.5, 1.5),
+                Band("caution", "above the input's size: prefer an upscaler or hires fix for big images", 1.55, 2),
+                Band("avoid", "far above native size: duplicated subjects; upscale instead", 2.05, 4),
+            ),
+            minimum=0.05, maximum=4, step=0.05, nullable=True, group="img2img", modes=_IMG,
+        ),
+        ParamSpec(
+            "mask_blur", "Mask blur", "int", 4,
+            "Softens the mask's edge (px) so the repainted area blends into the untouched pixels.",
+            (
+                Band("caution", "hard edge: visible seams", 0, 0),
+                Band("best", "a soft transition without bleeding into the surroundings", 1, 12),
+                Band("caution", "wide blend: the change bleeds well outside the painted area", 13, 64),
+            ),
+            minimum=0, maximum=64, step=1, infotext_key="Mask blur", group="inpaint", modes=_INP,
+        ),
+        ParamSpec(
+            "inpainting_mask_invert", "Mask mode", "choice", MASK_MODES[0],
+            "Repaint what is painted, or everything except it.",
+            (Band("best", "repaint the painted area", values=MASK_MODES[:1]),
+             Band("best", "keep the painted area, repaint the rest", values=MASK_MODES[1:])),
+            choices=lambda: list(MASK_MODES), infotext_key="Mask mode", group="inpaint", modes=_INP,
+        ),
+        ParamSpec(
+            "inpainting_fill", "Masked content", "choice", MASKED_CONTENT[1],
+            "What the masked area starts from: fill (surrounding colours), original, latent noise or latent "
+            "nothing.",
+            (
+                Band("best", "starts from what is there: touch-ups and small changes", values=("original",)),
+                Band("ok", "starts from the surrounding colours: removing objects", values=("fill",)),
+                Band("ok", "starts from noise: new content, needs denoising of 0.75 or more",
+                     values=("latent noise",)),
+                Band("caution", "starts from an empty latent: flat results unless denoising is high",
+                     values=("latent nothing",)),
+            ),
+            choices=lambda: list(MASKED_CONTENT), infotext_key="Masked content", group="inpaint", modes=_INP,
+        ),
+        ParamSpec(
+            "inpaint_full_res", "Inpaint area", "choice", INPAINT_AREAS[0],
+            "Whole picture: the whole image is regenerated at width x height. Only masked: the masked region plus "
+            "padding is cut out, generated at width x height and pasted back (more detail for small areas).",
+            (Band("best", "keeps the whole composition in view", values=INPAINT_AREAS[:1]),
+             Band("best", "small areas get the model's full resolution", values=INPAINT_AREAS[1:])),
+            choices=lambda: list(INPAINT_AREAS), infotext_key="Inpaint area", group="inpaint", modes=_INP,
+        ),
+        ParamSpec(
+            "inpaint_full_res_padding", "Only masked padding", "int", 32,
+            "Pixels of context around the masked region when the inpaint area is 'Only masked'.",
+            (
+                Band("caution", "little context: the patch may not match its surroundings", 0, 7),
+                Band("best", "enough context for a seamless patch", 8, 64),
+                Band("ok", "much context: less detail for the masked area", 65, 256),
+            ),
+            minimum=0, maximum=256, step=4, infotext_key="Masked area padding", group="inpaint", modes=_INP,
         ),
     ]
 }
 
 TXT2IMG_FIELDS = [n for n, p in PARAMS.items() if "txt2img" in p.modes]
+IMG2IMG_FIELDS = [n for n, p in PARAMS.items() if "img2img" in p.modes]
+INPAINT_FIELDS = [n for n, p in PARAMS.items() if "inpaint" in p.modes]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -398,6 +493,16 @@ class _ParamsBase(BaseModel):
         if not isinstance(data, dict):
             return data
         data = dict(data)
+        for name, value in data.items():
+            spec = PARAMS.get(name)
+            if spec is not None and spec.kind == "choice" and isinstance(value, (bool, int)) and spec.choices:
+                options = spec.choices()
+                if not 0 <= int(value) < len(options):
+                    raise ValueError(f"{name}: {value} is not one of 0..{len(options) - 1} ({', '.join(options)})")
+                data[name] = options[int(value)]
+            elif spec is not None and spec.kind == "choice" and spec.choices and name not in (
+                    "sampler_name", "scheduler") and value is not None and value not in spec.choices():
+                raise ValueError(f"{name}: {value!r} is not one of: {', '.join(spec.choices())}")
         sampler, schedule = samplers.split_name(str(data.get("sampler_name") or PARAMS["sampler_name"].default))
         if data.get("scheduler") in (None, "", "Automatic") and schedule:
             data["scheduler"] = schedule
@@ -410,6 +515,14 @@ Txt2ImgParams: type[BaseModel] = create_model(
     __base__=_ParamsBase,
     __doc__="Everything a txt2img job needs besides the model. Field names follow the A1111 API.",
     **{name: _field(PARAMS[name]) for name in TXT2IMG_FIELDS},
+)
+
+
+Img2ImgParams: type[BaseModel] = create_model(
+    "Img2ImgParams",
+    __base__=_ParamsBase,
+    __doc__="An img2img or inpaint job besides the model and images (inpaint fields apply when a mask is given).",
+    **{name: _field(PARAMS[name]) for name in INPAINT_FIELDS},
 )
 
 

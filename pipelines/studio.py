@@ -13,16 +13,19 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 from pydantic import BaseModel, ValidationError
 
-from pipelines import discovery, outputs
+from pipelines import discovery, imageops, outputs
 from pipelines.discovery import CheckpointInfo
 from pipelines.jobs import Job, JobRunner
-from pipelines.params import HintContext, Txt2ImgParams
+from pipelines.params import HintContext, Img2ImgParams, Txt2ImgParams
 from pipelines.settings import Settings
 
 if TYPE_CHECKING:
     from pipelines.generate import Engine
 
 log = logging.getLogger("studio")
+
+
+MAX_INPUT_PIXELS = 4096 * 4096  # uploads beyond this are refused with a message, not processed
 
 
 class BadRequest(ValueError):
@@ -129,6 +132,44 @@ class Studio:
             raise BadRequest(f"{info.name} cannot be used: {info.error}")
         self._check_size(params, info)
         return self.runner.submit(lambda ctx: self.engine.txt2img(ctx, params, info), kind="txt2img", owner=owner)
+
+    def parse_img2img(self, data: Mapping[str, Any]) -> BaseModel:
+        try:
+            return Img2ImgParams.model_validate(dict(data))
+        except ValidationError as e:
+            raise BadRequest(describe_validation(e)) from None
+        except ValueError as e:
+            raise BadRequest(str(e)) from None
+
+    def submit_img2img(self, params: BaseModel | Mapping[str, Any], image: Any, mask: Any = None, *,
+                       model: str | None = None, owner: str | None = None) -> Job:
+        """img2img, or inpaint when a mask is given (white = repaint). Checks the inputs before queueing."""
+        if not isinstance(params, BaseModel):
+            params = self.parse_img2img(params)
+        if image is None:
+            raise BadRequest("No input image: upload or paste one first.")
+        if image.width * image.height > MAX_INPUT_PIXELS:
+            raise BadRequest(f"The input image is {image.width}x{image.height}; the limit is "
+                             f"{MAX_INPUT_PIXELS / 1e6:.1f} megapixels. Downscale it first.")
+        info = self.find_model(model) if model else self.current_model()
+        if info.error:
+            raise BadRequest(f"{info.name} cannot be used: {info.error}")
+        if mask is not None:
+            invert = params.inpainting_mask_invert == "Inpaint not masked"
+            binary, _ = imageops.prepare_mask(mask, image.size, invert=invert, blur=0)
+            if imageops.mask_is_empty(binary):
+                raise BadRequest("The mask is empty: paint over the part of the image to repaint."
+                                 if not invert else "The mask covers the whole image, so 'Inpaint not masked' "
+                                 "leaves nothing to repaint.")
+        w, h = params.width, params.height
+        if params.scale_by:
+            w, h = imageops.snap8(image.width * params.scale_by), imageops.snap8(image.height * params.scale_by)
+        elif not (w and h):
+            w, h = imageops.default_size(image.size, info.native)
+        self._check_size(params.model_copy(update={"width": w, "height": h}), info)
+        kind = "inpaint" if mask is not None else "img2img"
+        return self.runner.submit(lambda ctx: self.engine.img2img(ctx, params, info, image, mask), kind=kind,
+                                  owner=owner)
 
     @staticmethod
     def _check_size(params: BaseModel, info: CheckpointInfo) -> None:

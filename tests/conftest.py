@@ -29,6 +29,29 @@ def tiny_store(tmp_path_factory) -> Path:
     return store
 
 
+@pytest.fixture(scope="module")
+def world(tiny_store, tmp_path_factory):
+    """The real engine (CPU) and job runner over a models dir with the tiny sd15, sdxl and inpainting models."""
+    from pipelines import devices, discovery
+    from pipelines.generate import Engine
+    from pipelines.jobs import JobRunner
+    from pipelines.manager import ModelManager
+    from pipelines.outputs import OutputWriter
+
+    root = tmp_path_factory.mktemp("engine")
+    ckpts = root / "models" / "Stable-diffusion"
+    for name in ("tiny-sd15", "tiny-sdxl", "tiny-sd15-inpainting"):
+        shutil.copytree(tiny_store / name, ckpts / name)
+    infos = {i.name: i for i in discovery.scan(root / "models")}
+    hw = devices.resolve("cpu")
+    manager = ModelManager(device=hw.device, device_budget=2**30, cpu_budget=0)
+    engine = Engine(hw, manager, OutputWriter(root / "outputs"), config_root=root / "models" / ".cache" / "configs",
+                    hash_cache=root / "models" / ".cache" / "hashes.json", preview_every=1)
+    runner = JobRunner().start()
+    yield {"engine": engine, "runner": runner, "infos": infos, "root": root, "manager": manager}
+    runner.stop()
+
+
 @pytest.fixture
 def models_dir(tiny_store, tmp_path) -> Path:
     """A fresh models/ folder holding the tiny SD 1.5 model (copy the others in when a test needs them)."""

@@ -1,33 +1,14 @@
 """The txt2img engine on tiny models: seeds, batches, variations, samplers, skip/interrupt, saving, sharing."""
 
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from pipelines import devices, discovery, samplers
-from pipelines.generate import Engine
-from pipelines.jobs import Cancelled, EventKind, JobRunner
-from pipelines.manager import ModelManager
-from pipelines.outputs import OutputWriter, read_png_info
+from pipelines import discovery, samplers
+from pipelines.jobs import Cancelled, EventKind
+from pipelines.outputs import read_png_info
 from pipelines.params import Txt2ImgParams
-
-
-@pytest.fixture(scope="module")
-def world(tiny_store, tmp_path_factory):
-    root = tmp_path_factory.mktemp("gen")
-    ckpts = root / "models" / "Stable-diffusion"
-    for name in ("tiny-sd15", "tiny-sdxl", "tiny-sd15-inpainting"):
-        shutil.copytree(tiny_store / name, ckpts / name)
-    infos = {i.name: i for i in discovery.scan(root / "models")}
-    hw = devices.resolve("cpu")
-    manager = ModelManager(device=hw.device, device_budget=2**30, cpu_budget=0)
-    engine = Engine(hw, manager, OutputWriter(root / "outputs"), config_root=root / "models" / ".cache" / "configs",
-                    hash_cache=root / "models" / ".cache" / "hashes.json", preview_every=1)
-    runner = JobRunner().start()
-    yield {"engine": engine, "runner": runner, "infos": infos, "root": root, "manager": manager}
-    runner.stop()
 
 
 def run(world, model="tiny-sd15", **params):
@@ -189,3 +170,10 @@ def test_corrupt_checkpoint_fails_with_a_clear_message(world, tmp_path):
     with pytest.raises(RuntimeError, match="broken.safetensors"):
         job.wait(60)
     assert run(world, seed=2).images
+
+
+def test_second_order_samplers_report_steps_within_the_total(world):
+    params = Txt2ImgParams(prompt="x", steps=4, seed=1, sampler_name="Heun")
+    job = world["runner"].submit(lambda ctx: world["engine"].txt2img(ctx, params, world["infos"]["tiny-sd15"]))
+    steps = [e.step for e in job.events(timeout=60) if e.kind is EventKind.PROGRESS and e.total == 4]
+    assert steps[-1] == 4 and all(0 < s <= 4 for s in steps) and steps == sorted(steps)

@@ -39,11 +39,19 @@ def _vae(seed: int = 0):
     from diffusers import AutoencoderKL
 
     torch.manual_seed(seed)
-    return AutoencoderKL(
+    vae = AutoencoderKL(
         block_out_channels=(32, 32, 64, 64), in_channels=3, out_channels=3, latent_channels=4,
         down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
         layers_per_block=1, norm_num_groups=32, sample_size=64,
     ).eval()
+    with torch.no_grad():  # like a trained VAE, a near-deterministic posterior (log-variance at its floor)
+        half = vae.quant_conv.out_channels // 2
+        vae.quant_conv.weight[half:].zero_()
+        vae.quant_conv.bias[half:].fill_(-30.0)
+        # scaling_factor = 1 / std of the latents, the way SD's 0.18215 was chosen: unit-variance latents
+        probe = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+        vae.register_to_config(scaling_factor=float(1 / vae.encode(probe).latent_dist.mode().std()))
+    return vae
 
 
 def _unet(in_channels: int = 4, cross_attention_dim: int = 32, sdxl: bool = False, seed: int = 0):

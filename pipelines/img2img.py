@@ -1,0 +1,159 @@
+"""img2img and inpaint jobs: the `Plan` that turns an input image (and mask) into pipeline arguments.
+
+Reads in the order the work happens:
+1. `resolve`: output size (given, "resize by", or the input's aspect ratio near the model's native size),
+   the mask (resized with a warning if needed, inverted, blurred) and, for "Only masked", the crop box.
+2. `call`: the working image (resized, or the crop) with its masked content prepared: pixel "fill", or
+   "latent noise"/"latent nothing" written into the encoded latents; strength = denoising strength.
+3. `finish`: paste the crop back and composite over the input through the blurred mask, so every pixel
+   outside the mask is the user's own pixel, byte for byte.
+Regular checkpoints inpaint through diffusers' masked img2img path (4-channel UNet), dedicated inpainting
+checkpoints (9-channel UNet) through the same pipeline class with their extra conditioning.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from pipelines import imageops
+from pipelines.discovery import CheckpointInfo
+from pipelines.generate import Plan
+
+if TYPE_CHECKING:
+    from pipelines.generate import Engine
+    from pipelines.loading import Components
+
+LATENT_UPSCALE = imageops.RESIZE_MODES[3]
+
+
+class Img2ImgPlan(Plan):
+    def __init__(self, image: Image.Image, mask: Image.Image | None = None):
+        super().__init__()
+        self.source = image.convert("RGB")
+        self.raw_mask = mask
+        self.mode = "img2img" if mask is None else "inpaint"
+        self.base: Image.Image | None = None  # what the output is composited over (input, possibly resized)
+        self.mask: Image.Image | None = None  # blurred mask at the base's size
+        self.box: tuple[int, int, int, int] | None = None  # "Only masked" crop box in base coordinates
+        self.work: Image.Image | None = None  # what the pipeline starts from (width x height)
+        self.work_mask: Image.Image | None = None
+
+    # 1. Sizes, mask, crop box --------------------------------------------------------------------
+    def resolve(self, p: dict, info: CheckpointInfo) -> None:
+        iw, ih = self.source.size
+        if p.get("scale_by"):
+            p["width"], p["height"] = imageops.snap8(iw * p["scale_by"]), imageops.snap8(ih * p["scale_by"])
+        elif not p.get("width") and not p.get("height"):
+            p["width"], p["height"] = imageops.default_size((iw, ih), info.native)
+        elif not p.get("height"):
+            p["height"] = imageops.snap8(p["width"] * ih / iw)
+        elif not p.get("width"):
+            p["width"] = imageops.snap8(p["height"] * iw / ih)
+        size = (p["width"], p["height"])
+        only_masked = self.raw_mask is not None and p.get("inpaint_full_res") == "Only masked"
+        # "Only masked" keeps the input's size and regenerates a crop; otherwise the input is resized first.
+        self.base = self.source if only_masked else imageops.resize_image(self.source, *size, p["resize_mode"])
+        if self.raw_mask is None:
+            self.work = self.base
+            return
+        mask, warnings = imageops.prepare_mask(self.raw_mask, self.source.size, invert=False, blur=0)
+        self.warnings += warnings
+        if not only_masked:
+            mask = imageops.resize_image(mask.convert("RGB"), *size, p["resize_mode"]).convert("L")
+        invert = p.get("inpainting_mask_invert") == "Inpaint not masked"
+        binary, _ = imageops.prepare_mask(mask, self.base.size, invert=invert, blur=0)
+        self.mask, _ = imageops.prepare_mask(mask, self.base.size, invert=invert, blur=p.get("mask_blur", 0))
+        if imageops.mask_is_empty(binary):
+            raise ValueError("The mask is empty: paint over the part to repaint (or use img2img).")
+        if imageops.mask_is_full(binary):
+            self.warnings.append("The whole image is masked: everything is repainted, as in img2img.")
+        if only_masked:
+            self.box = imageops.masked_region(binary, p.get("inpaint_full_res_padding", 32), size, self.base.size)
+            self.work = imageops.crop_for_region(self.base, self.box, size)
+            self.work_mask = imageops.crop_for_region(binary.convert("RGB"), self.box, size).convert("L")
+        else:
+            self.work, self.work_mask = self.base, binary
+        if p.get("inpainting_fill") == "fill":
+            self.work = imageops.fill_masked(self.work, self.work_mask)
+
+    def steps(self, p: dict) -> int:
+        """Steps actually run: int(steps x strength), as in A1111 and diffusers, but at least one."""
+        return max(int(p["steps"] * p["denoising_strength"]), 1) if p["denoising_strength"] > 0 else 0
+
+    def _schedule_length(self, p: dict) -> int:
+        """The num_inference_steps that makes diffusers run `steps(p)` steps at this strength."""
+        n = p["steps"]
+        while int(n * p["denoising_strength"]) < 1:
+            n += 1
+        return n
+
+    def shortcut(self, p: dict) -> list[Image.Image] | None:
+        if p["denoising_strength"] == 0:  # nothing to denoise: the (resized) input is the result
+            return [self.work.copy() for _ in range(p["batch_size"])]
+        return None
+
+    # 2. Pipeline arguments -------------------------------------------------------------------------
+    def call(self, engine: "Engine", comps: "Components", p: dict, seeds: list[int],
+             subseeds: list[int]) -> tuple[str, dict[str, Any]]:
+        extra: dict[str, Any] = dict(strength=p["denoising_strength"], generator=engine.generators(seeds),
+                                     num_inference_steps=self._schedule_length(p))
+        if self.raw_mask is None:
+            if comps.unet.config.in_channels == 9:  # inpainting checkpoint in img2img: the whole image is masked
+                extra.update(image=self.work, mask_image=Image.new("L", self.work.size, 255))
+                return "inpaint", extra
+            image: Any = self.work
+            if p["resize_mode"] == LATENT_UPSCALE:
+                image = self._latent_upscale(engine, comps, p)
+            extra.update(image=image)
+            return "img2img", extra
+        extra.update(image=self.work, mask_image=self.work_mask)
+        if p.get("inpainting_fill") in ("latent noise", "latent nothing"):
+            extra.update(self._latent_fill(engine, comps, p, seeds))
+        return "inpaint", extra
+
+    @staticmethod
+    def _encode(engine: "Engine", comps: "Components", image: Image.Image) -> torch.Tensor:
+        from diffusers.image_processor import VaeImageProcessor
+
+        pixels = VaeImageProcessor().preprocess(image).to(engine.hw.device, engine.hw.dtype)
+        with torch.inference_mode():
+            latents = comps.vae.encode(pixels).latent_dist.mode()
+        return latents * comps.vae.config.scaling_factor
+
+    def _latent_upscale(self, engine: "Engine", comps: "Components", p: dict) -> torch.Tensor:
+        """A1111's "Just resize (latent upscale)": encode at the input's size, resize the latents."""
+        iw, ih = self.source.size
+        small = self.source.resize((imageops.snap8(iw), imageops.snap8(ih)), Image.Resampling.LANCZOS)
+        latents = self._encode(engine, comps, small)
+        return F.interpolate(latents.float(), size=(p["height"] // 8, p["width"] // 8), mode="bilinear",
+                             antialias=True).to(latents.dtype)
+
+    def _latent_fill(self, engine: "Engine", comps: "Components", p: dict, seeds: list[int]) -> dict[str, Any]:
+        """Start the masked area from noise or from an empty latent (the rest from the input's latents)."""
+        latents = self._encode(engine, comps, self.work)
+        m = torch.from_numpy(np.asarray(self.work_mask, dtype=np.float32) / 255.0).to(latents)
+        m = F.interpolate(m[None, None], size=latents.shape[-2:], mode="nearest")
+        if p["inpainting_fill"] == "latent noise":
+            fill = engine.noise(seeds, seeds, 0.0, tuple(latents.shape[1:])).to(latents)
+        else:
+            fill = torch.zeros((len(seeds), *latents.shape[1:]), device=latents.device, dtype=latents.dtype)
+        start = latents * (1 - m) + fill * m
+        masked = latents if comps.unet.config.in_channels == 4 else self._encode(
+            engine, comps, Image.composite(Image.new("RGB", self.work.size), self.work, self.work_mask))
+        return {"image": start, "masked_image_latents": masked.repeat(len(seeds), 1, 1, 1)
+                if masked.shape[0] == 1 else masked}
+
+    # 3. Back onto the user's pixels -----------------------------------------------------------------
+    def finish(self, images: list[Image.Image]) -> list[Image.Image]:
+        if self.mask is None:
+            return images
+        out = []
+        for img in images:
+            full = imageops.paste_region(self.base, img, self.box) if self.box else img
+            out.append(imageops.composite(self.base, full, self.mask))
+        return out
