@@ -42,7 +42,7 @@ def build_app(settings: Settings):
         device_budget = int(settings.vram_budget_gb * gib) if settings.vram_budget_gb else int(hw.total_memory * 0.85)
     manager = ModelManager(device=hw.device, device_budget=device_budget, cpu_budget=ram_budget)
     engine = Engine(hw, manager, OutputWriter(settings.outputs_dir), config_root=settings.cache_dir / "configs",
-                    hash_cache=settings.cache_dir / "hashes.json", rng=settings.rng,
+                    hash_cache=settings.cache_dir / "hashes.json", rng=settings.rng, models_dir=settings.models_dir,
                     preview_every=settings.preview_every)
     runner = JobRunner(max_queued_per_owner=settings.max_queued_per_client).start()
     studio = Studio(settings, runner, engine, hardware=hw.describe())

@@ -21,15 +21,17 @@ from PIL import Image
 
 from pipelines import discovery, infotext, prompts, samplers
 from pipelines.devices import Hardware, apply_attention, free_memory
+from extensions.base import ExtensionContext
 from pipelines.discovery import CheckpointInfo
 from pipelines.jobs import Cancelled, JobContext, Skipped
 from pipelines.loading import Components, load_components
 from pipelines.manager import ModelManager
 from pipelines.outputs import OutputWriter
-from pipelines.params import SEED_MAX
+from pipelines.params import PARAMS, SEED_MAX
 
 log = logging.getLogger("studio.generate")
 VERSION = "studio-0.1"
+HIRES_KEYS = frozenset([n for n, spec in PARAMS.items() if spec.group == "hires"] + ["denoising_strength"])
 COMPONENT_FIELDS = ("unet", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "scheduler_config")
 
 # Linear latent -> RGB factors for cheap live previews (no VAE decode), per latent space.
@@ -109,8 +111,10 @@ class Engine:
     """Device-side work. Owned by the job worker thread; the UI and API reach it through jobs only."""
 
     def __init__(self, hardware: Hardware, manager: ModelManager, writer: OutputWriter, *, config_root: Path,
-                 hash_cache: Path | None = None, rng: str = "cpu", preview_every: int = 5):
+                 hash_cache: Path | None = None, rng: str = "cpu", preview_every: int = 5,
+                 models_dir: Path = Path("models")):
         self.hw = hardware
+        self.models_dir = Path(models_dir)
         self.hash_cache = hash_cache
         self.manager = manager
         self.writer = writer
@@ -165,6 +169,10 @@ class Engine:
 
     # -- generation ----------------------------------------------------------------------------
     def txt2img(self, ctx: JobContext, params: Any, info: CheckpointInfo) -> GenerationResult:
+        if params.enable_hr:
+            from pipelines.hires import HiresPlan  # hires.py builds on this module
+
+            return self.generate(ctx, params, info, HiresPlan())
         return self.generate(ctx, params, info, Txt2ImgPlan())
 
     def img2img(self, ctx: JobContext, params: Any, info: CheckpointInfo, image: Image.Image,
@@ -177,7 +185,8 @@ class Engine:
         """Run a job of any mode; `plan` supplies what differs between txt2img, img2img and inpaint."""
         # 1. Resolve the seeds and what "default" means for this model and input.
         p = params.model_dump()
-        seed, subseed = resolve_seed(p["seed"]), resolve_seed(p.get("subseed", -1))
+        seed = resolve_seed(p["seed"])
+        subseed = resolve_seed(p["subseed"]) if "subseed" in p else seed  # variation seeds: txt2img only
         p.update(seed=seed, subseed=subseed, scheduler=samplers.resolve_schedule(p["sampler_name"], p["scheduler"]))
         plan.resolve(p, info)
         result = GenerationResult(parameters=p, model=info.model_name, warnings=list(plan.warnings))
@@ -211,9 +220,16 @@ class Engine:
                     result.skipped += len(seeds)
                     log.info("batch %d/%d skipped", it + 1, p["n_iter"])
                     continue
+                for img, s in plan.keep:  # e.g. hires fix's first pass, when asked to keep it
+                    first = {k: v for k, v in p.items() if k not in HIRES_KEYS}
+                    self.writer.save(img, infotext.build_infotext(
+                        first, seed=s, subseed=s, model_name=info.model_name, model_hash=info.short_hash,
+                        extra={"Version": VERSION}), plan.mode, s, suffix="-before-highres-fix")
+                plan.keep.clear()
                 for img, s, sub in zip(plan.finish(images), seeds, subseeds):
                     text = infotext.build_infotext(p, seed=s, subseed=sub, model_name=info.model_name,
-                                                   model_hash=info.short_hash, extra={"Version": VERSION})
+                                                   model_hash=info.short_hash,
+                                                   extra={**plan.infotext_extra(p), "Version": VERSION})
                     path = self.writer.save(img, text, plan.mode, s)
                     result.add(img, path, s, sub, text)
                     ctx.image(img, {"path": str(path), "seed": s, "infotext": text},
@@ -238,19 +254,29 @@ class Engine:
 
     def _run_batch(self, ctx: JobContext, comps: Components, plan: "Plan", p: dict, embeds: dict, seeds: list[int],
                    subseeds: list[int], done_before: int, steps_total: int) -> list[Image.Image]:
+        kind, extra = plan.call(self, comps, p, seeds, subseeds)
+        label = f"batch {done_before // max(plan.steps(p), 1) + 1}/{p['n_iter']}"
+        first = plan.first_pass_steps(p)
+        out = self.denoise(ctx, comps, kind, p, embeds, seeds, extra, done_before=done_before, pass_steps=first,
+                           steps_total=steps_total, label=label)
+        return plan.after(self, ctx, comps, p, embeds, out, seeds, done_before=done_before + first,
+                          steps_total=steps_total, label=label)
+
+    def denoise(self, ctx: JobContext, comps: Components, kind: str, p: dict, embeds: dict, seeds: list[int],
+                extra: dict[str, Any], *, done_before: int, pass_steps: int, steps_total: int, label: str) -> Any:
+        """One pipeline call over a batch (sampler, steps, CFG and size from `p`); returns the pipeline's images
+        (PIL, or latents when `extra` asks for output_type="latent")."""
         w, h, sdxl = p["width"], p["height"], comps.text_encoder_2 is not None
         scheduler = samplers.make_scheduler(p["sampler_name"], p["scheduler"], comps.scheduler_config, seed=seeds)
-        kind, extra = plan.call(self, comps, p, seeds, subseeds)
         pipe = build_pipeline(comps, scheduler, kind)
-        per_batch = max(plan.steps(p), 1)
-        label = f"batch {done_before // per_batch + 1}/{p['n_iter']}"
         order = getattr(scheduler, "order", 1)  # 2nd-order samplers (Heun, DPM2) call back ~twice per step
+        per_pass = max(pass_steps, 1)
 
         def on_step(pipe_: Any, i: int, t: Any, kw: dict) -> dict:
             ctx.check()
             if ctx.skip_requested():
                 raise Skipped()
-            ctx.progress(done_before + min(-(-(i + 1) // order), per_batch), steps_total, label=label)
+            ctx.progress(done_before + min(-(-(i + 1) // order), per_pass), steps_total, label=label)
             if self.preview_every and (i + 1) % self.preview_every == 0:
                 ctx.preview(latent_preview(kw["latents"], sdxl, (w, h)), step=i + 1)
             return kw
@@ -270,6 +296,26 @@ class Engine:
                 f"Out of device memory at {w}x{h}, batch size {len(seeds)}: lower the size or batch size. "
                 "Memory was freed; images finished so far are saved.") from e
 
+    def decode(self, comps: Components, latents: torch.Tensor) -> list[Image.Image]:
+        """Latents (scaled) -> PIL images with the checkpoint's VAE."""
+        from diffusers.image_processor import VaeImageProcessor
+
+        vae = comps.vae
+        with torch.inference_mode():
+            pixels = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample
+        return VaeImageProcessor().postprocess(pixels, output_type="pil")
+
+    def extension_context(self, ctx: JobContext) -> ExtensionContext:
+        """What an extension may use from this job: device, progress/cancel hooks, the component cache."""
+
+        @contextmanager
+        def cache(key: str, load: Any) -> Iterator[Any]:
+            with self.manager.use([key], lambda: {key: load()}) as objs:
+                yield objs[key]
+
+        return ExtensionContext(device=self.hw.device, dtype=self.hw.dtype, hooks=ctx, cache=cache,
+                                models_dir=self.models_dir)
+
 
 class Plan:
     """What differs between modes. Subclasses override what they need; this is txt2img's neighbour."""
@@ -278,6 +324,7 @@ class Plan:
 
     def __init__(self) -> None:
         self.warnings: list[str] = []
+        self.keep: list[tuple[Image.Image, int]] = []  # extra images to save as they are (image, seed)
 
     def resolve(self, p: dict, info: CheckpointInfo) -> None:
         """Fill in derived values (size) before anything is loaded."""
@@ -285,7 +332,11 @@ class Plan:
         p["height"] = p.get("height") or info.native
 
     def steps(self, p: dict) -> int:
+        """Denoising steps one batch runs (all passes)."""
         return p["steps"]
+
+    def first_pass_steps(self, p: dict) -> int:
+        return self.steps(p)
 
     def shortcut(self, p: dict) -> list[Image.Image] | None:
         """Images that need no denoising at all (e.g. img2img at strength 0), else None."""
@@ -296,11 +347,24 @@ class Plan:
         """(pipeline kind, extra pipeline kwargs) for one batch."""
         raise NotImplementedError
 
+    def after(self, engine: Engine, ctx: JobContext, comps: Components, p: dict, embeds: dict, output: Any,
+              seeds: list[int], *, done_before: int, steps_total: int, label: str) -> list[Image.Image]:
+        """A further pass over the first pass's output (hires fix); by default the output is final."""
+        return output
+
     def finish(self, images: list[Image.Image]) -> list[Image.Image]:
         return images
 
+    def infotext_extra(self, p: dict) -> dict[str, Any]:
+        return {}
+
 
 class Txt2ImgPlan(Plan):
+    def resolve(self, p: dict, info: CheckpointInfo) -> None:
+        super().resolve(p, info)
+        for key in HIRES_KEYS:  # hires settings mean nothing without hires fix: keep them out of the infotext
+            p.pop(key, None)
+
     def call(self, engine: Engine, comps: Components, p: dict, seeds: list[int],
              subseeds: list[int]) -> tuple[str, dict[str, Any]]:
         w, h = p["width"], p["height"]

@@ -51,7 +51,23 @@ def default_size(image_size: tuple[int, int], native: int) -> tuple[int, int]:
 
 # -- init image ----------------------------------------------------------------------------------------------
 
-def _rgb(image: Image.Image) -> Image.Image:
+def output_size(image_size: tuple[int, int], width: int | None, height: int | None, scale_by: float | None,
+                native: int) -> tuple[int, int]:
+    """img2img's result size: "resize by", else width/height (a missing side follows the input's aspect),
+    else the input's aspect ratio near the model's native size."""
+    iw, ih = image_size
+    if scale_by:
+        return snap8(iw * scale_by), snap8(ih * scale_by)
+    if width and height:
+        return width, height
+    if width:
+        return width, snap8(width * ih / iw)
+    if height:
+        return snap8(height * iw / ih), height
+    return default_size(image_size, native)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
     """RGB copy; transparency is flattened onto white."""
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
@@ -65,7 +81,7 @@ def resize_image(image: Image.Image, width: int, height: int, mode: str) -> Imag
     """Resize `image` to width x height with one of `RESIZE_MODES` (A1111 `images.resize_image`)."""
     if mode not in RESIZE_MODES:
         raise ValueError(f"unknown resize mode {mode!r}; choose one of {', '.join(RESIZE_MODES)}")
-    im = _rgb(image)
+    im = to_rgb(image)
     if mode in (RESIZE_MODES[0], RESIZE_MODES[3]):  # the latent part of mode 3 is the engine's job
         return im.resize((width, height), LANCZOS)
 
@@ -176,7 +192,7 @@ def fill_masked(image: Image.Image, mask: Image.Image) -> Image.Image:
     over the previous result with weight blur(known) (how much known colour is nearby), so far from the edge
     the coarse average shows and near it the local colours. Unmasked pixels are copied back unchanged.
     """
-    rgb = _rgb(image)
+    rgb = to_rgb(image)
     img = np.asarray(rgb, dtype=np.float64)
     m = _binary(mask)
     if m.size != rgb.size:
@@ -240,14 +256,14 @@ def masked_region(mask: Image.Image, padding: int, target: tuple[int, int], imag
 
 def crop_for_region(image: Image.Image, box: Box, target: tuple[int, int]) -> Image.Image:
     """Crop `box` out of `image` and resize it to `target` (LANCZOS)."""
-    return _rgb(image).crop(box).resize(tuple(target), LANCZOS)
+    return to_rgb(image).crop(box).resize(tuple(target), LANCZOS)
 
 
 def paste_region(base: Image.Image, generated: Image.Image, box: Box) -> Image.Image:
     """Resize `generated` back to the box's size and paste it into a copy of `base` at the box."""
     l, t, r, b = box
-    out = _rgb(base)
-    out.paste(_rgb(generated).resize((r - l, b - t), LANCZOS), (l, t))
+    out = to_rgb(base)
+    out.paste(to_rgb(generated).resize((r - l, b - t), LANCZOS), (l, t))
     return out
 
 
@@ -255,8 +271,8 @@ def paste_region(base: Image.Image, generated: Image.Image, box: Box) -> Image.I
 
 def composite(original: Image.Image, generated: Image.Image, mask: Image.Image) -> Image.Image:
     """`generated` where the mask is painted, `original` elsewhere (mask values blend; 0 keeps the original)."""
-    base = _rgb(original)
-    gen = _rgb(generated)
+    base = to_rgb(original)
+    gen = to_rgb(generated)
     if gen.size != base.size:
         gen = gen.resize(base.size, LANCZOS)
     m = _mask_l(mask)
@@ -269,4 +285,4 @@ def changed_pixels(a: Image.Image, b: Image.Image) -> np.ndarray:
     """Boolean H x W array: True where any RGB channel differs."""
     if a.size != b.size:
         raise ValueError(f"sizes differ: {a.size} vs {b.size}")
-    return np.any(np.asarray(_rgb(a)) != np.asarray(_rgb(b)), axis=-1)
+    return np.any(np.asarray(to_rgb(a)) != np.asarray(to_rgb(b)), axis=-1)

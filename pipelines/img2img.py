@@ -23,18 +23,20 @@ from PIL import Image
 from pipelines import imageops
 from pipelines.discovery import CheckpointInfo
 from pipelines.generate import Plan
+from pipelines.params import IMG2IMG_FIELDS, INPAINT_FIELDS
 
 if TYPE_CHECKING:
     from pipelines.generate import Engine
     from pipelines.loading import Components
 
 LATENT_UPSCALE = imageops.RESIZE_MODES[3]
+INPAINT_ONLY = frozenset(set(INPAINT_FIELDS) - set(IMG2IMG_FIELDS))
 
 
 class Img2ImgPlan(Plan):
     def __init__(self, image: Image.Image, mask: Image.Image | None = None):
         super().__init__()
-        self.source = image.convert("RGB")
+        self.source = imageops.to_rgb(image)  # transparency flattened onto white, as A1111 does
         self.raw_mask = mask
         self.mode = "img2img" if mask is None else "inpaint"
         self.base: Image.Image | None = None  # what the output is composited over (input, possibly resized)
@@ -45,21 +47,15 @@ class Img2ImgPlan(Plan):
 
     # 1. Sizes, mask, crop box --------------------------------------------------------------------
     def resolve(self, p: dict, info: CheckpointInfo) -> None:
-        iw, ih = self.source.size
-        if p.get("scale_by"):
-            p["width"], p["height"] = imageops.snap8(iw * p["scale_by"]), imageops.snap8(ih * p["scale_by"])
-        elif not p.get("width") and not p.get("height"):
-            p["width"], p["height"] = imageops.default_size((iw, ih), info.native)
-        elif not p.get("height"):
-            p["height"] = imageops.snap8(p["width"] * ih / iw)
-        elif not p.get("width"):
-            p["width"] = imageops.snap8(p["height"] * iw / ih)
-        size = (p["width"], p["height"])
+        p["width"], p["height"] = size = imageops.output_size(self.source.size, p.get("width"), p.get("height"),
+                                                              p.get("scale_by"), info.native)
         only_masked = self.raw_mask is not None and p.get("inpaint_full_res") == "Only masked"
         # "Only masked" keeps the input's size and regenerates a crop; otherwise the input is resized first.
         self.base = self.source if only_masked else imageops.resize_image(self.source, *size, p["resize_mode"])
         if self.raw_mask is None:
             self.work = self.base
+            for key in INPAINT_ONLY:  # mask settings mean nothing without a mask: keep them out of the infotext
+                p.pop(key, None)
             return
         mask, warnings = imageops.prepare_mask(self.raw_mask, self.source.size, invert=False, blur=0)
         self.warnings += warnings

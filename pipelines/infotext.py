@@ -158,9 +158,11 @@ def _parse(text: str) -> dict[str, Any]:
     extra: dict[str, str] = {}
     for k, v in pairs:
         name = by_key.get(k)
-        size = _SIZE_RE.match(v) if k == "Size" else None
-        if size:
+        size = _SIZE_RE.match(v) if k in ("Size", "Hires resize") else None
+        if size and k == "Size":
             res["width"], res["height"] = int(size.group(1)), int(size.group(2))
+        elif size:
+            res["hr_resize_x"], res["hr_resize_y"] = int(size.group(1)), int(size.group(2))
         elif name and name != "negative_prompt":
             try:
                 res[name] = _convert(PARAMS[name].kind, v)
@@ -173,6 +175,8 @@ def _parse(text: str) -> dict[str, Any]:
     if "Model hash" in extra:
         res["model_hash"] = extra["Model hash"]
 
+    if any(k.startswith("Hires ") for k, _ in pairs):
+        res["enable_hr"] = True
     if "sampler_name" in res:
         sampler, schedule = samplers.split_name(res["sampler_name"])
         res["sampler_name"] = sampler

@@ -43,7 +43,11 @@ class OutputWriter:
         day = (now or datetime.now()).strftime("%Y-%m-%d")
         return self.outputs_dir / mode / day
 
-    def save(self, image: Image.Image, infotext: str, mode: str, seed: int, *, now: datetime | None = None) -> Path:
+    def save(self, image: Image.Image, infotext: str, mode: str, seed: int, *, now: datetime | None = None,
+             suffix: str = "") -> Path:
+        """Write NNNNN-SEED<suffix>.png; `suffix` is e.g. "-before-highres-fix" (letters, digits, dashes)."""
+        if not re.fullmatch(r"[a-z0-9-]*", suffix):
+            raise ValueError(f"invalid file name suffix {suffix!r}")
         folder = self.folder(mode, now)
         folder.mkdir(parents=True, exist_ok=True)
         root = self.outputs_dir.resolve()
@@ -55,7 +59,7 @@ class OutputWriter:
         buffer = io.BytesIO()
         image.save(buffer, format="PNG", pnginfo=pnginfo)
 
-        fd, tmp, final = self._reserve(folder, int(seed))
+        fd, tmp, final = self._reserve(folder, f"{int(seed)}{suffix}")
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(buffer.getbuffer())
@@ -68,7 +72,7 @@ class OutputWriter:
         _fsync_dir(folder)
         return final
 
-    def _reserve(self, folder: Path, seed: int) -> tuple[int, Path, Path]:
+    def _reserve(self, folder: Path, seed: str) -> tuple[int, Path, Path]:
         """Pick the next number and create its temporary file exclusively (holding the lock)."""
         with self._lock:
             taken = [int(m.group(1)) for e in os.scandir(folder) if (m := _NUMBER_RE.match(e.name))]

@@ -86,7 +86,7 @@ JudgeFn = Callable[[Any, HintContext, Mapping[str, Any]], Band]
 class ParamSpec:
     name: str  # A1111 API field name; also the Pydantic field name
     label: str
-    kind: Literal["text", "int", "float", "choice"]
+    kind: Literal["text", "int", "float", "choice", "bool"]
     default: Any
     description: str
     bands: Bands | BandsFn
@@ -248,13 +248,55 @@ def _seed_bands(what: str) -> Bands:
 
 _IMG = frozenset({"img2img", "inpaint"})
 _INP = frozenset({"inpaint"})
+_T2I = frozenset({"txt2img"})
+_ALL = frozenset({"txt2img", "img2img", "inpaint", "sd_upscale"})
+_EXTRAS = frozenset({"extras"})  # the Upscale tab's plain upscalers
+_SDUP = frozenset({"sd_upscale"})  # its tiled SD upscale
+_UPS = _EXTRAS | _SDUP
+LATENT_UPSCALERS = ("Latent", "Latent (antialiased)", "Latent (bicubic)", "Latent (bicubic antialiased)",
+                    "Latent (nearest)", "Latent (nearest-exact)")
+PIXEL_UPSCALERS = ("None", "Lanczos", "Nearest")  # plus every model in models/ESRGAN
 RESIZE_MODES = ("Just resize", "Crop and resize", "Resize and fill", "Just resize (latent upscale)")  # A1111 0..3
 MASK_MODES = ("Inpaint masked", "Inpaint not masked")  # A1111 inpainting_mask_invert 0/1
 MASKED_CONTENT = ("fill", "original", "latent noise", "latent nothing")  # A1111 inpainting_fill 0..3
 INPAINT_AREAS = ("Whole picture", "Only masked")  # A1111 inpaint_full_res false/true
 
 
+def _upscaler_band(value: Any) -> Band:
+    v = str(value or "")
+    if v in LATENT_UPSCALERS:
+        return Band("ok", "fast, but blurry unless denoising is 0.5 or more", values=LATENT_UPSCALERS)
+    if v in ("Lanczos", "Nearest"):
+        return Band("ok", "plain resampling: soft; use denoising 0.3-0.5", values=("Lanczos", "Nearest"))
+    if v == "None":
+        return Band("avoid", "no upscale: the second pass runs at the first pass's size", values=("None",))
+    return Band("best", "a neural upscaler: sharp detail with denoising 0.2-0.4", values=(v,))
+
+
+def _hires_target_band(scale: Any, ctx: HintContext, others: Mapping[str, Any]) -> Band:
+    """Judge the final size the factor gives for this model (~2x native a side is the limit)."""
+    w = int(others.get("width") or ctx.native)
+    h = int(others.get("height") or ctx.native)
+    s = float(scale or 1)
+    side = max(w, h) * s
+    if s <= 1.05:
+        return Band("caution", "no real upscale", 1, 1.05)
+    if side <= ctx.native * 2 + 8:
+        return Band("best", f"final {round(w * s)}x{round(h * s)}: within ~{ctx.native * 2}px a side for this "
+                            "model", 1.1, 2)
+    return Band("caution", f"final {round(w * s)}x{round(h * s)}: beyond ~{ctx.native * 2}px a side this model "
+                           "duplicates subjects; use tiled upscale for more", 2.05, 4)
+
+
 def _denoise_bands(ctx: HintContext) -> Bands:
+    if ctx.mode == "txt2img":  # the hires fix second pass
+        return (
+            Band("caution", "the second pass barely changes the upscaled image: blur stays", 0, 0.14),
+            Band("best", "adds detail at the new size and keeps the composition", 0.15, 0.45),
+            Band("ok", "needed after latent upscalers; more change from the first pass", 0.46, 0.65),
+            Band("avoid", "redraws too much at a size the model was not trained for: duplicated subjects",
+                 0.66, 1),
+        )
     if ctx.mode == "inpaint":
         return (
             Band("caution", "no effect: the masked area comes back unchanged", 0, 0.09),
@@ -375,11 +417,87 @@ PARAMS: dict[str, ParamSpec] = {
             minimum=1, maximum=12, step=1, infotext_key="Clip skip", group="advanced",
         ),
         ParamSpec(
+            "enable_hr", "Hires. fix", "bool", False,
+            "Upscale each image and run a second img2img pass at the bigger size: detail beyond the model's native "
+            "size without duplicated subjects. Costs a second pass per image.",
+            (Band("best", "explore at native size; use hires fix once you like a seed", values=("False",)),
+             Band("ok", "finalizing: a second pass per image at the bigger size", values=("True",))),
+            group="hires", modes=_T2I,
+        ),
+        ParamSpec(
+            "hr_upscaler", "Upscaler", "choice", "Latent",
+            "How the first pass is enlarged: latent modes are fast but need denoising of 0.5 or more; Lanczos and "
+            "ESRGAN-family models (models/ESRGAN) keep detail at 0.2-0.4.",
+            (Band("ok", "fast, but blurry unless denoising is 0.5 or more", values=LATENT_UPSCALERS),
+             Band("ok", "plain resampling: soft; use denoising 0.3-0.5", values=("Lanczos", "Nearest")),
+             Band("best", "a neural upscaler: sharp detail with denoising 0.2-0.4", lo=None, hi=None,
+                  values=("<model>",))),
+            choices=lambda: [*LATENT_UPSCALERS, *PIXEL_UPSCALERS[1:]], infotext_key="Hires upscaler", group="hires",
+            modes=_T2I, judge=lambda v, ctx, o: _upscaler_band(v), extra={"open": True},
+        ),
+        ParamSpec(
+            "hr_scale", "Upscale by", "float", 2.0,
+            "Factor from the first pass to the final size (ignored when 'Resize width/height to' is set).",
+            (Band("caution", "no real upscale", 1, 1.05),
+             Band("best", "up to about twice the native size", 1.1, 2),
+             Band("caution", "beyond twice the native size: duplication risk; use tiled upscale", 2.05, 4)),
+            minimum=1, maximum=4, step=0.05, infotext_key="Hires upscale", group="hires", modes=_T2I,
+            judge=lambda v, ctx, o: _hires_target_band(v, ctx, o),
+        ),
+        ParamSpec(
+            "hr_second_pass_steps", "Hires steps", "int", 0,
+            "Steps of the second pass; 0 = the same as the first pass.",
+            (Band("best", "the same as the first pass", 0, 0),
+             Band("caution", "too few to add detail at the new size", 1, 9),
+             Band("best", "enough for the second pass", 10, 35),
+             Band("caution", "slower, barely better", 36, 150)),
+            minimum=0, maximum=150, step=1, infotext_key="Hires steps", group="hires", modes=_T2I,
+        ),
+        ParamSpec(
+            "hr_resize_x", "Resize width to", "int", 0,
+            "Final width in pixels instead of 'Upscale by' (0 = from the factor, or from the height's ratio).",
+            (Band("best", "use 'Upscale by'", 0, 0), Band("ok", "an exact final width", 64, 4096)),
+            minimum=0, maximum=4096, step=8, group="hires", modes=_T2I,
+        ),
+        ParamSpec(
+            "hr_resize_y", "Resize height to", "int", 0,
+            "Final height in pixels instead of 'Upscale by' (0 = from the factor, or from the width's ratio).",
+            (Band("best", "use 'Upscale by'", 0, 0), Band("ok", "an exact final height", 64, 4096)),
+            minimum=0, maximum=4096, step=8, group="hires", modes=_T2I,
+        ),
+        ParamSpec(
+            "hr_sampler_name", "Hires sampler", "choice", "",
+            "Sampler of the second pass; empty = the same as the first pass.",
+            (Band("best", "the same as the first pass", values=("",)),
+             Band("ok", "a different sampler for the second pass", values=tuple(samplers.sampler_names()))),
+            choices=lambda: ["", *samplers.sampler_names()], infotext_key="Hires sampler", group="hires",
+            modes=_T2I,
+        ),
+        ParamSpec(
+            "hr_prompt", "Hires prompt", "text", "",
+            "Prompt of the second pass; empty = the same prompt.",
+            (Band("best", "the same prompt", 0, 0), Band("ok", "a prompt of its own for the second pass", 1, None)),
+            measure=approx_tokens, unit="tokens", infotext_key="Hires prompt", group="hires", modes=_T2I,
+        ),
+        ParamSpec(
+            "hr_negative_prompt", "Hires negative prompt", "text", "",
+            "Negative prompt of the second pass; empty = the same negative prompt.",
+            (Band("best", "the same negative prompt", 0, 0), Band("ok", "its own negative prompt", 1, None)),
+            measure=approx_tokens, unit="tokens", infotext_key="Hires negative prompt", group="hires", modes=_T2I,
+        ),
+        ParamSpec(
+            "hr_keep_first_pass", "Keep the first pass", "bool", False,
+            "Also save each image as it was before the hires fix (…-before-highres-fix.png).",
+            (Band("best", "only the final images are saved", values=("False",)),
+             Band("ok", "both passes are saved: compare what the second pass changed", values=("True",))),
+            group="hires", modes=_T2I,
+        ),
+        ParamSpec(
             "denoising_strength", "Denoising strength", "float", 0.4,
             "How much of the input image is replaced: low keeps structure, high keeps little of it. "
             "Sampling runs steps x strength steps.",
             _denoise_bands, minimum=0, maximum=1, step=0.01, infotext_key="Denoising strength", group="img2img",
-            modes=_IMG,
+            modes=_ALL,
         ),
         ParamSpec(
             "resize_mode", "Resize mode", "choice", RESIZE_MODES[0],
@@ -454,12 +572,139 @@ PARAMS: dict[str, ParamSpec] = {
             ),
             minimum=0, maximum=256, step=4, infotext_key="Masked area padding", group="inpaint", modes=_INP,
         ),
+        ParamSpec(
+            "upscaler_1", "Upscaler", "choice", "Lanczos",
+            "The upscaler: ESRGAN-family models from models/ESRGAN keep and invent detail; Lanczos/Nearest only "
+            "resample.",
+            (Band("ok", "plain resampling: soft at 2x and beyond", values=("Lanczos", "Nearest")),
+             Band("avoid", "no upscale", values=("None",)),
+             Band("best", "a neural upscaler: sharp detail", values=("<model>",))),
+            choices=lambda: list(PIXEL_UPSCALERS), judge=lambda v, ctx, o: _upscaler_band(v), group="upscale",
+            modes=_UPS, extra={"open": True},
+        ),
+        ParamSpec(
+            "upscaling_resize", "Scale by", "float", 2.0,
+            "Factor from the input's size to the result (the tiled SD upscale typically uses 2).",
+            (Band("caution", "no real upscale", 1, 1.05), Band("best", "typical: twice the size", 1.1, 2),
+             Band("ok", "big jumps: run 2x twice for the best detail", 2.05, 4),
+             Band("caution", "very large: memory and time grow with the area", 4.05, 8)),
+            minimum=1, maximum=8, step=0.05, infotext_key="Postprocess upscale by", group="upscale", modes=_UPS,
+        ),
+        ParamSpec(
+            "upscaling_resize_w", "Resize width to", "int", 0,
+            "Exact result width instead of 'Scale by' (0 = use the factor).",
+            (Band("best", "use 'Scale by'", 0, 0), Band("ok", "an exact width", 64, 8192)),
+            minimum=0, maximum=8192, step=8, group="upscale", modes=_UPS,
+        ),
+        ParamSpec(
+            "upscaling_resize_h", "Resize height to", "int", 0,
+            "Exact result height instead of 'Scale by' (0 = use the factor).",
+            (Band("best", "use 'Scale by'", 0, 0), Band("ok", "an exact height", 64, 8192)),
+            minimum=0, maximum=8192, step=8, group="upscale", modes=_UPS,
+        ),
+        ParamSpec(
+            "upscaler_2", "Second upscaler", "choice", "None",
+            "A second upscaler blended over the first by its visibility (e.g. a sharp model with a soft one).",
+            (Band("best", "one upscaler", values=("None",)),
+             Band("ok", "a blend of two upscalers", values=("<any>",))),
+            choices=lambda: list(PIXEL_UPSCALERS), judge=lambda v, ctx, o: (
+                Band("best", "one upscaler", values=("None",)) if v in (None, "", "None")
+                else Band("ok", "a blend of two upscalers", values=(str(v),))),
+            infotext_key="Postprocess upscaler 2", group="upscale", modes=_EXTRAS, extra={"open": True},
+        ),
+        ParamSpec(
+            "extras_upscaler_2_visibility", "Second upscaler visibility", "float", 0.0,
+            "How much of the second upscaler's result shows (0 = none, 1 = only the second).",
+            (Band("best", "off", 0, 0), Band("ok", "a blend", 0.01, 0.99), Band("caution", "only the second", 1, 1)),
+            minimum=0, maximum=1, step=0.05, group="upscale", modes=_EXTRAS,
+        ),
+        ParamSpec(
+            "tile_width", "Tile width", "int", 512,
+            "Width of each redrawn tile in pixels: the model's native size is best.",
+            (Band("caution", "small tiles: little context, more tiles, visible repetition", 64, 383),
+             Band("best", "near the native size of SD 1.x models (use 1024 for SDXL)", 384, 768),
+             Band("caution", "big tiles: duplication inside a tile on SD 1.x, more memory", 776, 2048)),
+            minimum=64, maximum=2048, step=8, infotext_key="Tile width", group="tiled", modes=_SDUP,
+        ),
+        ParamSpec(
+            "tile_height", "Tile height", "int", 512,
+            "Height of each redrawn tile in pixels.",
+            (Band("caution", "small tiles: little context, more tiles, visible repetition", 64, 383),
+             Band("best", "near the native size of SD 1.x models (use 1024 for SDXL)", 384, 768),
+             Band("caution", "big tiles: duplication inside a tile on SD 1.x, more memory", 776, 2048)),
+            minimum=64, maximum=2048, step=8, infotext_key="Tile height", group="tiled", modes=_SDUP,
+        ),
+        ParamSpec(
+            "tile_padding", "Tile padding", "int", 32,
+            "Pixels of context around each tile that the redraw sees but does not keep.",
+            (Band("caution", "little context: tiles may not match", 0, 15), Band("best", "enough context", 16, 64),
+             Band("ok", "much context: slower tiles", 65, 256)),
+            minimum=0, maximum=256, step=4, infotext_key="Tile padding", group="tiled", modes=_SDUP,
+        ),
+        ParamSpec(
+            "tile_mask_blur", "Tile mask blur", "int", 8,
+            "Soft edge (px) where a redrawn tile meets its neighbours.",
+            (Band("caution", "hard tile edges: visible seams", 0, 1), Band("best", "soft tile edges", 2, 16),
+             Band("caution", "wide blending: tiles wash into each other", 17, 64)),
+            minimum=0, maximum=64, step=1, infotext_key="Tile mask blur", group="tiled", modes=_SDUP,
+        ),
+        ParamSpec(
+            "redraw_order", "Redraw order", "choice", "linear",
+            "Order of the tiles: linear (row by row) or chess (every other tile first).",
+            (Band("best", "row by row", values=("linear",)),
+             Band("best", "every other tile first: fewer directional artifacts", values=("chess",))),
+            choices=lambda: ["linear", "chess"], infotext_key="Redraw order", group="tiled", modes=_SDUP,
+        ),
+        ParamSpec(
+            "seams_fix", "Seams fix", "choice", "none",
+            "A second pass over the borders between tiles: bands along the seams, or half-tile offsets "
+            "(+ their intersections). Costs more redraws.",
+            (Band("best", "no extra pass: enough when tile mask blur hides the seams", values=("none",)),
+             Band("ok", "redraws a band along every seam", values=("band pass",)),
+             Band("ok", "redraws half-tile offsets over the seams (more redraws)",
+                  values=("half tile", "half tile + intersections"))),
+            choices=lambda: ["none", "band pass", "half tile", "half tile + intersections"],
+            infotext_key="Seams fix", group="tiled", modes=_SDUP,
+        ),
+        ParamSpec(
+            "seams_fix_denoise", "Seams fix denoising", "float", 0.35,
+            "Denoising strength of the seams-fix pass.",
+            (Band("caution", "too weak to blend the seams", 0, 0.14), Band("best", "blends the seams", 0.15, 0.45),
+             Band("caution", "redraws the seams visibly", 0.46, 1)),
+            minimum=0, maximum=1, step=0.01, infotext_key="Seams fix denoise", group="tiled", modes=_SDUP,
+        ),
+        ParamSpec(
+            "seams_fix_width", "Seams fix width", "int", 64,
+            "Width of the band redrawn along each seam (band pass).",
+            (Band("caution", "too narrow to hide a seam", 8, 31), Band("best", "covers a seam", 32, 128),
+             Band("ok", "wide bands: slower", 129, 512)),
+            minimum=8, maximum=512, step=8, group="tiled", modes=_SDUP,
+        ),
+        ParamSpec(
+            "seams_fix_padding", "Seams fix padding", "int", 16,
+            "Context around each seam band.",
+            (Band("caution", "little context", 0, 7), Band("best", "enough context", 8, 64),
+             Band("ok", "much context: slower", 65, 256)),
+            minimum=0, maximum=256, step=4, group="tiled", modes=_SDUP,
+        ),
+        ParamSpec(
+            "seams_fix_mask_blur", "Seams fix mask blur", "int", 4,
+            "Soft edge of the seam bands.",
+            (Band("caution", "hard edges", 0, 0), Band("best", "soft edges", 1, 16),
+             Band("caution", "very wide blending", 17, 64)),
+            minimum=0, maximum=64, step=1, group="tiled", modes=_SDUP,
+        ),
     ]
 }
 
 TXT2IMG_FIELDS = [n for n, p in PARAMS.items() if "txt2img" in p.modes]
 IMG2IMG_FIELDS = [n for n, p in PARAMS.items() if "img2img" in p.modes]
 INPAINT_FIELDS = [n for n, p in PARAMS.items() if "inpaint" in p.modes]
+EXTRAS_FIELDS = [n for n, p in PARAMS.items() if "extras" in p.modes]
+# the tiled SD upscale: an img2img pass per tile, so the img2img basics plus its own settings
+SD_UPSCALE_FIELDS = ["prompt", "negative_prompt", "sampler_name", "scheduler", "steps", "cfg_scale", "seed", "clip_skip",
+                     "denoising_strength", *[n for n, p in PARAMS.items() if "sd_upscale" in p.modes
+                                             and n != "denoising_strength"]]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -467,7 +712,7 @@ INPAINT_FIELDS = [n for n, p in PARAMS.items() if "inpaint" in p.modes]
 
 
 def _field(spec: ParamSpec) -> tuple[Any, Any]:
-    py_type: Any = {"text": str, "int": int, "float": float, "choice": str}[spec.kind]
+    py_type: Any = {"text": str, "int": int, "float": float, "choice": str, "bool": bool}[spec.kind]
     if spec.nullable:
         py_type = py_type | None
     return (
@@ -500,13 +745,18 @@ class _ParamsBase(BaseModel):
                 if not 0 <= int(value) < len(options):
                     raise ValueError(f"{name}: {value} is not one of 0..{len(options) - 1} ({', '.join(options)})")
                 data[name] = options[int(value)]
-            elif spec is not None and spec.kind == "choice" and spec.choices and name not in (
-                    "sampler_name", "scheduler") and value is not None and value not in spec.choices():
+            elif spec is not None and spec.kind == "choice" and spec.choices and not spec.extra.get("open") \
+                    and name not in ("sampler_name", "scheduler", "hr_sampler_name") and value is not None \
+                    and value not in spec.choices():
                 raise ValueError(f"{name}: {value!r} is not one of: {', '.join(spec.choices())}")
         sampler, schedule = samplers.split_name(str(data.get("sampler_name") or PARAMS["sampler_name"].default))
         if data.get("scheduler") in (None, "", "Automatic") and schedule:
             data["scheduler"] = schedule
         data["sampler_name"], data["scheduler"] = samplers.check(sampler, data.get("scheduler") or "Automatic")
+        if data.get("hr_sampler_name") == "Use same sampler":  # A1111's value for "the first pass's"
+            data["hr_sampler_name"] = ""
+        if data.get("hr_sampler_name"):
+            data["hr_sampler_name"] = samplers.check(samplers.split_name(str(data["hr_sampler_name"]))[0])[0]
         return data
 
 
@@ -523,6 +773,17 @@ Img2ImgParams: type[BaseModel] = create_model(
     __base__=_ParamsBase,
     __doc__="An img2img or inpaint job besides the model and images (inpaint fields apply when a mask is given).",
     **{name: _field(PARAMS[name]) for name in INPAINT_FIELDS},
+)
+
+
+ExtrasParams: type[BaseModel] = create_model(
+    "ExtrasParams", __base__=BaseModel, __doc__="The Upscale tab's plain upscale (A1111 'extras').",
+    **{name: _field(PARAMS[name]) for name in EXTRAS_FIELDS},
+)
+
+SdUpscaleParams: type[BaseModel] = create_model(
+    "SdUpscaleParams", __base__=_ParamsBase, __doc__="The Upscale tab's tiled SD upscale.",
+    **{name: _field(PARAMS[name]) for name in SD_UPSCALE_FIELDS},
 )
 
 

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ValidationError
 from pipelines import discovery, imageops, outputs
 from pipelines.discovery import CheckpointInfo
 from pipelines.jobs import Job, JobRunner
-from pipelines.params import HintContext, Img2ImgParams, Txt2ImgParams
+from pipelines.params import LATENT_UPSCALERS, ExtrasParams, HintContext, Img2ImgParams, SdUpscaleParams, Txt2ImgParams
 from pipelines.settings import Settings
 
 if TYPE_CHECKING:
@@ -115,13 +115,26 @@ class Studio:
         return HintContext(family=family, native=info.native or 512, distilled=info.distilled)
 
     # -- generation ------------------------------------------------------------------------------
-    def parse_txt2img(self, data: Mapping[str, Any]) -> BaseModel:
+    @staticmethod
+    def _parse(model: type[BaseModel], data: Mapping[str, Any]) -> BaseModel:
         try:
-            return Txt2ImgParams.model_validate(dict(data))
+            return model.model_validate(dict(data))
         except ValidationError as e:
             raise BadRequest(describe_validation(e)) from None
         except ValueError as e:  # sampler / schedule checks
             raise BadRequest(str(e)) from None
+
+    def parse_txt2img(self, data: Mapping[str, Any]) -> BaseModel:
+        return self._parse(Txt2ImgParams, data)
+
+    def parse_img2img(self, data: Mapping[str, Any]) -> BaseModel:
+        return self._parse(Img2ImgParams, data)
+
+    def parse_extras(self, data: Mapping[str, Any]) -> BaseModel:
+        return self._parse(ExtrasParams, data)
+
+    def parse_sd_upscale(self, data: Mapping[str, Any]) -> BaseModel:
+        return self._parse(SdUpscaleParams, data)
 
     def submit_txt2img(self, params: BaseModel | Mapping[str, Any], *, model: str | None = None,
                        owner: str | None = None) -> Job:
@@ -131,26 +144,16 @@ class Studio:
         if info.error:
             raise BadRequest(f"{info.name} cannot be used: {info.error}")
         self._check_size(params, info)
+        if params.enable_hr and params.hr_upscaler not in LATENT_UPSCALERS:
+            self._check_upscaler(params.hr_upscaler)
         return self.runner.submit(lambda ctx: self.engine.txt2img(ctx, params, info), kind="txt2img", owner=owner)
-
-    def parse_img2img(self, data: Mapping[str, Any]) -> BaseModel:
-        try:
-            return Img2ImgParams.model_validate(dict(data))
-        except ValidationError as e:
-            raise BadRequest(describe_validation(e)) from None
-        except ValueError as e:
-            raise BadRequest(str(e)) from None
 
     def submit_img2img(self, params: BaseModel | Mapping[str, Any], image: Any, mask: Any = None, *,
                        model: str | None = None, owner: str | None = None) -> Job:
         """img2img, or inpaint when a mask is given (white = repaint). Checks the inputs before queueing."""
         if not isinstance(params, BaseModel):
             params = self.parse_img2img(params)
-        if image is None:
-            raise BadRequest("No input image: upload or paste one first.")
-        if image.width * image.height > MAX_INPUT_PIXELS:
-            raise BadRequest(f"The input image is {image.width}x{image.height}; the limit is "
-                             f"{MAX_INPUT_PIXELS / 1e6:.1f} megapixels. Downscale it first.")
+        self._check_image(image)
         info = self.find_model(model) if model else self.current_model()
         if info.error:
             raise BadRequest(f"{info.name} cannot be used: {info.error}")
@@ -161,15 +164,75 @@ class Studio:
                 raise BadRequest("The mask is empty: paint over the part of the image to repaint."
                                  if not invert else "The mask covers the whole image, so 'Inpaint not masked' "
                                  "leaves nothing to repaint.")
-        w, h = params.width, params.height
-        if params.scale_by:
-            w, h = imageops.snap8(image.width * params.scale_by), imageops.snap8(image.height * params.scale_by)
-        elif not (w and h):
-            w, h = imageops.default_size(image.size, info.native)
+        w, h = imageops.output_size(image.size, params.width, params.height, params.scale_by, info.native)
         self._check_size(params.model_copy(update={"width": w, "height": h}), info)
         kind = "inpaint" if mask is not None else "img2img"
         return self.runner.submit(lambda ctx: self.engine.img2img(ctx, params, info, image, mask), kind=kind,
                                   owner=owner)
+
+    # -- upscaling -------------------------------------------------------------------------------
+    def upscaler_names(self) -> list[str]:
+        from extensions import upscalers  # loads torch: only when asked
+
+        return [u.name for u in upscalers.all_upscalers(self.settings.models_dir)]
+
+    def _check_upscaler(self, name: str) -> None:
+        names = self.upscaler_names()
+        if name not in names:
+            raise BadRequest(f"Unknown upscaler '{name}'. Available: {', '.join(names)}; put ESRGAN-family models "
+                             f"into {self.settings.models_dir / 'ESRGAN'}.")
+
+    def _upscale_target(self, params: BaseModel, image: Any) -> tuple[int, int]:
+        from pipelines.upscale import check_target
+
+        try:
+            return check_target(image.size, params.model_dump())
+        except ValueError as e:
+            raise BadRequest(str(e)) from None
+
+    def submit_extras(self, params: BaseModel | Mapping[str, Any], images: list[tuple[str, Any]], *,
+                      owner: str | None = None) -> Job:
+        """Plain upscaling of one or several images (A1111 extras)."""
+        if not isinstance(params, BaseModel):
+            params = self.parse_extras(params)
+        if not images:
+            raise BadRequest("No image to upscale: upload one or more first.")
+        for _, image in images:
+            self._check_image(image)
+            self._upscale_target(params, image)
+        for name in {params.upscaler_1, params.upscaler_2} - {None, "", "None"}:
+            self._check_upscaler(name)
+        from pipelines import upscale
+
+        return self.runner.submit(lambda ctx: upscale.extras(self.engine, ctx, images, params), kind="extras",
+                                  owner=owner)
+
+    def submit_sd_upscale(self, params: BaseModel | Mapping[str, Any], image: Any, *, model: str | None = None,
+                          owner: str | None = None) -> Job:
+        """Tiled SD upscale: enlarge, then redraw tile by tile with the checkpoint."""
+        if not isinstance(params, BaseModel):
+            params = self.parse_sd_upscale(params)
+        self._check_image(image)
+        info = self.find_model(model) if model else self.current_model()
+        if info.error:
+            raise BadRequest(f"{info.name} cannot be used: {info.error}")
+        self._check_upscaler(params.upscaler_1)
+        w, h = self._upscale_target(params, image)
+        if params.tile_width > w or params.tile_height > h:
+            raise BadRequest(f"A {params.tile_width}x{params.tile_height} tile is larger than the {w}x{h} result: "
+                             "use smaller tiles, a bigger scale, or plain img2img.")
+        from pipelines import upscale
+
+        return self.runner.submit(lambda ctx: upscale.sd_upscale(self.engine, ctx, params, info, image),
+                                  kind="sd-upscale", owner=owner)
+
+    @staticmethod
+    def _check_image(image: Any) -> None:
+        if image is None:
+            raise BadRequest("No input image: upload or paste one first.")
+        if image.width * image.height > MAX_INPUT_PIXELS:
+            raise BadRequest(f"The input image is {image.width}x{image.height}; the limit is "
+                             f"{MAX_INPUT_PIXELS / 1e6:.1f} megapixels. Downscale it first.")
 
     @staticmethod
     def _check_size(params: BaseModel, info: CheckpointInfo) -> None:

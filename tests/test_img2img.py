@@ -164,3 +164,11 @@ def test_bad_inputs_are_refused_before_queueing(world):
     with pytest.raises(BadRequest, match="denoising_strength"):
         studio.parse_img2img({"denoising_strength": 1.5})
     assert studio.submit_img2img(params, picture(), square_mask()).wait(60).images  # and good input still works
+
+
+def test_transparent_input_is_flattened_onto_white_and_img2img_infotext_has_no_mask_keys(world):
+    rgba = Image.new("RGBA", (64, 64), (255, 0, 0, 0))  # fully transparent red
+    r = run(world, rgba, denoising_strength=0)
+    assert (np.asarray(r.images[0]) == 255).all()
+    text = run(world, picture(), denoising_strength=0.3, steps=2).infotexts[0]
+    assert "Denoising strength: 0.3" in text and "Mask" not in text and "Inpaint area" not in text

@@ -75,9 +75,10 @@ def test_round_trip_build_save_read_parse(tmp_path: Path) -> None:
     assert type(p["steps"]) is int and type(p["cfg_scale"]) is float
     assert (p["seed"], p["subseed"]) == (123, 5)
     assert (p["model_name"], p["model_hash"]) == ("my, model", "6ce0161689")
-    assert p["extra"] == {"Model hash": "6ce0161689", "Model": "my, model", "Hires upscale": "2",
+    assert p["extra"] == {"Model hash": "6ce0161689", "Model": "my, model",
                           "ControlNet 0": "Module: canny, Model: x, Weight: 1", "Note": 'say "hi"',
                           "Version": "studio-0.1"}
+    assert p["hr_scale"] == 2.0 and p["enable_hr"]  # hires keys are parameters of their own
 
 
 def test_round_trip_unicode_and_empty_prompt(tmp_path: Path) -> None:
@@ -139,7 +140,8 @@ def test_parse_schedule_type_hires_multiline_negative_quotes() -> None:
     assert (p["sampler_name"], p["scheduler"]) == ("DPM++ 2M", "Karras")
     assert (p["subseed"], p["subseed_strength"], p["denoising_strength"]) == (42, 0.15, 0.45)
     extra = p["extra"]
-    assert (extra["Hires upscale"], extra["Hires steps"], extra["Hires upscaler"]) == ("2", "10", "R-ESRGAN 4x+")
+    assert (p["hr_scale"], p["hr_second_pass_steps"], p["hr_upscaler"], p["enable_hr"]) == (2.0, 10, "R-ESRGAN 4x+",
+                                                                                            True)
     assert extra["Lora hashes"] == "add_detail: 7c6bad76eb54"
     assert extra["ControlNet 0"].startswith("Module: canny, Model: control_v11p_sd15_canny [d14c016b], Weight: 1")
     assert extra["Template"] == 'a "quoted" word, yes'

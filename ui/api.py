@@ -23,12 +23,12 @@ from fastapi.routing import APIRoute
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from PIL import Image, UnidentifiedImageError
 from PIL.PngImagePlugin import PngInfo
-from pydantic import ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pipelines import samplers
 from pipelines.jobs import EventKind, QueueFull
-from pipelines.params import Txt2ImgParams
-from pipelines.studio import BadRequest, Studio, describe_validation
+from pipelines.params import PARAMS, Img2ImgParams, Txt2ImgParams
+from pipelines.studio import MAX_INPUT_PIXELS, BadRequest, Studio, describe_validation
 
 log = logging.getLogger("studio.api")
 WAIT_S = 3600.0  # longest wait for one job event (model download, very long step); never forever
@@ -59,10 +59,14 @@ class _Route(APIRoute):
 
 
 # ----------------------------------------------------------------------------------------------
-# Request model: our parameters (PARAMS defaults) plus the A1111 fields clients send.
+# Request models: our parameters (PARAMS defaults) plus the A1111 fields clients send.
+# txt2img and img2img share the A1111 fields, the null/sampler_index/override handling and the warnings
+# (`parse_request`); each mode adds its own fields and its own lists of silent and unsupported fields.
 
 
-class Txt2ImgRequest(Txt2ImgParams):
+class _A1111Common(BaseModel):
+    """A1111 fields both generation endpoints accept besides our parameters."""
+
     model_config = ConfigDict(extra="ignore", validate_assignment=True)
 
     sampler_index: str | None = None  # old name of sampler_name, used when sampler_name is absent
@@ -71,7 +75,6 @@ class Txt2ImgRequest(Txt2ImgParams):
     send_images: bool = True
     save_images: bool = True  # images are always saved, as in the UI
     styles: list[str] = []
-    enable_hr: bool = False
     restore_faces: bool | None = None
     tiling: bool | None = None
     eta: float | None = None
@@ -83,18 +86,43 @@ class Txt2ImgRequest(Txt2ImgParams):
     alwayson_scripts: dict[str, Any] = {}
 
 
-# A1111 fields accepted and ignored without a warning: they change nothing unless a feature above is on.
-_SILENT = frozenset({
-    "denoising_strength", "firstphase_width", "firstphase_height", "hr_scale", "hr_upscaler", "hr_second_pass_steps",
-    "hr_resize_x", "hr_resize_y", "hr_checkpoint_name", "hr_sampler_name", "hr_scheduler", "hr_prompt",
-    "hr_negative_prompt", "hr_cfg", "hr_distilled_cfg", "refiner_switch_at", "s_min_uncond", "s_churn", "s_tmax",
-    "s_tmin", "s_noise", "do_not_save_samples", "do_not_save_grid", "disable_extra_networks", "comments",
-    "force_task_id", "infotext", "firstpass_image", "distilled_cfg_scale", "sampler_index",
+class Txt2ImgRequest(Txt2ImgParams, _A1111Common):
+    model_config = ConfigDict(extra="ignore", validate_assignment=True)
+
+
+class Img2ImgRequest(Img2ImgParams, _A1111Common):
+    """img2img, or inpaint when `mask` is given. Images are base64 strings (a data: URL prefix is fine);
+    they are decoded after validation so a bad one answers 400 naming its field."""
+
+    model_config = ConfigDict(extra="ignore", validate_assignment=True)
+
+    init_images: list[Any] | None = None  # the first is used (A1111 cycles several over the batch)
+    mask: Any = None  # white = repaint; null or "" = img2img
+    include_init_images: bool = False  # echo init_images and mask in "parameters" (A1111); else they are null
+    mask_blur_x: int | None = None  # A1111's per-axis blur; used only when mask_blur is absent
+    mask_blur_y: int | None = None
+    mask_round: bool = True
+    initial_noise_multiplier: float | None = None
+    image_cfg_scale: float | None = None  # instruct-pix2pix models only: no effect on the models we run
+    subseed: int = Field(-1, ge=PARAMS["subseed"].minimum, le=PARAMS["subseed"].maximum)  # txt2img only here
+    subseed_strength: float = Field(0.0, ge=PARAMS["subseed_strength"].minimum, le=PARAMS["subseed_strength"].maximum)
+
+
+# A1111 fields accepted and ignored without a warning: they change nothing unless a feature we lack is on.
+_SILENT_COMMON = frozenset({
+    "s_min_uncond", "s_churn", "s_tmax", "s_tmin", "s_noise", "do_not_save_samples", "do_not_save_grid",
+    "disable_extra_networks", "comments", "force_task_id", "infotext", "distilled_cfg_scale", "sampler_index",
+    "refiner_switch_at",
 })
+_SILENT = {
+    "txt2img": _SILENT_COMMON | {"firstphase_width", "firstphase_height", "hr_scheduler", "hr_cfg",
+                                 "hr_distilled_cfg", "firstpass_image", "hr_checkpoint_name"},
+    "img2img": _SILENT_COMMON,
+}
 
 # Fields we do not implement yet: (is it in use?, what happens instead).
-_UNSUPPORTED: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "enable_hr": (bool, "hires fix is not implemented yet"),
+_Unsupported = dict[str, tuple[Callable[[Any], bool], str]]
+_UNSUPPORTED_COMMON: _Unsupported = {
     "restore_faces": (bool, "face restoration is not implemented yet"),
     "tiling": (bool, "tiling is not implemented yet"),
     "styles": (bool, "styles are not implemented yet"),
@@ -107,14 +135,26 @@ _UNSUPPORTED: dict[str, tuple[Callable[[Any], bool], str]] = {
     "save_images": (lambda v: not v, "images are always saved"),
     "override_settings_restore_afterwards": (lambda v: not v, "overrides apply to this request only"),
 }
+_UNSUPPORTED: dict[str, _Unsupported] = {
+    "txt2img": _UNSUPPORTED_COMMON,
+    "img2img": {
+        **_UNSUPPORTED_COMMON,
+        "subseed_strength": (lambda v: v > 0, "variation seeds are not supported in img2img"),
+        "initial_noise_multiplier": (lambda v: v is not None and v != 1, "the initial noise is not scaled"),
+        "mask_round": (lambda v: not v, "the mask is always binarised (any painted value repaints)"),
+    },
+}
+_REQUESTS: dict[str, type[BaseModel]] = {"txt2img": Txt2ImgRequest, "img2img": Img2ImgRequest}
 _OVERRIDES = {"sd_model_checkpoint", "CLIP_stop_at_last_layers"}
 
 
-def parse_request(body: Any) -> tuple[Txt2ImgRequest, str | None, list[str]]:
-    """Validate an A1111 txt2img body -> (request, model override or None, warnings). Raises ApiError 422."""
+def parse_request(body: Any, mode: str = "txt2img") -> tuple[BaseModel, str | None, list[str]]:
+    """Validate an A1111 txt2img or img2img body -> (request, model override or None, warnings).
+    Raises ApiError 422 naming the field and its limit. Images are not decoded here."""
     if not isinstance(body, dict):
         raise ApiError(422, "ValidationError", "body: expected a JSON object")
-    fields = Txt2ImgRequest.model_fields
+    cls = _REQUESTS[mode]
+    fields = cls.model_fields
     # null means "default" for fields that have a non-null default (A1111 clients send nulls)
     data = {k: v for k, v in body.items() if not (v is None and k in fields and fields[k].default is not None)}
     if not data.get("sampler_name") and data.get("sampler_index"):
@@ -123,18 +163,24 @@ def parse_request(body: Any) -> tuple[Txt2ImgRequest, str | None, list[str]]:
     if isinstance(overrides, dict) and overrides.get("CLIP_stop_at_last_layers") is not None \
             and data.get("clip_skip") is None:
         data["clip_skip"] = overrides["CLIP_stop_at_last_layers"]
+    warnings = []
+    blur_xy = [v for v in (data.get("mask_blur_x"), data.get("mask_blur_y")) if type(v) is int]
+    if mode == "img2img" and data.get("mask_blur") is None and blur_xy:  # A1111: mask_blur sets both axes
+        data["mask_blur"] = max(blur_xy)
+        if len(set(blur_xy)) > 1:
+            warnings.append(f"mask_blur_x/mask_blur_y differ: one blur for both axes, mask_blur={max(blur_xy)}")
     try:
-        req = Txt2ImgRequest.model_validate(data)
+        req = cls.model_validate(data)
     except ValidationError as e:
         raise ApiError(422, "ValidationError", describe_validation(e)) from None
     except ValueError as e:
         raise ApiError(422, "ValidationError", str(e)) from None
 
-    warnings = [f"{name}={getattr(req, name)!r} ignored: {why}"
-                for name, (used, why) in _UNSUPPORTED.items() if used(getattr(req, name))]
+    warnings += [f"{name}={getattr(req, name)!r} ignored: {why}"
+                 for name, (used, why) in _UNSUPPORTED[mode].items() if used(getattr(req, name))]
     if other := sorted(set(req.override_settings) - _OVERRIDES):
         warnings.append(f"override_settings ignored: {', '.join(other)}")
-    if unknown := sorted(set(body) - set(fields) - _SILENT):
+    if unknown := sorted(set(body) - set(fields) - _SILENT[mode]):
         warnings.append(f"unknown fields ignored: {', '.join(unknown)}")
     model = req.override_settings.get("sd_model_checkpoint") or None
     return req, (str(model) if model else None), warnings
@@ -154,22 +200,34 @@ def encode_png(image: Any, parameters: str | None = None) -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def decode_image(data: Any) -> Image.Image:
+def decode_image(data: Any, field: str = "image", max_pixels: int | None = None) -> Image.Image:
+    """A base64 image (a data: URL prefix is fine) -> PIL image. 400 naming `field` when it is not one;
+    413 when it has more than `max_pixels` (read from the header, before the pixels are decoded)."""
     if not isinstance(data, str) or not data.strip():
-        raise ApiError(400, "BadImage", "image: expected a base64-encoded image string")
+        raise ApiError(400, "BadImage", f"{field}: expected a base64-encoded image string")
     text = data.strip()
     if text.startswith("data:"):
         text = text.partition(",")[2]
     try:
         raw = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError) as e:
-        raise ApiError(400, "BadImage", f"image: invalid base64 ({e})") from None
+        raise ApiError(400, "BadImage", f"{field}: invalid base64 ({e})") from None
+
+    def too_large(size: str) -> ApiError:
+        limit = f"; the limit is {max_pixels / 1e6:.1f} megapixels" if max_pixels else ""
+        return ApiError(413, "ImageTooLarge", f"{field}: the image is {size}{limit}. Downscale it first.")
+
+    unreadable = ApiError(400, "BadImage", f"{field}: {len(raw)} bytes that are not a readable image "
+                                           "(expected PNG, JPEG or WEBP)")
     try:
         image = Image.open(io.BytesIO(raw))
+        if max_pixels and image.width * image.height > max_pixels:
+            raise too_large(f"{image.width}x{image.height}")
         image.load()
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
-        raise ApiError(400, "BadImage", f"image: {len(raw)} bytes that are not a readable image "
-                                        "(expected PNG, JPEG or WEBP)") from None
+    except Image.DecompressionBombError:  # beyond PIL's own limit (about 179 megapixels)
+        raise too_large("far too large") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        raise unreadable from None
     return image
 
 
@@ -217,6 +275,38 @@ def _find_model(studio: Studio, name: str) -> Any:
         raise ApiError(404, "ModelNotFound", str(e)) from None
 
 
+def run_generation(submit: Callable[[], Any], req: Any, warnings: list[str]) -> dict[str, Any]:
+    """Submit a generation job (txt2img, img2img, inpaint), wait for it and shape A1111's answer:
+    {"images": [base64 PNG with its parameters chunk], "parameters": request, "info": JSON string}. The info
+    holds `warnings`: the request's and the engine's (e.g. a resized mask)."""
+    try:
+        job = submit()
+    except QueueFull as e:
+        raise ApiError(429, "QueueFull", str(e)) from None
+    except BadRequest as e:
+        raise ApiError(422, "BadRequest", str(e)) from None
+    events = wait_job(job)
+    last = events[-1]
+    if last.kind is EventKind.FINISHED:
+        result = last.result
+        images, texts, info = result.images, result.infotexts, result.info()
+        warnings = [*warnings, *getattr(result, "warnings", [])]
+    else:  # interrupted: what was finished so far, as A1111 does
+        done = [ev for ev in events if ev.kind is EventKind.IMAGE]
+        images = [ev.image for ev in done]
+        texts = [(ev.result or {}).get("infotext", "") for ev in done]
+        seeds = [(ev.result or {}).get("seed") for ev in done]
+        info = {"prompt": req.prompt, "negative_prompt": req.negative_prompt, "seed": seeds[0] if seeds else req.seed,
+                "all_seeds": seeds, "infotexts": texts, "steps": req.steps, "sampler_name": req.sampler_name,
+                "scheduler": req.scheduler, "cfg_scale": req.cfg_scale,
+                "width": images[0].width if images else req.width,
+                "height": images[0].height if images else req.height,
+                "denoising_strength": getattr(req, "denoising_strength", 0), "interrupted": True}
+    info["warnings"] = warnings
+    return {"images": [encode_png(im, t) for im, t in zip(images, texts)] if req.send_images else [],
+            "parameters": req.model_dump(), "info": json.dumps(info)}
+
+
 # ----------------------------------------------------------------------------------------------
 # Endpoints
 
@@ -235,40 +325,43 @@ def build_api(studio: Studio, auth: tuple[str, str] | None = None) -> APIRouter:
 
         deps.append(Depends(check_auth))
     api = APIRouter(prefix="/sdapi/v1", tags=["A1111 API"], dependencies=deps, route_class=_Route)
-    body_doc = {"requestBody": {"content": {"application/json": {"schema": Txt2ImgRequest.model_json_schema()}}}}
 
-    @api.post("/txt2img", openapi_extra=body_doc)
+    def doc(cls: type[BaseModel]) -> dict[str, Any]:
+        return {"requestBody": {"content": {"application/json": {"schema": cls.model_json_schema()}}}}
+
+    def model_name(name: str | None) -> str | None:
+        return _find_model(studio, name).name if name else None
+
+    @api.post("/txt2img", openapi_extra=doc(Txt2ImgRequest))
     def txt2img(request: Request, body: Any = Depends(_json_body)) -> dict[str, Any]:
-        req, model, warnings = parse_request(body)
+        req, model, warnings = parse_request(body, "txt2img")
         for w in warnings:
             log.warning("txt2img: %s", w)
-        if model:
-            model = _find_model(studio, model).name
+        model = model_name(model)
         params = req.model_dump(include=set(Txt2ImgParams.model_fields))
-        try:
-            job = studio.submit_txt2img(params, model=model, owner=_client(request))
-        except QueueFull as e:
-            raise ApiError(429, "QueueFull", str(e)) from None
-        except BadRequest as e:
-            raise ApiError(422, "BadRequest", str(e)) from None
-        events = wait_job(job)
-        last = events[-1]
-        if last.kind is EventKind.FINISHED:
-            result = last.result
-            images, texts, info = result.images, result.infotexts, result.info()
-        else:  # interrupted: what was finished so far, as A1111 does
-            done = [ev for ev in events if ev.kind is EventKind.IMAGE]
-            images = [ev.image for ev in done]
-            texts = [(ev.result or {}).get("infotext", "") for ev in done]
-            seeds = [(ev.result or {}).get("seed") for ev in done]
-            info = {"prompt": req.prompt, "negative_prompt": req.negative_prompt, "seed": seeds[0] if seeds else req.seed,
-                    "all_seeds": seeds, "infotexts": texts, "steps": req.steps, "sampler_name": req.sampler_name,
-                    "scheduler": req.scheduler, "cfg_scale": req.cfg_scale,
-                    "width": images[0].width if images else req.width,
-                    "height": images[0].height if images else req.height, "interrupted": True}
-        info["warnings"] = warnings
-        return {"images": [encode_png(im, t) for im, t in zip(images, texts)] if req.send_images else [],
-                "parameters": req.model_dump(), "info": json.dumps(info)}
+        return run_generation(lambda: studio.submit_txt2img(params, model=model, owner=_client(request)),
+                              req, warnings)
+
+    @api.post("/img2img", openapi_extra=doc(Img2ImgRequest))
+    def img2img(request: Request, body: Any = Depends(_json_body)) -> dict[str, Any]:
+        """img2img, or inpaint when `mask` is given. `parameters` echoes the request with init_images and mask
+        set to null unless include_init_images is true (A1111 does the same)."""
+        req, model, warnings = parse_request(body, "img2img")
+        if not req.init_images:
+            raise ApiError(422, "ValidationError", "init_images: at least one base64-encoded image is required")
+        image = decode_image(req.init_images[0], "init_images[0]", MAX_INPUT_PIXELS)
+        if len(req.init_images) > 1:
+            warnings.append(f"init_images: {len(req.init_images)} images sent, only the first is used")
+        mask = decode_image(req.mask, "mask", MAX_INPUT_PIXELS) if req.mask else None
+        for w in warnings:
+            log.warning("img2img: %s", w)
+        model = model_name(model)
+        params = req.model_dump(include=set(Img2ImgParams.model_fields))
+        answer = run_generation(
+            lambda: studio.submit_img2img(params, image, mask, model=model, owner=_client(request)), req, warnings)
+        if not req.include_init_images:
+            answer["parameters"].update(init_images=None, mask=None)
+        return answer
 
     @api.get("/sd-models")
     def sd_models() -> list[dict[str, Any]]:

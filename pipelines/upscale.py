@@ -1,0 +1,167 @@
+"""The Upscale tab's jobs: plain upscaling (A1111 "extras") and the tiled SD upscale.
+
+`extras`: each image through the chosen upscaler (ESRGAN-family model, Lanczos, Nearest), optionally blended
+with a second one, saved to outputs/extras with its original parameters plus the postprocessing keys.
+
+`sd_upscale` reads as numbered steps: 1. enlarge with the upscaler to the target size, 2. pin the
+checkpoint and encode the prompt once, 3. redraw tile by tile (extensions.tiled_upscale) where every redraw
+is an img2img pass over the tile and its padding, 4. save only a complete result (a cancel raises before).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from PIL import Image
+
+from extensions import tiled_upscale, upscalers
+from pipelines import imageops, infotext, prompts, samplers
+from pipelines.discovery import CheckpointInfo
+from pipelines.generate import VERSION, GenerationResult, resolve_seed
+from pipelines.img2img import Img2ImgPlan
+from pipelines.outputs import read_png_info
+
+if TYPE_CHECKING:
+    from pipelines.generate import Engine
+    from pipelines.jobs import JobContext
+
+MAX_SIDE = 8192  # results beyond this are refused before any work
+
+
+def target_size(size: tuple[int, int], p: dict) -> tuple[int, int]:
+    w, h = size
+    rw, rh = p.get("upscaling_resize_w") or 0, p.get("upscaling_resize_h") or 0
+    if rw and rh:
+        return rw, rh
+    if rw:
+        return rw, round(rw * h / w)
+    if rh:
+        return round(rh * w / h), rh
+    return round(w * p["upscaling_resize"]), round(h * p["upscaling_resize"])
+
+
+def check_target(size: tuple[int, int], p: dict) -> tuple[int, int]:
+    tw, th = target_size(size, p)
+    if max(tw, th) > MAX_SIDE:
+        raise ValueError(f"The result would be {tw}x{th}; the limit is {MAX_SIDE} px a side. Use a smaller factor.")
+    return tw, th
+
+
+def _enlarge(engine: "Engine", ctx: "JobContext", image: Image.Image, name: str, size: tuple[int, int]) -> Image.Image:
+    up = upscalers.get_upscaler(name, engine.models_dir)
+    scale = max(size[0] / image.width, size[1] / image.height)
+    big = up.upscale(image, scale, engine.extension_context(ctx))
+    return imageops.resize_image(big, *size, "Crop and resize") if big.size != size else big
+
+
+def _postprocess_text(original: str, extra: dict[str, Any]) -> str:
+    """Keep the image's own parameters and add the postprocessing keys to its last line (A1111 extras)."""
+    tail = ", ".join(f"{k}: {infotext.quote(v)}" for k, v in extra.items() if v not in (None, "", "None"))
+    return f"{original.rstrip()}, {tail}" if original.strip() else tail
+
+
+def extras(engine: "Engine", ctx: "JobContext", images: list[tuple[str, Image.Image]], params: Any) -> GenerationResult:
+    p = params.model_dump()
+    result = GenerationResult(parameters=p)
+    for i, (name, image) in enumerate(images):
+        ctx.check()
+        ctx.progress(i, len(images), label=f"image {i + 1}/{len(images)}: {name}")
+        size = check_target(image.size, p)
+        rgb = image.convert("RGB")
+        out = _enlarge(engine, ctx, rgb, p["upscaler_1"], size)
+        if p["upscaler_2"] not in (None, "", "None") and p["extras_upscaler_2_visibility"] > 0:
+            second = _enlarge(engine, ctx, rgb, p["upscaler_2"], size)
+            out = Image.blend(out, second, p["extras_upscaler_2_visibility"])
+        text = _postprocess_text(read_png_info(image)["info"], {
+            "Postprocess upscale by": p["upscaling_resize"] if not (p["upscaling_resize_w"] or p["upscaling_resize_h"])
+            else None,
+            "Postprocess upscale to": f"{size[0]}x{size[1]}" if p["upscaling_resize_w"] or p["upscaling_resize_h"]
+            else None,
+            "Postprocess upscaler": p["upscaler_1"], "Postprocess upscaler 2": p["upscaler_2"]})
+        path = engine.writer.save(out, text, "extras", i)
+        result.add(out, path, i, i, text)
+        ctx.image(out, {"path": str(path), "seed": i, "infotext": text}, label=f"image {i + 1}/{len(images)}")
+    ctx.progress(len(images), len(images), label="done")
+    return result
+
+
+def sd_upscale(engine: "Engine", ctx: "JobContext", params: Any, info: CheckpointInfo,
+               image: Image.Image) -> GenerationResult:
+    # 1. Enlarge to the target size with the chosen upscaler.
+    p = params.model_dump()
+    seed = resolve_seed(p["seed"])
+    p.update(seed=seed, scheduler=samplers.resolve_schedule(p["sampler_name"], p["scheduler"]))
+    size = check_target(image.size, p)
+    settings = tiled_upscale.TiledSettings(
+        tile_width=p["tile_width"], tile_height=p["tile_height"], padding=p["tile_padding"],
+        mask_blur=p["tile_mask_blur"], redraw_order=p["redraw_order"], seams_fix=p["seams_fix"],
+        seams_width=p["seams_fix_width"], seams_padding=p["seams_fix_padding"],
+        seams_mask_blur=p["seams_fix_mask_blur"], seams_denoise=p["seams_fix_denoise"])
+    n = tiled_upscale.cost(*size, settings)
+    regions = n["tiles"] + n["seams"]
+    per_tile = max(int(p["steps"] * p["denoising_strength"]), 1)
+    per_seam = max(int(p["steps"] * p["seams_fix_denoise"]), 1)
+    steps_total = n["tiles"] * per_tile + n["seams"] * per_seam
+    ctx.progress(0, 1, label=f"upscaling to {size[0]}x{size[1]} ({n['tiles']} tiles, {n['seams']} seam passes)")
+    big = _enlarge(engine, ctx, image.convert("RGB"), p["upscaler_1"], size)
+    result = GenerationResult(parameters=p, model=info.model_name)
+
+    # 2. Pin the checkpoint and encode the prompt once for every tile.
+    with engine.components(info, ctx) as comps:
+        p["model_hash"] = info.short_hash
+        sdxl = comps.text_encoder_2 is not None
+        embeds = prompts.encode_prompts(
+            p["prompt"], p["negative_prompt"], tokenizers=[t for t in (comps.tokenizer, comps.tokenizer_2) if t],
+            text_encoders=[e for e in (comps.text_encoder, comps.text_encoder_2) if e is not None],
+            clip_skip=p["clip_skip"], device=engine.hw.device, dtype=engine.hw.dtype, sdxl=sdxl,
+            zero_empty_negative=sdxl)
+        done = {"regions": 0, "steps": 0}
+
+        def redraw(region: Image.Image, mask: Image.Image | None, tile_seed: int,
+                   strength: float | None) -> Image.Image:
+            """3. One tile: an img2img pass over the tile and its padding, the tile's mask kept."""
+            tp = dict(p, denoising_strength=strength or p["denoising_strength"], batch_size=1, n_iter=1,
+                      width=imageops.snap8(region.width), height=imageops.snap8(region.height),
+                      resize_mode=imageops.RESIZE_MODES[0], scale_by=None, mask_blur=0, inpainting_fill="original",
+                      inpainting_mask_invert="Inpaint masked", inpaint_full_res="Whole picture")
+            plan = Img2ImgPlan(region, mask)
+            plan.resolve(tp, info)
+            per = plan.steps(tp)
+            kind, extra = plan.call(engine, comps, tp, [tile_seed], [tile_seed])
+            k = done["regions"]
+            out = engine.denoise(ctx, comps, kind, tp, embeds, [tile_seed], extra, done_before=done["steps"],
+                                 pass_steps=per, steps_total=steps_total,
+                                 label=f"{'tile' if k < n['tiles'] else 'seam'} {k + 1}/{regions}")
+            done["regions"] += 1
+            done["steps"] += per
+            return plan.finish(out)[0].resize(region.size, Image.Resampling.LANCZOS)
+
+        ext = engine.extension_context(ctx)
+        ext.redraw = redraw
+        ext.hooks = _NoProgress(ctx)  # step progress comes from the redraws themselves
+        final = tiled_upscale.tiled_redraw(big, settings, ext, seed)
+
+    # 4. Only a complete result is saved.
+    text = infotext.build_infotext(p, seed=seed, model_name=info.model_name, model_hash=info.short_hash,
+                                   extra={"Size": f"{size[0]}x{size[1]}", "Tiled upscale": f"{n['tiles']} tiles",
+                                          "Version": VERSION})
+    path = engine.writer.save(final, text, "extras", seed)
+    result.add(final, path, seed, seed, text)
+    ctx.image(final, {"path": str(path), "seed": seed, "infotext": text}, label="done")
+    return result
+
+
+class _NoProgress:
+    """The job's check/preview, without the extension's coarse per-tile progress."""
+
+    def __init__(self, ctx: "JobContext"):
+        self.ctx = ctx
+
+    def check(self) -> None:
+        self.ctx.check()
+
+    def progress(self, step: int, total: int, label: str | None = None) -> None:
+        return None
+
+    def preview(self, image: Any, step: int | None = None) -> None:
+        self.ctx.preview(image, step)
