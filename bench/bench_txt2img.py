@@ -125,7 +125,6 @@ def main() -> None:
     for _ in range(args.runs):  # interleaved, so both see the same machine conditions
         plain_times.append(plain_once())
         app_times.append(app_once())
-    del plain
     devices.free_memory()
 
     # -- memory shared across modes -----------------------------------------------------------------

@@ -177,10 +177,12 @@ class Studio:
         return [u.name for u in upscalers.all_upscalers(self.settings.models_dir)]
 
     def _check_upscaler(self, name: str) -> None:
-        names = self.upscaler_names()
-        if name not in names:
-            raise BadRequest(f"Unknown upscaler '{name}'. Available: {', '.join(names)}; put ESRGAN-family models "
-                             f"into {self.settings.models_dir / 'ESRGAN'}.")
+        from extensions import upscalers
+
+        try:
+            upscalers.get_upscaler(name, self.settings.models_dir)
+        except ValueError as e:
+            raise BadRequest(f"{e}. Put ESRGAN-family models into {self.settings.models_dir / 'ESRGAN'}.") from None
 
     def _upscale_target(self, params: BaseModel, image: Any) -> tuple[int, int]:
         from pipelines.upscale import check_target
@@ -200,7 +202,8 @@ class Studio:
         for _, image in images:
             self._check_image(image)
             self._upscale_target(params, image)
-        for name in {params.upscaler_1, params.upscaler_2} - {None, "", "None"}:
+        used = {params.upscaler_1, params.upscaler_2 if params.extras_upscaler_2_visibility > 0 else None}
+        for name in used - {None, "", "None"}:
             self._check_upscaler(name)
         from pipelines import upscale
 

@@ -48,7 +48,8 @@ def check_target(size: tuple[int, int], p: dict) -> tuple[int, int]:
 
 
 def _enlarge(engine: "Engine", ctx: "JobContext", image: Image.Image, name: str, size: tuple[int, int]) -> Image.Image:
-    up = upscalers.get_upscaler(name, engine.models_dir)
+    """The image at `size` through upscaler `name` ("None" resamples with Lanczos: the redraw needs the size)."""
+    up = upscalers.get_upscaler("Lanczos" if name == "None" else name, engine.models_dir)
     scale = max(size[0] / image.width, size[1] / image.height)
     big = up.upscale(image, scale, engine.extension_context(ctx))
     return imageops.resize_image(big, *size, "Crop and resize") if big.size != size else big
@@ -66,9 +67,11 @@ def extras(engine: "Engine", ctx: "JobContext", images: list[tuple[str, Image.Im
     for i, (name, image) in enumerate(images):
         ctx.check()
         ctx.progress(i, len(images), label=f"image {i + 1}/{len(images)}: {name}")
-        size = check_target(image.size, p)
         rgb = image.convert("RGB")
-        out = _enlarge(engine, ctx, rgb, p["upscaler_1"], size)
+        # A1111: "None" leaves the image as it is; otherwise enlarge to the target size
+        out = rgb if p["upscaler_1"] == "None" else _enlarge(engine, ctx, rgb, p["upscaler_1"],
+                                                             size := check_target(image.size, p))
+        size = out.size
         if p["upscaler_2"] not in (None, "", "None") and p["extras_upscaler_2_visibility"] > 0:
             second = _enlarge(engine, ctx, rgb, p["upscaler_2"], size)
             out = Image.blend(out, second, p["extras_upscaler_2_visibility"])
@@ -104,6 +107,7 @@ def sd_upscale(engine: "Engine", ctx: "JobContext", params: Any, info: Checkpoin
     steps_total = n["tiles"] * per_tile + n["seams"] * per_seam
     ctx.progress(0, 1, label=f"upscaling to {size[0]}x{size[1]} ({n['tiles']} tiles, {n['seams']} seam passes)")
     big = _enlarge(engine, ctx, image.convert("RGB"), p["upscaler_1"], size)
+    p["width"], p["height"] = size
     result = GenerationResult(parameters=p, model=info.model_name)
 
     # 2. Pin the checkpoint and encode the prompt once for every tile.

@@ -113,3 +113,11 @@ def test_hires_fix_with_a_model_upscaler(studio, world):
     assert r.images[0].size == (128, 128) and "Hires upscaler: 4x-tiny" in r.infotexts[0]
     with pytest.raises(BadRequest, match="Unknown upscaler"):
         studio.submit_txt2img({"prompt": "x", "enable_hr": True, "hr_upscaler": "5x-missing"})
+
+
+def test_none_upscaler_keeps_the_image_and_names_ignore_case(studio):
+    src = picture()
+    r = studio.submit_extras({"upscaler_1": "None"}, [("a", src)]).wait(60)
+    assert np.array_equal(np.asarray(r.images[0]), np.asarray(src))
+    r = studio.submit_extras({"upscaler_1": "lanczos", "upscaler_2": "missing-but-unused"}, [("a", src)]).wait(60)
+    assert r.images[0].size == (96, 64)

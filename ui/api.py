@@ -1,4 +1,6 @@
-"""The A1111-compatible REST API (`/sdapi/v1/...`), so existing A1111 clients work unchanged.
+"""The A1111-compatible REST API (`/sdapi/v1/...`), so existing A1111 clients work unchanged, plus our own
+endpoints under `/studio/v1/...` for features A1111 only offers through positional script arguments
+(the tiled SD upscale).
 
 `build_api(studio, auth)` returns an APIRouter that app.py mounts. Every endpoint is a thin adapter over the
 `Studio` facade: parse and validate the request, submit a job to the shared queue, wait for it, and shape
@@ -11,9 +13,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import html
 import io
 import json
 import logging
+import re
 import secrets
 from typing import Any, Callable
 
@@ -27,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pipelines import samplers
 from pipelines.jobs import EventKind, QueueFull
-from pipelines.params import PARAMS, Img2ImgParams, Txt2ImgParams
+from pipelines.params import LATENT_UPSCALERS, PARAMS, ExtrasParams, Img2ImgParams, SdUpscaleParams, Txt2ImgParams
 from pipelines.studio import MAX_INPUT_PIXELS, BadRequest, Studio, describe_validation
 
 log = logging.getLogger("studio.api")
@@ -108,6 +112,40 @@ class Img2ImgRequest(Img2ImgParams, _A1111Common):
     subseed_strength: float = Field(0.0, ge=PARAMS["subseed_strength"].minimum, le=PARAMS["subseed_strength"].maximum)
 
 
+class ExtrasRequest(ExtrasParams):
+    """A1111's extras (postprocessing) fields besides our ExtrasParams. resize_mode 0 scales by upscaling_resize
+    (the w/h fields are ignored, as in A1111); 1 resizes to upscaling_resize_w x upscaling_resize_h (one side
+    alone keeps the aspect ratio; both: cropped to fit)."""
+
+    model_config = ConfigDict(extra="ignore", validate_assignment=True)
+
+    resize_mode: int = Field(0, ge=0, le=1)
+    show_extras_results: bool = True  # the API always answers the images (A1111 does too outside folder mode)
+    gfpgan_visibility: float = Field(0.0, ge=0, le=1)
+    codeformer_visibility: float = Field(0.0, ge=0, le=1)
+    codeformer_weight: float = Field(0.0, ge=0, le=1)
+    upscaling_crop: bool = True
+    upscale_first: bool = False  # order of upscale and face restoration: no face restoration here
+
+
+class ExtrasSingleRequest(ExtrasRequest):
+    image: Any = None  # base64 (a data: URL prefix is fine)
+
+
+class ExtrasBatchRequest(ExtrasRequest):
+    imageList: list[Any] | None = None  # [{"data": base64, "name": "a.png"}]
+
+
+class SdUpscaleRequest(SdUpscaleParams):
+    """POST /studio/v1/sd-upscale: the tiled SD upscale's parameters plus the image and an optional model."""
+
+    model_config = ConfigDict(extra="ignore", validate_assignment=True)
+
+    image: Any = None  # base64 (a data: URL prefix is fine)
+    sd_model_checkpoint: str | None = None  # default: the current model
+    send_images: bool = True
+
+
 # A1111 fields accepted and ignored without a warning: they change nothing unless a feature we lack is on.
 _SILENT_COMMON = frozenset({
     "s_min_uncond", "s_churn", "s_tmax", "s_tmin", "s_noise", "do_not_save_samples", "do_not_save_grid",
@@ -118,6 +156,9 @@ _SILENT = {
     "txt2img": _SILENT_COMMON | {"firstphase_width", "firstphase_height", "hr_scheduler", "hr_cfg",
                                  "hr_distilled_cfg", "firstpass_image", "hr_checkpoint_name"},
     "img2img": _SILENT_COMMON,
+    "extra-single-image": frozenset(),
+    "extra-batch-images": frozenset(),
+    "sd-upscale": frozenset({"sampler_index"}),
 }
 
 # Fields we do not implement yet: (is it in use?, what happens instead).
@@ -143,13 +184,21 @@ _UNSUPPORTED: dict[str, _Unsupported] = {
         "initial_noise_multiplier": (lambda v: v is not None and v != 1, "the initial noise is not scaled"),
         "mask_round": (lambda v: not v, "the mask is always binarised (any painted value repaints)"),
     },
+    "sd-upscale": {},
 }
-_REQUESTS: dict[str, type[BaseModel]] = {"txt2img": Txt2ImgRequest, "img2img": Img2ImgRequest}
+_UNSUPPORTED["extra-single-image"] = _UNSUPPORTED["extra-batch-images"] = {
+    "gfpgan_visibility": (lambda v: v > 0, "face restoration is not implemented yet"),
+    "codeformer_visibility": (lambda v: v > 0, "face restoration is not implemented yet"),
+}
+_REQUESTS: dict[str, type[BaseModel]] = {"txt2img": Txt2ImgRequest, "img2img": Img2ImgRequest,
+                                         "extra-single-image": ExtrasSingleRequest,
+                                         "extra-batch-images": ExtrasBatchRequest, "sd-upscale": SdUpscaleRequest}
 _OVERRIDES = {"sd_model_checkpoint", "CLIP_stop_at_last_layers"}
 
 
 def parse_request(body: Any, mode: str = "txt2img") -> tuple[BaseModel, str | None, list[str]]:
-    """Validate an A1111 txt2img or img2img body -> (request, model override or None, warnings).
+    """Validate a request body of one of the `_REQUESTS` modes (txt2img, img2img, extra-single-image,
+    extra-batch-images, sd-upscale) -> (request, model override or None, warnings).
     Raises ApiError 422 naming the field and its limit. Images are not decoded here."""
     if not isinstance(body, dict):
         raise ApiError(422, "ValidationError", "body: expected a JSON object")
@@ -169,6 +218,12 @@ def parse_request(body: Any, mode: str = "txt2img") -> tuple[BaseModel, str | No
         data["mask_blur"] = max(blur_xy)
         if len(set(blur_xy)) > 1:
             warnings.append(f"mask_blur_x/mask_blur_y differ: one blur for both axes, mask_blur={max(blur_xy)}")
+    scale_to = mode.startswith("extra-") and data.get("resize_mode") in (1, "1")
+    if mode.startswith("extra-"):  # A1111: resize_mode 0 ignores the w/h fields, 1 ignores the factor
+        if scale_to:
+            data.pop("upscaling_resize", None)
+        else:
+            data.update(upscaling_resize_w=0, upscaling_resize_h=0)
     try:
         req = cls.model_validate(data)
     except ValidationError as e:
@@ -178,11 +233,18 @@ def parse_request(body: Any, mode: str = "txt2img") -> tuple[BaseModel, str | No
 
     warnings += [f"{name}={getattr(req, name)!r} ignored: {why}"
                  for name, (used, why) in _UNSUPPORTED[mode].items() if used(getattr(req, name))]
-    if other := sorted(set(req.override_settings) - _OVERRIDES):
+    if scale_to:
+        if not (req.upscaling_resize_w or req.upscaling_resize_h):
+            raise ApiError(422, "ValidationError", "upscaling_resize_w/upscaling_resize_h: resize_mode 1 (scale to) "
+                                                   "needs a width and/or a height above 0")
+        if req.upscaling_resize_w and req.upscaling_resize_h and not req.upscaling_crop:
+            warnings.append("upscaling_crop=False ignored: the result is always cropped to fit both sides")
+    overrides = getattr(req, "override_settings", {})
+    if other := sorted(set(overrides) - _OVERRIDES):
         warnings.append(f"override_settings ignored: {', '.join(other)}")
     if unknown := sorted(set(body) - set(fields) - _SILENT[mode]):
         warnings.append(f"unknown fields ignored: {', '.join(unknown)}")
-    model = req.override_settings.get("sd_model_checkpoint") or None
+    model = overrides.get("sd_model_checkpoint") or getattr(req, "sd_model_checkpoint", None) or None
     return req, (str(model) if model else None), warnings
 
 
@@ -275,17 +337,21 @@ def _find_model(studio: Studio, name: str) -> Any:
         raise ApiError(404, "ModelNotFound", str(e)) from None
 
 
-def run_generation(submit: Callable[[], Any], req: Any, warnings: list[str]) -> dict[str, Any]:
-    """Submit a generation job (txt2img, img2img, inpaint), wait for it and shape A1111's answer:
-    {"images": [base64 PNG with its parameters chunk], "parameters": request, "info": JSON string}. The info
-    holds `warnings`: the request's and the engine's (e.g. a resized mask)."""
+def submit_job(submit: Callable[[], Any]) -> Any:
+    """Call a Studio submit_* function: a full queue answers 429, input it refuses 422 with its reason."""
     try:
-        job = submit()
+        return submit()
     except QueueFull as e:
         raise ApiError(429, "QueueFull", str(e)) from None
     except BadRequest as e:
         raise ApiError(422, "BadRequest", str(e)) from None
-    events = wait_job(job)
+
+
+def run_generation(submit: Callable[[], Any], req: Any, warnings: list[str]) -> dict[str, Any]:
+    """Submit a generation job (txt2img, img2img, inpaint, sd-upscale), wait for it and shape A1111's answer:
+    {"images": [base64 PNG with its parameters chunk], "parameters": request, "info": JSON string}. The info
+    holds `warnings`: the request's and the engine's (e.g. a resized mask)."""
+    events = wait_job(submit_job(submit))
     last = events[-1]
     if last.kind is EventKind.FINISHED:
         result = last.result
@@ -299,12 +365,38 @@ def run_generation(submit: Callable[[], Any], req: Any, warnings: list[str]) -> 
         info = {"prompt": req.prompt, "negative_prompt": req.negative_prompt, "seed": seeds[0] if seeds else req.seed,
                 "all_seeds": seeds, "infotexts": texts, "steps": req.steps, "sampler_name": req.sampler_name,
                 "scheduler": req.scheduler, "cfg_scale": req.cfg_scale,
-                "width": images[0].width if images else req.width,
-                "height": images[0].height if images else req.height,
+                "width": images[0].width if images else getattr(req, "width", None),
+                "height": images[0].height if images else getattr(req, "height", None),
                 "denoising_strength": getattr(req, "denoising_strength", 0), "interrupted": True}
+    if images and info.get("width") is None:  # jobs whose parameters have no size (sd-upscale)
+        info.update(width=images[0].width, height=images[0].height)
     info["warnings"] = warnings
     return {"images": [encode_png(im, t) for im, t in zip(images, texts)] if req.send_images else [],
             "parameters": req.model_dump(), "info": json.dumps(info)}
+
+
+def run_extras(submit: Callable[[], Any], warnings: list[str]) -> tuple[list[str], str]:
+    """Submit an extras job, wait for it -> (base64 PNGs with their parameters chunks, html_info). A1111's
+    html_info is the last image's infotext as HTML; our warnings follow it (extras have no info JSON)."""
+    events = wait_job(submit_job(submit))
+    last = events[-1]
+    if last.kind is EventKind.FINISHED:
+        images, texts = last.result.images, last.result.infotexts
+        warnings = [*warnings, *getattr(last.result, "warnings", [])]
+    else:  # interrupted: the images finished so far
+        done = [ev for ev in events if ev.kind is EventKind.IMAGE]
+        images, texts = [ev.image for ev in done], [(ev.result or {}).get("infotext", "") for ev in done]
+        warnings = [*warnings, f"interrupted after {len(images)} image(s)"]
+    lines = [*(texts[-1].splitlines() if texts else []), *(f"Warning: {w}" for w in warnings)]
+    info = "<p>" + "<br>\n".join(html.escape(line) for line in lines) + "</p>"
+    return [encode_png(im, t) for im, t in zip(images, texts)], info
+
+
+def _native_scale(name: str) -> int | None:
+    """An upscaler model's factor from its file name ("4x-UltraSharp", "ESRGAN_4x", "RealESRGAN_x4plus"),
+    without loading it; None when the name does not tell."""
+    m = re.search(r"(?:^|[_\- .])([1-8])x", name, re.I) or re.search(r"x([1-8])(?:plus|$|[_\- .])", name, re.I)
+    return int(m.group(1)) if m else None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -325,6 +417,7 @@ def build_api(studio: Studio, auth: tuple[str, str] | None = None) -> APIRouter:
 
         deps.append(Depends(check_auth))
     api = APIRouter(prefix="/sdapi/v1", tags=["A1111 API"], dependencies=deps, route_class=_Route)
+    own = APIRouter(prefix="/studio/v1", tags=["Studio API"], dependencies=deps, route_class=_Route)
 
     def doc(cls: type[BaseModel]) -> dict[str, Any]:
         return {"requestBody": {"content": {"application/json": {"schema": cls.model_json_schema()}}}}
@@ -430,4 +523,67 @@ def build_api(studio: Studio, auth: tuple[str, str] | None = None) -> APIRouter:
     def memory() -> dict[str, Any]:
         return studio.memory()
 
-    return api
+    # -- upscaling ------------------------------------------------------------------------------
+    @api.get("/upscalers")
+    def list_upscalers() -> list[dict[str, Any]]:
+        from extensions import upscalers  # no torch import; models are listed, not loaded
+
+        return [{"name": u.name, "model_name": u.name if path else None, "model_path": str(path) if path else None,
+                 "model_url": None, "scale": _native_scale(u.name) if path else None}
+                for u in upscalers.all_upscalers(studio.settings.models_dir) for path in [getattr(u, "path", None)]]
+
+    @api.get("/latent-upscale-modes")
+    def latent_upscale_modes() -> list[dict[str, str]]:
+        return [{"name": name} for name in LATENT_UPSCALERS]
+
+    def extras(request: Request, mode: str, req: Any, images: list[tuple[str, Any]],
+               warnings: list[str]) -> tuple[list[str], str]:
+        for w in warnings:
+            log.warning("%s: %s", mode, w)
+        params = req.model_dump(include=set(ExtrasParams.model_fields))
+        return run_extras(lambda: studio.submit_extras(params, images, owner=_client(request)), warnings)
+
+    @api.post("/extra-single-image", openapi_extra=doc(ExtrasSingleRequest))
+    def extra_single_image(request: Request, body: Any = Depends(_json_body)) -> dict[str, Any]:
+        """Upscale one image (A1111 extras). Face restoration fields are accepted, warned about in html_info."""
+        req, _, warnings = parse_request(body, "extra-single-image")
+        image = decode_image(req.image, "image", MAX_INPUT_PIXELS)
+        images, info = extras(request, "extra-single-image", req, [("image", image)], warnings)
+        return {"html_info": info, "image": images[0] if images else None}
+
+    @api.post("/extra-batch-images", openapi_extra=doc(ExtrasBatchRequest))
+    def extra_batch_images(request: Request, body: Any = Depends(_json_body)) -> dict[str, Any]:
+        """Upscale several images: imageList = [{"data": base64, "name": "a.png"}]; saved to outputs/extras."""
+        req, _, warnings = parse_request(body, "extra-batch-images")
+        if not req.imageList:
+            raise ApiError(422, "ValidationError", "imageList: at least one {\"data\": base64, \"name\": ...} "
+                                                   "image is required")
+        images = []
+        for i, item in enumerate(req.imageList):
+            if not isinstance(item, dict):
+                raise ApiError(400, "BadImage", f"imageList[{i}]: expected an object {{\"data\": base64, "
+                                                f"\"name\": ...}}")
+            image = decode_image(item.get("data"), f"imageList[{i}].data", MAX_INPUT_PIXELS)
+            images.append((str(item.get("name") or f"image {i + 1}"), image))
+        encoded, info = extras(request, "extra-batch-images", req, images, warnings)
+        return {"html_info": info, "images": encoded}
+
+    @own.post("/sd-upscale", openapi_extra=doc(SdUpscaleRequest))
+    def sd_upscale(request: Request, body: Any = Depends(_json_body)) -> dict[str, Any]:
+        """The tiled SD upscale (A1111's "SD upscale" / "Ultimate SD upscale" img2img scripts, with named
+        fields instead of script_args). Answers like img2img; `parameters` echoes the request, image null."""
+        req, model, warnings = parse_request(body, "sd-upscale")
+        image = decode_image(req.image, "image", MAX_INPUT_PIXELS)
+        for w in warnings:
+            log.warning("sd-upscale: %s", w)
+        model = model_name(model)
+        params = req.model_dump(include=set(SdUpscaleParams.model_fields))
+        answer = run_generation(
+            lambda: studio.submit_sd_upscale(params, image, model=model, owner=_client(request)), req, warnings)
+        answer["parameters"]["image"] = None
+        return answer
+
+    root = APIRouter()
+    root.include_router(api)
+    root.include_router(own)
+    return root
