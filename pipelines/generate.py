@@ -197,13 +197,8 @@ class Engine:
         with self.components(info, ctx) as comps:
             ctx.check()
             p["model_hash"] = info.short_hash
-            sdxl = comps.text_encoder_2 is not None
             # 3. Encode prompt and negative prompt once: emphasis, 75-token chunks, clip skip.
-            embeds = prompts.encode_prompts(
-                p["prompt"], p["negative_prompt"], tokenizers=[t for t in (comps.tokenizer, comps.tokenizer_2) if t],
-                text_encoders=[e for e in (comps.text_encoder, comps.text_encoder_2) if e is not None],
-                clip_skip=p["clip_skip"], device=self.hw.device, dtype=self.hw.dtype, sdxl=sdxl,
-                zero_empty_negative=sdxl)
+            embeds = self.encode(comps, p["prompt"], p["negative_prompt"], p["clip_skip"])
             steps = plan.steps(p)
             steps_total = p["n_iter"] * steps
 
@@ -235,6 +230,14 @@ class Engine:
                     ctx.image(img, {"path": str(path), "seed": s, "infotext": text},
                               label=f"image {len(result.images)}/{total_images}")
         return result
+
+    def encode(self, comps: Components, prompt: str, negative: str, clip_skip: int) -> dict[str, torch.Tensor]:
+        """Prompt embeddings for the pipeline (A1111 emphasis, 75-token chunks, clip skip; SDXL's two encoders)."""
+        sdxl = comps.text_encoder_2 is not None
+        return prompts.encode_prompts(
+            prompt, negative, tokenizers=[t for t in (comps.tokenizer, comps.tokenizer_2) if t],
+            text_encoders=[e for e in (comps.text_encoder, comps.text_encoder_2) if e is not None],
+            clip_skip=clip_skip, device=self.hw.device, dtype=self.hw.dtype, sdxl=sdxl, zero_empty_negative=sdxl)
 
     def noise(self, seeds: list[int], subseeds: list[int], strength: float, shape: tuple[int, ...]) -> torch.Tensor:
         """Initial latents, one generator per image so a seed gives the same picture in any batch position."""

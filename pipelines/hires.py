@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from pipelines import imageops, prompts
+from pipelines import imageops
 from pipelines.discovery import CheckpointInfo
 from pipelines.generate import Plan, Txt2ImgPlan
 from pipelines.params import LATENT_UPSCALERS
@@ -33,13 +33,7 @@ _LATENT_MODES = {  # A1111's latent upscale modes -> F.interpolate(mode, antiali
 
 
 def target_size(w: int, h: int, scale: float, resize_x: int, resize_y: int) -> tuple[int, int]:
-    if resize_x and resize_y:
-        return imageops.snap8(resize_x), imageops.snap8(resize_y)
-    if resize_x:
-        return imageops.snap8(resize_x), imageops.snap8(resize_x * h / w)
-    if resize_y:
-        return imageops.snap8(resize_y * w / h), imageops.snap8(resize_y)
-    return imageops.snap8(w * scale), imageops.snap8(h * scale)
+    return imageops.scaled_size((w, h), scale, resize_x, resize_y)
 
 
 def upscale_latents(latents: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
@@ -110,13 +104,8 @@ class HiresPlan(Txt2ImgPlan):
             p2["scheduler"] = "Automatic"
         embeds2 = embeds
         if p["hr_prompt"] or p["hr_negative_prompt"]:
-            sdxl = comps.text_encoder_2 is not None
-            embeds2 = prompts.encode_prompts(
-                p["hr_prompt"] or p["prompt"], p["hr_negative_prompt"] or p["negative_prompt"],
-                tokenizers=[t for t in (comps.tokenizer, comps.tokenizer_2) if t],
-                text_encoders=[e for e in (comps.text_encoder, comps.text_encoder_2) if e is not None],
-                clip_skip=p["clip_skip"], device=engine.hw.device, dtype=engine.hw.dtype, sdxl=sdxl,
-                zero_empty_negative=sdxl)
+            embeds2 = engine.encode(comps, p["hr_prompt"] or p["prompt"],
+                                    p["hr_negative_prompt"] or p["negative_prompt"], p["clip_skip"])
         n = p2["steps"]
         while int(n * p["denoising_strength"]) < 1:  # at least one step, as in img2img
             n += 1

@@ -51,19 +51,28 @@ def default_size(image_size: tuple[int, int], native: int) -> tuple[int, int]:
 
 # -- init image ----------------------------------------------------------------------------------------------
 
+def scaled_size(size: tuple[int, int], scale: float, width: int = 0, height: int = 0, *,
+                snap: bool = True) -> tuple[int, int]:
+    """Resize-to beats scale-by: both sides given are used as they are, one side given keeps the aspect
+    ratio, none scales by `scale`. `snap` rounds to multiples of 8 (what the models need)."""
+    iw, ih = size
+    r = snap8 if snap else round
+    if width and height:
+        return r(width), r(height)
+    if width:
+        return r(width), r(width * ih / iw)
+    if height:
+        return r(height * iw / ih), r(height)
+    return r(iw * scale), r(ih * scale)
+
+
 def output_size(image_size: tuple[int, int], width: int | None, height: int | None, scale_by: float | None,
                 native: int) -> tuple[int, int]:
-    """img2img's result size: "resize by", else width/height (a missing side follows the input's aspect),
-    else the input's aspect ratio near the model's native size."""
-    iw, ih = image_size
+    """img2img's result size: "resize by", else width/height, else the input's aspect near the native size."""
     if scale_by:
-        return snap8(iw * scale_by), snap8(ih * scale_by)
-    if width and height:
-        return width, height
-    if width:
-        return width, snap8(width * ih / iw)
-    if height:
-        return snap8(height * iw / ih), height
+        return scaled_size(image_size, scale_by)
+    if width or height:
+        return scaled_size(image_size, 1, width or 0, height or 0)
     return default_size(image_size, native)
 
 

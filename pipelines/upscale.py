@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image
 
 from extensions import tiled_upscale, upscalers
-from pipelines import imageops, infotext, prompts, samplers
+from pipelines import imageops, infotext, samplers
 from pipelines.discovery import CheckpointInfo
 from pipelines.generate import VERSION, GenerationResult, resolve_seed
 from pipelines.img2img import Img2ImgPlan
@@ -29,15 +29,8 @@ MAX_SIDE = 8192  # results beyond this are refused before any work
 
 
 def target_size(size: tuple[int, int], p: dict) -> tuple[int, int]:
-    w, h = size
-    rw, rh = p.get("upscaling_resize_w") or 0, p.get("upscaling_resize_h") or 0
-    if rw and rh:
-        return rw, rh
-    if rw:
-        return rw, round(rw * h / w)
-    if rh:
-        return round(rh * w / h), rh
-    return round(w * p["upscaling_resize"]), round(h * p["upscaling_resize"])
+    return imageops.scaled_size(size, p["upscaling_resize"], p.get("upscaling_resize_w") or 0,
+                                p.get("upscaling_resize_h") or 0, snap=False)
 
 
 def check_target(size: tuple[int, int], p: dict) -> tuple[int, int]:
@@ -113,12 +106,7 @@ def sd_upscale(engine: "Engine", ctx: "JobContext", params: Any, info: Checkpoin
     # 2. Pin the checkpoint and encode the prompt once for every tile.
     with engine.components(info, ctx) as comps:
         p["model_hash"] = info.short_hash
-        sdxl = comps.text_encoder_2 is not None
-        embeds = prompts.encode_prompts(
-            p["prompt"], p["negative_prompt"], tokenizers=[t for t in (comps.tokenizer, comps.tokenizer_2) if t],
-            text_encoders=[e for e in (comps.text_encoder, comps.text_encoder_2) if e is not None],
-            clip_skip=p["clip_skip"], device=engine.hw.device, dtype=engine.hw.dtype, sdxl=sdxl,
-            zero_empty_negative=sdxl)
+        embeds = engine.encode(comps, p["prompt"], p["negative_prompt"], p["clip_skip"])
         done = {"regions": 0, "steps": 0}
 
         def redraw(region: Image.Image, mask: Image.Image | None, tile_seed: int,
