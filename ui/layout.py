@@ -1,20 +1,61 @@
-"""The web UI: top bar and tabs, assembled. Each tab lives in its own module; this file only wires them."""
+"""The web UI: top bar and tabs, assembled. Each tab lives in its own module; this file only wires them,
+including the send-to buttons between tabs (gallery / PNG Info -> img2img, inpaint, txt2img)."""
 
 from __future__ import annotations
 
+from typing import Any, Callable, Mapping
+
 import gradio as gr
 
+from pipelines.infotext import parse_infotext
 from pipelines.studio import Studio
-from ui import txt2img_tab, widgets
+from ui import generation, img2img_tab, txt2img_tab, widgets
+from ui.generation import Output, picked
+from ui.img2img_tab import Img2Img, build_img2img
 from ui.params_tab import build_params
 from ui.pnginfo_tab import build_pnginfo, txt2img_values
 from ui.topbar import build_topbar
 from ui.txt2img_tab import build_txt2img
 
-CSS = "\n".join([widgets.CSS, txt2img_tab.CSS, """
-.gradio-container {max-width: 1560px !important;}
+CSS = "\n".join([widgets.CSS, generation.CSS, txt2img_tab.CSS, img2img_tab.CSS, """
+.gradio-container {max-width: 1560px !important; overflow: clip !important;}  /* clip, not hidden: sticky works */
 #status-line {font-size: 13px; color: var(--body-text-color-subdued); align-self: center;}
 """])
+
+
+def wire_send_to(i2i: Img2Img, tabs: gr.Tabs, outputs: list[Output], pnginfo: Any) -> None:
+    """"→ img2img" / "→ inpaint" under every gallery, and PNG Info's "Send to img2img/inpaint": the image
+    (selected, else last) goes into the target input with its parameters, and the tab switches."""
+    targets = [*i2i.receive_outputs, tabs]
+
+    def send(target: str, path: str, parsed: Mapping[str, Any], values: tuple) -> dict:
+        return {**i2i.receive(target, path, parsed, *values), tabs: gr.Tabs(selected="img2img")}
+
+    def from_gallery(target: str) -> Callable[..., dict]:
+        def handler(results: list[dict], selected: int | None, *values: Any) -> dict:
+            r = picked(results, selected)
+            if r is None:
+                gr.Warning("Generate an image first: the selected (or last) image is sent.")
+                return {}
+            return send(target, r["path"], parse_infotext(r.get("infotext", "")), values)
+        return handler
+
+    for out in outputs:
+        for target, button in (("img2img", out.send_img2img), ("inpaint", out.send_inpaint)):
+            button.click(from_gallery(target), [out.results, out.selected, *i2i.receive_inputs], targets,
+                         **widgets.QUIET)
+
+    def from_pnginfo(target: str) -> Callable[..., dict]:
+        def handler(path: str | None, parsed: dict, *values: Any) -> dict:
+            if not path or not isinstance(path, str) or isinstance(path, generation.NotAnImage):
+                gr.Warning("Load an image first.")
+                return {}
+            return send(target, path, parsed or {}, values)
+        return handler
+
+    for target, button in (("img2img", pnginfo.send_img2img), ("inpaint", pnginfo.send_inpaint)):
+        button.click(from_pnginfo(target), [pnginfo.image, pnginfo.parsed, *i2i.receive_inputs], targets,
+                     **widgets.QUIET)
 
 
 def build_ui(studio: Studio) -> gr.Blocks:
@@ -25,6 +66,8 @@ def build_ui(studio: Studio) -> gr.Blocks:
         with gr.Tabs(elem_id="tabs") as tabs:
             with gr.Tab("txt2img", id="txt2img", elem_id="tab-txt2img"):
                 t2i = build_txt2img(studio, top.checkpoint, top.status)
+            with gr.Tab("img2img", id="img2img", elem_id="tab-img2img"):
+                i2i = build_img2img(studio, top.checkpoint, top.status)
             with gr.Tab("PNG Info", id="pnginfo", elem_id="tab-pnginfo"):
                 png = build_pnginfo(studio)
             with gr.Tab("Parameters", id="params", elem_id="tab-params"):
@@ -32,5 +75,6 @@ def build_ui(studio: Studio) -> gr.Blocks:
 
         png.send.click(lambda parsed: [*txt2img_values(parsed), gr.Tabs(selected="txt2img")], png.parsed,
                        [*t2i.fields.values(), tabs], queue=False, api_visibility="private")
+        wire_send_to(i2i, tabs, [t2i.output, i2i.output], png)
         demo.load(top.on_load, outputs=[top.checkpoint, top.status], queue=False, api_visibility="private")
     return demo

@@ -1,4 +1,4 @@
-"""PNG Info tab: read the generation parameters of any image and send them to txt2img."""
+"""PNG Info tab: read the generation parameters of any image and send them to txt2img, img2img or inpaint."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from PIL import Image
 
 from pipelines.params import PARAMS, TXT2IMG_FIELDS
 from pipelines.studio import Studio
+from ui.generation import image_input
 from ui.widgets import QUIET
 
 
@@ -44,37 +45,44 @@ def txt2img_values(parsed: Mapping[str, Any]) -> list[Any]:
 
 @dataclass
 class PngInfo:
+    image: gr.Image  # the file's path
     parsed: gr.State
-    send: gr.Button
+    send: gr.Button  # -> txt2img (parameters only)
+    send_img2img: gr.Button  # image and parameters -> img2img / inpaint
+    send_inpaint: gr.Button
 
 
 def build_pnginfo(studio: Studio) -> PngInfo:
     with gr.Row():
         with gr.Column(scale=1):
             # filepath + no mode conversion: the uploaded file itself is read, every text chunk intact
-            image = gr.Image(label="Source image", type="filepath", image_mode=None, sources=["upload", "clipboard"],
-                             height=420, elem_id="pnginfo-image")
+            image = image_input(label="Source image", type="filepath", image_mode=None,
+                                sources=["upload", "clipboard"], height=420, elem_id="pnginfo-image")
         with gr.Column(scale=1):
             text = gr.Textbox(label="Parameters", lines=6, interactive=False, elem_id="pnginfo-text", buttons=["copy"])
-            send = gr.Button("Send to txt2img", variant="primary", elem_id="pnginfo-send", interactive=False)
+            with gr.Row():
+                send = gr.Button("Send to txt2img", variant="primary", elem_id="pnginfo-send", interactive=False)
+                send_img2img = gr.Button("Send to img2img", elem_id="pnginfo-send-img2img", interactive=False)
+                send_inpaint = gr.Button("Send to inpaint", elem_id="pnginfo-send-inpaint", interactive=False)
             table = gr.Markdown("", elem_id="pnginfo-fields")
             with gr.Accordion("All text chunks", open=False):
                 items = gr.JSON(label="Image info", elem_id="pnginfo-items")
     parsed = gr.State({})
 
-    def read(path: str | None) -> tuple[str, Any, str, dict, dict]:
+    def read(path: str | None) -> tuple[Any, ...]:
+        off = gr.Button(interactive=False)
         if not path:
-            return "", gr.Button(interactive=False), "", {}, {}
+            return "", off, off, off, "", {}, {}
         try:
             with Image.open(path) as img:
                 info = studio.png_info(img)
         except (OSError, ValueError) as e:
-            return f"Cannot read this file: {e}", gr.Button(interactive=False), "", {}, {}
+            return f"Cannot read this file: {e}", off, off, off, "", {}, {}
+        on = gr.Button(interactive=True)  # any image can go to img2img / inpaint, with or without parameters
         params = info.get("parameters") or {}
         if not info.get("info"):
-            return ("No generation parameters found in this image.", gr.Button(interactive=False), "",
-                    info.get("items", {}), {})
-        return info["info"], gr.Button(interactive=True), fields_table(params), info.get("items", {}), params
+            return "No generation parameters found in this image.", off, on, on, "", info.get("items", {}), {}
+        return info["info"], on, on, on, fields_table(params), info.get("items", {}), params
 
-    image.change(read, image, [text, send, table, items, parsed], **QUIET)
-    return PngInfo(parsed, send)
+    image.change(read, image, [text, send, send_img2img, send_inpaint, table, items, parsed], **QUIET)
+    return PngInfo(image, parsed, send, send_img2img, send_inpaint)

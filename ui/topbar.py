@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
@@ -31,12 +32,14 @@ def current_name(studio: Studio) -> str | None:
         return None
 
 
-def hint_context(studio: Studio, name: str | None) -> HintContext:
-    """The verdict context for the model this page shows (falls back to the studio's current one)."""
+def hint_context(studio: Studio, name: str | None, mode: str = "txt2img") -> HintContext:
+    """The verdict context for the model this page shows (falls back to the studio's current one), for a mode
+    (txt2img, img2img or inpaint: the denoising advice differs)."""
     try:
-        return studio.hint_context(studio.find_model(name)) if name else studio.hint_context()
+        ctx = studio.hint_context(studio.find_model(name)) if name else studio.hint_context()
     except BadRequest:
-        return studio.hint_context()
+        ctx = studio.hint_context()
+    return dataclasses.replace(ctx, mode=mode) if ctx.mode != mode else ctx
 
 
 def _size(n: int) -> str:

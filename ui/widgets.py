@@ -56,7 +56,8 @@ def initial_value(spec: ParamSpec, ctx: HintContext) -> Any:
 
 def make_input(spec: ParamSpec, ctx: HintContext, elem_id: str, **kw: Any) -> gr.components.Component:
     """The Gradio component for one spec: textbox, dropdown, slider (bounded range) or number (seeds)."""
-    common = dict(label=spec.label, info=spec.description, elem_id=elem_id, value=initial_value(spec, ctx), **kw)
+    common = dict(label=spec.label, info=spec.description, elem_id=elem_id, value=initial_value(spec, ctx))
+    common.update(kw)
     if spec.kind == "text":
         lines = 3 if spec.name == "prompt" else 2
         return gr.Textbox(lines=lines, max_lines=12, placeholder=spec.description.split(".")[0], **common)
@@ -80,12 +81,14 @@ def param_widget(name: str, ctx: HintContext, prefix: str, *, scale: int = 1, mi
     """Input plus its verdict badge, stacked. Call inside the layout block where it should appear.
 
     elem_ids: `{prefix}-{name}` for the input and `{prefix}-{name}-hint` for the badge (`_` -> `-`).
+    `value=` overrides the spec's default as the initial value (e.g. a nullable field shown with a number).
     """
     spec = PARAMS[name]
     eid = f"{prefix}-{name.replace('_', '-')}"
+    value = kw.pop("value") if "value" in kw else initial_value(spec, ctx)
     with gr.Column(elem_classes="param-block", scale=scale, min_width=min_width):
-        comp = make_input(spec, ctx, eid, **kw)
-        hint = gr.HTML(hint_html(spec, initial_value(spec, ctx), ctx), elem_id=f"{eid}-hint",
+        comp = make_input(spec, ctx, eid, value=value, **kw)
+        hint = gr.HTML(hint_html(spec, value, ctx), elem_id=f"{eid}-hint",
                        elem_classes="hint-html", padding=False, container=False)
     return ParamWidget(spec, comp, hint)
 
@@ -97,23 +100,29 @@ def judge_all(widgets: Mapping[str, ParamWidget], names: Sequence[str], values: 
     return [hint_html(widgets[n].spec, others[n], ctx, others) for n in names]
 
 
-def bind_hints(widgets: Mapping[str, ParamWidget], ctx_input: gr.components.Component,
-               ctx_of: Callable[[Any], HintContext]) -> Callable[..., list[str]]:
-    """Re-judge a field on each change (with its linked fields); returns `rejudge_all(*values, ctx_value)`."""
+def bind_hints(widgets: Mapping[str, ParamWidget],
+               ctx_input: gr.components.Component | Sequence[gr.components.Component],
+               ctx_of: Callable[..., HintContext]) -> Callable[..., list[str]]:
+    """Re-judge a field on each change (with its linked fields); returns `rejudge_all(*values, *ctx_values)`,
+    which takes the values and returns the badges in the order of `widgets`.
+
+    `ctx_input` is the component (or list of components, e.g. checkpoint and mode) whose values `ctx_of`
+    turns into the HintContext.
+    """
+    ctx_inputs = list(ctx_input) if isinstance(ctx_input, (list, tuple)) else [ctx_input]
+    k = len(ctx_inputs)
     for name, w in widgets.items():
         group = [name, *[n for n in LINKED.get(name, ()) if n in widgets]]
 
         def rejudge(*args: Any, _group: list[str] = group) -> list[str]:
-            *values, ctx_value = args
-            return judge_all(widgets, _group, values, ctx_of(ctx_value))
+            return judge_all(widgets, _group, args[:-k], ctx_of(*args[-k:]))
 
-        w.input.change(rejudge, [*(widgets[n].input for n in group), ctx_input],
+        w.input.change(rejudge, [*(widgets[n].input for n in group), *ctx_inputs],
                        [widgets[n].hint for n in group], trigger_mode="always_last", **QUIET)
 
     names = list(widgets)
 
     def rejudge_all(*args: Any) -> list[str]:
-        *values, ctx_value = args
-        return judge_all(widgets, names, values, ctx_of(ctx_value))
+        return judge_all(widgets, names, args[:-k], ctx_of(*args[-k:]))
 
     return rejudge_all

@@ -1,0 +1,312 @@
+"""What every generating tab shares: the action buttons, the output panel and the one streaming loop.
+
+A tab builds its inputs, then `build_actions` (Generate / Interrupt / Skip / message) and `build_output`
+(progress, live preview, gallery, generation info, saved path, send-to buttons), and hands a `submit`
+callable to `wire_generation`. Generate is a generator handler: `submit` validates through the studio
+(BadRequest -> message, nothing lost) and returns a Job owned by this browser session; the Job is kept in
+gr.State (so Interrupt/Skip act on this session's job only) and each JobEvent becomes a UI update: queue
+position, progress bar, live preview, a gallery that grows as each image is saved, and at the end the
+engine's warnings (mask resized, whole image masked...) as toasts and in the message area.
+"""
+
+from __future__ import annotations
+
+import html
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Sequence
+
+import gradio as gr
+from PIL import Image
+
+from pipelines.jobs import EventKind, Job, QueueFull
+from pipelines.params import PARAMS
+from pipelines.studio import MAX_INPUT_PIXELS, BadRequest, Studio
+from ui.topbar import status_text
+from ui.widgets import QUIET
+
+CSS = """
+.gen-generate {min-height:64px; font-size:1.15rem;}
+.gen-actions {gap:8px;}
+.gen-progress {display:flex; flex-direction:column; gap:4px; padding:2px 0; font-size:13px;}
+.gen-progress .track {height:8px; border-radius:4px; background:var(--neutral-200); overflow:hidden;}
+.gen-progress .fill {height:100%; background:var(--color-accent); transition:width .2s;}
+.gen-progress.done .fill {background:#16a34a;} .gen-progress.failed .fill {background:#dc2626;}
+.gen-message {padding:8px 12px; border-radius:6px; background:#fef2f2; color:#991b1b; border:1px solid #fecaca;
+  font-size:13.5px;}
+.gen-message.warning {background:#fffbeb; color:#92400e; border-color:#fde68a;}
+.gen-seed-buttons {align-self:flex-start; margin-top:60px; gap:6px;}
+.gen-seed-buttons button {min-width:42px; padding:4px 8px;}
+.gen-send {gap:8px;}
+"""
+
+
+# -- pieces of the streamed UI ----------------------------------------------------------------------
+
+def progress_html(text: str, fraction: float | None = None, state: str = "") -> str:
+    bar = "" if fraction is None else (f'<div class="track"><div class="fill" style="width:{fraction * 100:.1f}%">'
+                                       "</div></div>")
+    return (f'<div class="gen-progress {state}" data-state="{state}">{bar}'
+            f'<div class="text">{html.escape(text)}</div></div>')
+
+
+def message_html(text: str, kind: str = "error") -> Any:
+    """The message area under Generate: an error (red) or the engine's warnings (amber); hidden when empty."""
+    return gr.HTML(f'<div class="gen-message {kind}" data-kind="{kind}">⚠️ {html.escape(text)}</div>',
+                   visible=bool(text))
+
+
+def step_text(ev: Any) -> str:
+    if (ev.total or 0) <= 1:  # e.g. "loading <model>" before the first step
+        return f"{ev.label or 'Working'}…"
+    parts = [f"Step {ev.step}/{ev.total}"]
+    if ev.it_per_s:
+        parts.append(f"{ev.it_per_s:.2f} it/s" if ev.it_per_s >= 1 else f"{1 / ev.it_per_s:.1f} s/it")
+    if ev.eta_s is not None:
+        parts.append(f"ETA {ev.eta_s:.0f} s")
+    if ev.label:
+        parts.append(ev.label)
+    return " · ".join(parts)
+
+
+def to_request(values: dict[str, Any]) -> dict[str, Any]:
+    """UI values -> request fields: numbers typed as the spec says; an emptied field falls back to its default."""
+    out: dict[str, Any] = {}
+    for name, v in values.items():
+        spec = PARAMS[name]
+        if v is None or (v == "" and spec.kind in ("int", "float")):
+            out[name] = spec.default
+        elif spec.kind == "int" and isinstance(v, float) and v.is_integer():
+            out[name] = int(v)
+        elif spec.kind == "float":
+            out[name] = float(v)
+        else:
+            out[name] = v
+    return out
+
+
+def gallery_items(results: list[dict]) -> list[tuple[str, str]]:
+    return [(r["path"], f"seed {r['seed']}") for r in results]
+
+
+def picked(results: list[dict] | None, index: int | None) -> dict | None:
+    """The gallery result the user clicked, else the last one; None before anything was generated."""
+    if not results:
+        return None
+    return results[index if index is not None and 0 <= index < len(results) else -1]
+
+
+# -- input images -------------------------------------------------------------------------------------
+
+class NotAnImage(str):
+    """What `image_input` passes on for an upload PIL cannot read: the file's path, with its name and why."""
+
+    def __new__(cls, path: str, name: str, reason: str) -> "NotAnImage":
+        obj = super().__new__(cls, path)
+        obj.name, obj.reason = name, reason
+        return obj
+
+
+def image_input(**kwargs: Any) -> gr.Image:
+    """gr.Image that hands an unreadable upload (a text file, a broken PNG) to the handler as `NotAnImage`
+    instead of failing the event, so the tab can say what is wrong and keep everything else.
+
+    A wrapped instance, not a subclass: Gradio writes a .pyi stub next to any module defining a component class.
+    """
+    image = gr.Image(**kwargs)
+    preprocess = image.preprocess
+
+    def safe_preprocess(payload: Any) -> Any:
+        try:
+            return preprocess(payload)
+        except Exception as e:  # PIL: UnidentifiedImageError, truncated files, decompression bombs...
+            name = getattr(payload, "orig_name", None) or "the file"
+            return NotAnImage(str(getattr(payload, "path", "") or ""), name, str(e))
+
+    image.preprocess = safe_preprocess  # type: ignore[method-assign]
+    return image
+
+
+def flatten(image: Image.Image) -> Image.Image:
+    """RGB copy; transparency is flattened onto white (A1111's img2img background colour)."""
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        flat = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        flat.alpha_composite(rgba)
+        return flat.convert("RGB")
+    return image.convert("RGB")
+
+
+def open_image(value: Any, what: str = "input image", *, flatten_alpha: bool = True) -> Image.Image | None:
+    """An image_input value (path) -> loaded PIL image, None when empty; BadRequest with a clear message when
+    the file is not an image. An image over the studio's pixel limit comes back unloaded (its size is known),
+    for the studio to refuse with its own message."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, NotAnImage):
+        raise BadRequest(f"'{value.name}' is not an image this app can read ({value.reason}). Upload a PNG, JPEG "
+                         f"or WebP {what}.")
+    try:
+        im = Image.open(value)
+        if im.width * im.height > MAX_INPUT_PIXELS:
+            return im
+        im.load()
+    except Image.DecompressionBombError as e:
+        raise BadRequest(f"The {what} is too large to open: {e}") from None
+    except (OSError, ValueError) as e:
+        raise BadRequest(f"Cannot read the {what}: {e}. Upload a PNG, JPEG or WebP image.") from None
+    return flatten(im) if flatten_alpha else im
+
+
+# -- building blocks ----------------------------------------------------------------------------------
+
+@dataclass
+class Actions:
+    generate: gr.Button
+    interrupt: gr.Button
+    skip: gr.Button
+    message: gr.HTML
+
+
+def build_actions(prefix: str) -> Actions:
+    """Generate, Interrupt, Skip and the message area, stacked (the right-hand column next to the prompts)."""
+    generate = gr.Button("Generate", variant="primary", size="lg", elem_id=f"{prefix}-generate",
+                         elem_classes="gen-generate")
+    with gr.Row():
+        interrupt = gr.Button("Interrupt", size="sm", elem_id=f"{prefix}-interrupt", min_width=80)
+        skip = gr.Button("Skip", size="sm", elem_id=f"{prefix}-skip", min_width=80)
+    message = gr.HTML("", visible=False, elem_id=f"{prefix}-message", padding=False)
+    return Actions(generate, interrupt, skip, message)
+
+
+def seed_buttons(prefix: str) -> tuple[gr.Button, gr.Button]:
+    """🎲 (random seed) and ♻️ (reuse the selected image's seed), in a narrow column next to the seed."""
+    with gr.Column(scale=0, min_width=100, elem_classes="gen-seed-buttons", elem_id=f"{prefix}-seed-buttons"):
+        random_seed = gr.Button("🎲", size="sm", elem_id=f"{prefix}-random-seed")
+        reuse_seed = gr.Button("♻️", size="sm", elem_id=f"{prefix}-reuse-seed")
+    return random_seed, reuse_seed
+
+
+@dataclass
+class Output:
+    job: gr.State  # this session's running Job
+    results: gr.State  # [{"path", "seed", "infotext"}] of the gallery
+    selected: gr.State  # gallery index the user clicked
+    progress: gr.HTML
+    preview: gr.Image
+    gallery: gr.Gallery
+    info: gr.Textbox
+    saved: gr.Markdown
+    send_img2img: gr.Button
+    send_inpaint: gr.Button
+
+
+def build_output(prefix: str) -> Output:
+    """Progress, live preview, gallery, generation info, saved path and the send-to buttons."""
+    progress = gr.HTML(progress_html("Ready."), elem_id=f"{prefix}-progress", padding=False)
+    preview = gr.Image(label="Live preview", visible=False, interactive=False, elem_id=f"{prefix}-preview",
+                       height=320, type="pil")
+    gallery = gr.Gallery(label="Images", elem_id=f"{prefix}-gallery", columns=3, height=420,
+                         object_fit="contain", format="png", interactive=False)
+    with gr.Row(elem_classes="gen-send"):
+        send_img2img = gr.Button("→ img2img", size="sm", elem_id=f"{prefix}-send-img2img", min_width=90)
+        send_inpaint = gr.Button("→ inpaint", size="sm", elem_id=f"{prefix}-send-inpaint", min_width=90)
+    info = gr.Textbox(label="Generation info", lines=4, interactive=False, elem_id=f"{prefix}-info",
+                      buttons=["copy"])
+    saved = gr.Markdown("", elem_id=f"{prefix}-saved")
+    return Output(gr.State(None), gr.State([]), gr.State(None), progress, preview, gallery, info, saved,
+                  send_img2img, send_inpaint)
+
+
+# -- the streaming loop -------------------------------------------------------------------------------
+
+def stream_job(studio: Studio, job: Job, out: Output, message: gr.HTML, status: gr.Markdown) -> Iterator[dict]:
+    """Each JobEvent of `job` as a dict of UI updates (the one copy of this loop; every tab uses it)."""
+    done: list[dict] = []
+    t0 = time.perf_counter()
+    yield {out.job: job, out.results: [], out.selected: None, message: message_html(""), out.gallery: [],
+           out.info: "", out.saved: "", out.preview: gr.Image(value=None, visible=True),
+           out.progress: progress_html("Submitted…", 0)}
+    for ev in job.events():
+        if ev.kind is EventKind.QUEUED:
+            ahead = "next in line" if not ev.position else f"{ev.position} job(s) ahead"
+            yield {out.progress: progress_html(f"Queued: {ahead}", 0)}
+        elif ev.kind is EventKind.STARTED:
+            yield {out.progress: progress_html("Starting…", 0)}
+        elif ev.kind is EventKind.PROGRESS:
+            yield {out.progress: progress_html(step_text(ev), (ev.step or 0) / (ev.total or 1))}
+        elif ev.kind is EventKind.PREVIEW:
+            yield {out.preview: ev.image}
+        elif ev.kind is EventKind.IMAGE:
+            done.append(dict(ev.result or {}))
+            yield {out.results: list(done), out.gallery: gallery_items(done), out.info: done[-1].get("infotext", ""),
+                   out.saved: f"Saved: `{done[-1].get('path', '')}`"}
+        else:  # terminal
+            secs = time.perf_counter() - t0
+            note = message_html("")
+            if ev.kind is EventKind.FINISHED:
+                skipped = getattr(ev.result, "skipped", 0)
+                text, state = f"Done: {len(done)} image(s) in {secs:.1f} s" + (
+                    f", {skipped} skipped" if skipped else ""), "done"
+                warnings = list(getattr(ev.result, "warnings", None) or [])
+                for w in warnings:
+                    gr.Warning(w)
+                if warnings:
+                    note = message_html(" · ".join(warnings), "warning")
+            elif ev.kind is EventKind.CANCELLED:
+                text, state = f"Interrupted after {secs:.1f} s: {len(done)} image(s) kept", "failed"
+            else:
+                gr.Warning(ev.message or "generation failed")
+                text, state = f"Failed after {secs:.1f} s: {len(done)} image(s) kept", "failed"
+                note = message_html(ev.message or "generation failed")
+            yield {out.job: None, out.progress: progress_html(text, 1, state), out.preview: gr.Image(visible=False),
+                   message: note, status: status_text(studio)}
+
+
+def wire_generation(studio: Studio, actions: Actions, out: Output, status: gr.Markdown,
+                    inputs: Sequence[gr.components.Component], submit: Callable[..., Job]) -> None:
+    """Generate -> `submit(request, *input values)` -> streamed job; Interrupt/Skip; gallery selection."""
+    message = actions.message
+    outputs = [out.job, out.results, out.selected, message, out.progress, out.preview, out.gallery, out.info,
+               out.saved, status]
+
+    def run(request: gr.Request, *values: Any) -> Iterator[dict]:
+        try:
+            job = submit(request, *values)
+        except (BadRequest, QueueFull) as e:
+            gr.Warning(str(e))
+            yield {message: message_html(str(e)), out.progress: progress_html("Not started: fix the problem above.")}
+            return
+        yield from stream_job(studio, job, out, message, status)
+
+    actions.generate.click(run, list(inputs), outputs, show_progress="hidden", concurrency_limit=None,
+                           api_visibility="private")
+
+    def control(action: str) -> Callable[[Job | None], None]:
+        def act(job: Job | None) -> None:  # only this session's job; nothing running -> nothing to do
+            if job is not None:
+                getattr(studio.runner, action)(job)
+        return act
+
+    actions.interrupt.click(control("interrupt"), out.job, None, **QUIET)
+    actions.skip.click(control("skip"), out.job, None, **QUIET)
+
+    def on_select(res: list[dict], evt: gr.SelectData) -> tuple[str, str, int]:
+        r = res[evt.index] if res and 0 <= evt.index < len(res) else {}
+        return r.get("infotext", ""), f"Saved: `{r['path']}`" if r else "", evt.index
+
+    out.gallery.select(on_select, out.results, [out.info, out.saved, out.selected], **QUIET)
+
+
+def wire_seed_buttons(random_seed: gr.Button, reuse_seed: gr.Button, seed: gr.components.Component,
+                      out: Output) -> None:
+    random_seed.click(lambda: -1, None, seed, **QUIET)
+
+    def reuse(res: list[dict], index: int | None) -> Any:
+        r = picked(res, index)
+        if r is None:
+            gr.Warning("Generate an image first: ♻️ reuses the seed of the selected (or last) image.")
+            return gr.skip()
+        return r["seed"]
+
+    reuse_seed.click(reuse, [out.results, out.selected], seed, show_progress="hidden", api_visibility="private")

@@ -1,0 +1,348 @@
+"""The img2img tab: sub-tabs img2img / Inpaint / Inpaint upload over one set of fields, streamed like txt2img.
+
+- img2img: an uploaded or pasted image.
+- Inpaint: a gr.ImageEditor; its background is the input image and whatever is painted on its layer(s) is the
+  mask (any stroke pixel with alpha > 0 = repaint; the eraser takes it back). Brush and eraser sizes are
+  adjustable in the editor's toolbar.
+- Inpaint upload: an image plus a separately uploaded mask (white = repaint, or the alpha of a transparent PNG).
+
+Every IMG2IMG/INPAINT field is built from its spec with a live verdict; the verdicts use the inpaint bands
+(denoising) in the two inpaint sub-tabs. Width/height follow the input's aspect ratio near the model's
+native size whenever an image arrives (or "Resize by" scales the input). Generate, Interrupt, Skip, the
+output panel and the streaming loop are ui/generation.py's, shared with txt2img. `Img2Img.receive` is what
+the "→ img2img" / "→ inpaint" buttons (galleries, PNG Info; wired in ui/layout.py) call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+import gradio as gr
+from PIL import Image, ImageChops
+
+from pipelines import imageops
+from pipelines.jobs import Job
+from pipelines.params import INPAINT_FIELDS, PARAMS, TXT2IMG_FIELDS
+from pipelines.studio import MAX_INPUT_PIXELS, BadRequest, Studio
+from ui.generation import (Output, build_actions, build_output, flatten, image_input, message_html, open_image,
+                           seed_buttons, to_request, wire_generation, wire_seed_buttons)
+from ui.topbar import current_name, hint_context
+from ui.widgets import QUIET, ParamWidget, bind_hints, param_widget
+
+MODES = {"img2img": "img2img", "inpaint": "Inpaint", "inpaint_upload": "Inpaint upload"}  # sub-tab id -> label
+RESIZE_TO, RESIZE_BY = "Resize to", "Resize by"
+BRUSH_SIZE = 20  # default brush / eraser radius, image pixels (adjustable in the editor)
+INPAINT_ONLY = [n for n in INPAINT_FIELDS if "img2img" not in PARAMS[n].modes]
+
+CSS = """
+#img2img-modes > .tab-container {margin-bottom:4px;}
+#inpaint-editor {min-height:520px;}
+#inpaint-settings {padding:8px 10px; border:1px solid var(--border-color-primary); border-radius:8px;
+  background:var(--block-background-fill);}
+#img2img-output {position:sticky; top:8px; align-self:flex-start;}
+#img2img-size-note {font-size:13px; color:var(--body-text-color-subdued); align-self:center;}
+#img2img-size-note p {margin:0;}
+.mask-help, .mask-help p {font-size:12.5px !important; color:var(--body-text-color-subdued); margin:0 4px;}
+"""
+
+
+def hint_mode(mode: str) -> str:
+    return "img2img" if mode == "img2img" else "inpaint"
+
+
+def editor_image_and_mask(value: Mapping[str, Any] | None) -> tuple[Image.Image | None, Image.Image | None]:
+    """ImageEditor value -> (input image, binary "L" mask).
+
+    The background is the input (transparency flattened onto white); the mask is the union of every layer's
+    alpha channel (a stroke pixel with alpha > 0 = 255 = repaint), so the brush colour and opacity do not
+    matter and erased pixels (alpha 0) are not masked. A layer of another size is scaled to the image.
+    """
+    if not value or value.get("background") is None:
+        return None, None
+    background = value["background"]
+    if background.width * background.height > MAX_INPUT_PIXELS:
+        return background, None  # the studio refuses it with its message; nothing to composite
+    image = flatten(background)
+    mask = Image.new("L", image.size, 0)
+    for layer in value.get("layers") or []:
+        if layer is None:
+            continue
+        alpha = layer.convert("RGBA").getchannel("A")
+        if alpha.size != image.size:
+            alpha = alpha.resize(image.size, Image.Resampling.NEAREST)
+        mask = ImageChops.lighter(mask, alpha)
+    return image, mask.point(lambda v: 255 if v else 0)
+
+
+def upload_box(label: str, elem_id: str, height: int) -> gr.Image:
+    """An upload/paste image input passing the file's path (no conversion; unreadable files reach the handler)."""
+    return image_input(label=label, type="filepath", image_mode=None, sources=["upload", "clipboard"], height=height,
+                       elem_id=elem_id)
+
+
+def size_note(size: tuple[int, int] | None, scale: float | None) -> str:
+    if not size:
+        return "Output: the input's size × the factor."
+    w, h = size
+    s = float(scale or 1.0)
+    return f"Input {w}×{h} → output **{imageops.snap8(w * s)}×{imageops.snap8(h * s)}** px"
+
+
+@dataclass
+class Img2Img:
+    widgets: dict[str, ParamWidget]
+    fields: dict[str, gr.components.Component]  # INPAINT_FIELDS name -> input
+    image: gr.Image  # img2img sub-tab input
+    editor: gr.ImageEditor  # Inpaint sub-tab: background + painted mask
+    upload_image: gr.Image
+    upload_mask: gr.Image
+    modes: gr.Tabs
+    output: Output
+    receive_inputs: list[gr.components.Component]  # checkpoint, sizes, fields: what `receive` reads after its 3 args
+    receive_outputs: list[gr.components.Component]  # every component `receive` may update
+    receive: Callable[..., dict]  # receive("img2img"|"inpaint", image path, parsed infotext, *receive_inputs values)
+
+
+def build_img2img(studio: Studio, checkpoint: gr.Dropdown, status: gr.Markdown) -> Img2Img:
+    name0 = current_name(studio)
+    ctx = hint_context(studio, name0, "img2img")
+    w: dict[str, ParamWidget] = {}
+
+    def add(name: str, **kw: Any) -> None:
+        w[name] = param_widget(name, ctx, "img2img", **kw)
+
+    with gr.Row(elem_id="img2img-top"):
+        with gr.Column(scale=5):
+            add("prompt")
+            add("negative_prompt")
+        with gr.Column(scale=1, min_width=220, elem_id="img2img-actions", elem_classes="gen-actions"):
+            actions = build_actions("img2img")
+    with gr.Row(elem_id="img2img-main"):
+        with gr.Column(scale=1, elem_id="img2img-settings"):
+            with gr.Tabs(elem_id="img2img-modes", selected="img2img") as modes:
+                with gr.Tab(MODES["img2img"], id="img2img", elem_id="img2img-mode-img2img") as tab_i2i:
+                    image = upload_box("Input image", "img2img-image", 420)
+                with gr.Tab(MODES["inpaint"], id="inpaint", elem_id="img2img-mode-inpaint") as tab_inp:
+                    editor = gr.ImageEditor(
+                        label="Input image — paint over what to repaint", type="pil", image_mode="RGBA",
+                        format="png", sources=["upload", "clipboard"], transforms=(), layers=False, height=520,
+                        brush=gr.Brush(default_size=BRUSH_SIZE, color_mode="fixed",
+                                       colors=[("#ffffff", 0.75), ("#000000", 0.6), ("#ff2d55", 0.6)]),
+                        eraser=gr.Eraser(default_size=BRUSH_SIZE), elem_id="inpaint-editor",
+                        placeholder="Upload or paste an image, then paint the mask over it")
+                    gr.Markdown("🖌️ Brush: paint what to repaint (size in the brush menu) · eraser: take it back. "
+                                "The stroke colour does not matter.", elem_classes="mask-help")
+                with gr.Tab(MODES["inpaint_upload"], id="inpaint_upload", elem_id="img2img-mode-inpaint-upload") \
+                        as tab_up:
+                    with gr.Row():
+                        upload_image = upload_box("Input image", "inpaint-upload-image", 360)
+                        upload_mask = upload_box("Mask (white = repaint)", "inpaint-upload-mask", 360)
+            with gr.Column(visible=False, elem_id="inpaint-settings") as inpaint_group:
+                with gr.Row():
+                    add("inpainting_mask_invert")
+                    add("inpainting_fill")
+                with gr.Row():
+                    add("mask_blur")
+                    add("inpaint_full_res")
+                add("inpaint_full_res_padding")
+            with gr.Row():
+                add("sampler_name")
+                add("scheduler")
+            with gr.Row():
+                add("steps")
+                add("cfg_scale")
+            with gr.Row():
+                resize_choice = gr.Radio([RESIZE_TO, RESIZE_BY], value=RESIZE_TO, label="Output size",
+                                         elem_id="img2img-resize-choice", min_width=160,
+                                         info="Width × height (follows the input's aspect ratio), or the input "
+                                              "scaled by a factor.")
+                add("resize_mode")
+            with gr.Row(visible=True) as size_row:
+                add("width")
+                add("height")
+            with gr.Row(visible=False) as scale_row:
+                add("scale_by", value=1.0)
+                note = gr.Markdown(size_note(None, 1.0), elem_id="img2img-size-note")
+            with gr.Row():
+                add("n_iter")
+                add("batch_size")
+            add("denoising_strength")
+            with gr.Row():
+                add("seed", scale=5)
+                random_seed, reuse_seed = seed_buttons("img2img")
+            with gr.Accordion("Advanced", open=False, elem_id="img2img-advanced"):
+                for name in [n for n in ("clip_skip", *INPAINT_FIELDS) if n not in w]:
+                    add(name)  # clip skip, then any parameter added to the specs later
+        with gr.Column(scale=1, elem_id="img2img-output"):
+            out = build_output("img2img")
+
+    names = list(INPAINT_FIELDS)
+    fields = {n: w[n].input for n in names}
+    w = {n: w[n] for n in names}  # spec order: rejudge_all takes and returns values in this order
+    hints = [w[n].hint for n in names]
+    mode = gr.State("img2img")  # the selected sub-tab
+    sizes = gr.State({})  # sub-tab -> [width, height] of its input image
+    message = actions.message
+
+    # -- live verdicts: the model and the sub-tab (inpaint bands) ------------------------------------
+    ctx_of = lambda name, m: hint_context(studio, name, hint_mode(m))  # noqa: E731
+    rejudge_all = bind_hints(w, [checkpoint, mode], ctx_of)
+
+    def sized(vals: dict[str, Any], size: tuple[int, int] | None, native: int, keep_fitting: bool) -> None:
+        """Width/height for `size` near `native` (kept when `keep_fitting` and they already match its aspect)."""
+        if not size:
+            return
+        if keep_fitting:
+            try:
+                if abs(float(vals["width"]) / float(vals["height"]) - size[0] / size[1]) < 0.03:
+                    return
+            except (TypeError, ValueError, ZeroDivisionError):
+                pass
+        vals["width"], vals["height"] = imageops.default_size(tuple(size), native)
+
+    def retarget(name: str, m: str, sz: dict, *values: Any) -> list[Any]:
+        """New model: size for the current input (or native) at its native size, every verdict re-judged."""
+        native = ctx_of(name, m).native
+        vals = dict(zip(names, values), width=native, height=native)
+        sized(vals, sz.get(m), native, keep_fitting=False)
+        return [vals["width"], vals["height"], *rejudge_all(*[vals[n] for n in names], name, m)]
+
+    checkpoint.change(retarget, [checkpoint, mode, sizes, *fields.values()],
+                      [fields["width"], fields["height"], *hints], **QUIET)
+
+    def select_mode(m: str) -> Callable[..., dict]:
+        def on_select(name: str, sz: dict, choice: str, *values: Any) -> dict:
+            vals = dict(zip(names, values))
+            sized(vals, sz.get(m), ctx_of(name, m).native, keep_fitting=True)  # this tab's input, its aspect
+            return {mode: m, inpaint_group: gr.Column(visible=m != "img2img"),
+                    fields["width"]: vals["width"], fields["height"]: vals["height"],
+                    note: size_note(sz.get(m), vals["scale_by"]),
+                    **dict(zip(hints, rejudge_all(*[vals[n] for n in names], name, m)))}
+        return on_select
+
+    mode_outputs = [mode, inpaint_group, fields["width"], fields["height"], note, *hints]
+    for m, tab in (("img2img", tab_i2i), ("inpaint", tab_inp), ("inpaint_upload", tab_up)):
+        tab.select(select_mode(m), [checkpoint, sizes, resize_choice, *fields.values()], mode_outputs, **QUIET)
+
+    # -- sizes: from each input as it arrives, "Resize to" / "Resize by" ------------------------------
+    def on_image(m: str, read: Callable[[Any], Image.Image | None]) -> Callable[..., dict]:
+        def handler(value: Any, name: str, sz: dict, scale: Any) -> dict:
+            try:
+                img = read(value)
+            except BadRequest as e:
+                gr.Warning(str(e))
+                return {message: message_html(str(e))}
+            if img is None:
+                return {}
+            size = [img.width, img.height]
+            if img.width * img.height > MAX_INPUT_PIXELS:
+                text = (f"The input image is {img.width}x{img.height}; the limit is {MAX_INPUT_PIXELS / 1e6:.1f} "
+                        "megapixels. Downscale it first.")
+                gr.Warning(text)
+                return {message: message_html(text)}
+            width, height = imageops.default_size(tuple(size), ctx_of(name, m).native)
+            return {sizes: {**sz, m: size}, fields["width"]: width, fields["height"]: height,
+                    note: size_note(size, scale), message: message_html("")}
+        return handler
+
+    upload_outputs = [sizes, fields["width"], fields["height"], note, message]
+    upload_inputs = [checkpoint, sizes, fields["scale_by"]]
+    image.upload(on_image("img2img", open_image), [image, *upload_inputs], upload_outputs, **QUIET)
+    upload_image.upload(on_image("inpaint_upload", open_image), [upload_image, *upload_inputs], upload_outputs,
+                        **QUIET)
+    editor.upload(on_image("inpaint", lambda v: editor_image_and_mask(v)[0]), [editor, *upload_inputs],
+                  upload_outputs, **QUIET)
+
+    def check_mask(value: Any) -> dict:
+        try:
+            open_image(value, "mask", flatten_alpha=False)
+        except BadRequest as e:
+            gr.Warning(str(e))
+            return {message: message_html(str(e))}
+        return {message: message_html("")}
+
+    upload_mask.upload(check_mask, upload_mask, [message], **QUIET)
+
+    def on_choice(choice: str, m: str, sz: dict, scale: Any) -> tuple[Any, Any, str]:
+        by = choice == RESIZE_BY
+        return gr.Row(visible=not by), gr.Row(visible=by), size_note(sz.get(m), scale)
+
+    resize_choice.change(on_choice, [resize_choice, mode, sizes, fields["scale_by"]], [size_row, scale_row, note],
+                         **QUIET)
+    fields["scale_by"].change(lambda m, sz, s: size_note(sz.get(m), s), [mode, sizes, fields["scale_by"]], note,
+                              trigger_mode="always_last", **QUIET)
+
+    # -- generation -------------------------------------------------------------------------------
+    def submit(request: gr.Request, name: str, m: str, img: Any, ed: Any, up_img: Any, up_mask: Any, choice: str,
+               *values: Any) -> Job:
+        data = to_request(dict(zip(names, values)))
+        if choice != RESIZE_BY:
+            data["scale_by"] = None
+        if m == "img2img":
+            for n in INPAINT_ONLY:
+                data.pop(n, None)
+        params = studio.parse_img2img(data)
+        if m == "inpaint":
+            source, mask = editor_image_and_mask(ed)
+        elif m == "inpaint_upload":
+            source, mask = open_image(up_img), open_image(up_mask, "mask", flatten_alpha=False)
+            if source is not None and mask is None:
+                raise BadRequest("No mask: upload a mask image (white = repaint), or paint one in the Inpaint tab.")
+        else:
+            source, mask = open_image(img), None
+        return studio.submit_img2img(params, source, mask, model=name or None,
+                                     owner=request.session_hash if request else None)
+
+    wire_generation(studio, actions, out, status,
+                    [checkpoint, mode, image, editor, upload_image, upload_mask, resize_choice, *fields.values()],
+                    submit)
+    wire_seed_buttons(random_seed, reuse_seed, fields["seed"], out)
+
+    # -- receiving an image and its parameters (send-to buttons) ----------------------------------------
+    common = set(TXT2IMG_FIELDS)
+
+    def receive(target: str, path: str, parsed: Mapping[str, Any], name: str, sz: dict, *values: Any) -> dict:
+        """Put the image at `path` into the img2img input or the inpaint editor (mask cleared), carry its
+        parameters over (a full infotext: fields it omits mean their default; img2img-only ones are kept),
+        size the output from it, and select that sub-tab."""
+        try:
+            with Image.open(path) as im:
+                size = [im.width, im.height]
+        except (OSError, ValueError) as e:
+            gr.Warning(f"Cannot open {path}: {e}")
+            return {}
+        vals = dict(zip(names, values))
+        full = "steps" in parsed
+        for n in names:
+            if n in ("width", "height"):
+                continue
+            if parsed.get(n) is not None:
+                vals[n] = parsed[n]
+            elif full and n in common:
+                vals[n] = PARAMS[n].default
+        native = ctx_of(name, target).native
+        pw, ph = parsed.get("width"), parsed.get("height")
+        if pw and ph and abs(pw / ph - size[0] / size[1]) < 0.03:
+            vals["width"], vals["height"] = pw, ph
+        else:
+            vals["width"], vals["height"] = imageops.default_size(tuple(size), native)
+        updates: dict[Any, Any] = {fields[n]: vals[n] for n in names}
+        updates.update({
+            mode: target, modes: gr.Tabs(selected=target), inpaint_group: gr.Column(visible=target != "img2img"),
+            sizes: {**(sz or {}), target: size}, resize_choice: RESIZE_TO,
+            size_row: gr.Row(visible=True), scale_row: gr.Row(visible=False), note: size_note(size, 1.0),
+            message: message_html(""),
+            **dict(zip(hints, rejudge_all(*[vals[n] for n in names], name, target))),
+        })
+        if target == "inpaint":
+            updates[editor] = {"background": path, "layers": [], "composite": path}
+        else:
+            updates[image] = path
+        return updates
+
+    receive_inputs = [checkpoint, sizes, *fields.values()]
+    receive_outputs = [image, editor, mode, modes, inpaint_group, sizes, resize_choice, size_row, scale_row, note,
+                       message, *fields.values(), *hints]
+    return Img2Img(w, fields, image, editor, upload_image, upload_mask, modes, out, receive_inputs,
+                   receive_outputs, receive)
