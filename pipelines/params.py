@@ -262,15 +262,21 @@ MASKED_CONTENT = ("fill", "original", "latent noise", "latent nothing")  # A1111
 INPAINT_AREAS = ("Whole picture", "Only masked")  # A1111 inpaint_full_res false/true
 
 
-def _upscaler_band(value: Any) -> Band:
+MODEL_UPSCALER = "a model in models/ESRGAN"  # how the bands name "any upscaler model"
+
+
+def _upscaler_band(value: Any, hires: bool = True) -> Band:
     v = str(value or "")
+    then = " with denoising 0.2-0.4" if hires else ""
     if v in LATENT_UPSCALERS:
         return Band("ok", "fast, but blurry unless denoising is 0.5 or more", values=LATENT_UPSCALERS)
     if v in ("Lanczos", "Nearest"):
-        return Band("ok", "plain resampling: soft; use denoising 0.3-0.5", values=("Lanczos", "Nearest"))
+        return Band("ok", "plain resampling: soft" + ("; use denoising 0.3-0.5" if hires else " at 2x and beyond"),
+                    values=("Lanczos", "Nearest"))
     if v == "None":
-        return Band("avoid", "no upscale: the second pass runs at the first pass's size", values=("None",))
-    return Band("best", "a neural upscaler: sharp detail with denoising 0.2-0.4", values=(v,))
+        return Band("avoid", "no upscale" + (": the second pass runs at the first pass's size" if hires else ""),
+                    values=("None",))
+    return Band("best", f"a neural upscaler: sharp detail{then}", values=(MODEL_UPSCALER,))
 
 
 def _hires_target_band(scale: Any, ctx: HintContext, others: Mapping[str, Any]) -> Band:
@@ -430,8 +436,7 @@ PARAMS: dict[str, ParamSpec] = {
             "ESRGAN-family models (models/ESRGAN) keep detail at 0.2-0.4.",
             (Band("ok", "fast, but blurry unless denoising is 0.5 or more", values=LATENT_UPSCALERS),
              Band("ok", "plain resampling: soft; use denoising 0.3-0.5", values=("Lanczos", "Nearest")),
-             Band("best", "a neural upscaler: sharp detail with denoising 0.2-0.4", lo=None, hi=None,
-                  values=("<model>",))),
+             Band("best", "a neural upscaler: sharp detail with denoising 0.2-0.4", values=(MODEL_UPSCALER,))),
             choices=lambda: [*LATENT_UPSCALERS, *PIXEL_UPSCALERS[1:]], infotext_key="Hires upscaler", group="hires",
             modes=_T2I, judge=lambda v, ctx, o: _upscaler_band(v), extra={"open": True},
         ),
@@ -578,8 +583,9 @@ PARAMS: dict[str, ParamSpec] = {
             "resample.",
             (Band("ok", "plain resampling: soft at 2x and beyond", values=("Lanczos", "Nearest")),
              Band("avoid", "no upscale", values=("None",)),
-             Band("best", "a neural upscaler: sharp detail", values=("<model>",))),
-            choices=lambda: list(PIXEL_UPSCALERS), judge=lambda v, ctx, o: _upscaler_band(v), group="upscale",
+             Band("best", "a neural upscaler: sharp detail", values=(MODEL_UPSCALER,))),
+            choices=lambda: list(PIXEL_UPSCALERS), judge=lambda v, ctx, o: _upscaler_band(v, hires=False),
+            group="upscale",
             modes=_UPS, extra={"open": True},
         ),
         ParamSpec(
@@ -606,7 +612,7 @@ PARAMS: dict[str, ParamSpec] = {
             "upscaler_2", "Second upscaler", "choice", "None",
             "A second upscaler blended over the first by its visibility (e.g. a sharp model with a soft one).",
             (Band("best", "one upscaler", values=("None",)),
-             Band("ok", "a blend of two upscalers", values=("<any>",))),
+             Band("ok", "a blend of two upscalers", values=("any other upscaler",))),
             choices=lambda: list(PIXEL_UPSCALERS), judge=lambda v, ctx, o: (
                 Band("best", "one upscaler", values=("None",)) if v in (None, "", "None")
                 else Band("ok", "a blend of two upscalers", values=(str(v),))),

@@ -124,17 +124,21 @@ class Studio:
         except ValueError as e:  # sampler / schedule checks
             raise BadRequest(str(e)) from None
 
-    def parse_txt2img(self, data: Mapping[str, Any]) -> BaseModel:
-        return self._parse(Txt2ImgParams, data)
+    @staticmethod
+    def parse_txt2img(data: Mapping[str, Any]) -> BaseModel:
+        return Studio._parse(Txt2ImgParams, data)
 
-    def parse_img2img(self, data: Mapping[str, Any]) -> BaseModel:
-        return self._parse(Img2ImgParams, data)
+    @staticmethod
+    def parse_img2img(data: Mapping[str, Any]) -> BaseModel:
+        return Studio._parse(Img2ImgParams, data)
 
-    def parse_extras(self, data: Mapping[str, Any]) -> BaseModel:
-        return self._parse(ExtrasParams, data)
+    @staticmethod
+    def parse_extras(data: Mapping[str, Any]) -> BaseModel:
+        return Studio._parse(ExtrasParams, data)
 
-    def parse_sd_upscale(self, data: Mapping[str, Any]) -> BaseModel:
-        return self._parse(SdUpscaleParams, data)
+    @staticmethod
+    def parse_sd_upscale(data: Mapping[str, Any]) -> BaseModel:
+        return Studio._parse(SdUpscaleParams, data)
 
     def submit_txt2img(self, params: BaseModel | Mapping[str, Any], *, model: str | None = None,
                        owner: str | None = None) -> Job:

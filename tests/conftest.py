@@ -29,6 +29,23 @@ def tiny_store(tmp_path_factory) -> Path:
     return store
 
 
+@pytest.fixture
+def no_network(monkeypatch):
+    """Refuse (and record) any outgoing connection; put huggingface_hub in offline mode."""
+    import huggingface_hub.constants
+
+    attempts: list = []
+
+    def refuse(self, address, *args, **kwargs):
+        attempts.append(address)
+        raise OSError(f"network access attempted: {address}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    return attempts
+
+
 @pytest.fixture(scope="module")
 def world(tiny_store, tmp_path_factory):
     """The real engine (CPU) and job runner over a models dir with the tiny sd15, sdxl and inpainting models."""

@@ -10,7 +10,6 @@ import hashlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -110,23 +109,6 @@ def models(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def infos(models) -> dict[str, CheckpointInfo]:
     return {i.name: i for i in scan(models)}
-
-
-@pytest.fixture
-def no_network(monkeypatch):
-    """Refuse (and record) any outgoing connection; put huggingface_hub in offline mode."""
-    import huggingface_hub.constants
-
-    attempts: list = []
-
-    def refuse(self, address, *args, **kwargs):
-        attempts.append(address)
-        raise OSError(f"network access attempted: {address}")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    return attempts
 
 
 def test_scan_lists_checkpoints_sorted_and_skips_hidden(infos):

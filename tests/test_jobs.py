@@ -35,7 +35,7 @@ def stepper(steps=50, delay=0.01, log=None, name=None):
 def test_fifo_order_and_positions(runner):
     gate = threading.Event()
     log = []
-    first = runner.submit(lambda ctx: gate.wait(5) and log.append("first"))
+    runner.submit(lambda ctx: gate.wait(5) and log.append("first"))
     jobs = [runner.submit(stepper(2, 0, log, f"j{i}")) for i in range(3)]
     time.sleep(0.1)
     assert [runner.position(j) for j in jobs] == [1, 2, 3]

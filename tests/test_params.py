@@ -80,9 +80,9 @@ def test_sampler_names_combined_and_unknown():
 
 def test_readable_error_messages():
     with pytest.raises(BadRequest, match=r"steps: .*less than or equal to 150"):
-        Studio.parse_txt2img(None, {"steps": 500})
+        Studio.parse_txt2img({"steps": 500})
     with pytest.raises(BadRequest, match=r"width: .*multiple of 8"):
-        Studio.parse_txt2img(None, {"width": 100})
+        Studio.parse_txt2img({"width": 100})
 
 
 def test_generated_docs_are_current():

@@ -9,7 +9,6 @@ no disk and no time, yet read through safetensors like any downloaded checkpoint
 from __future__ import annotations
 
 import json
-import socket
 import struct
 from pathlib import Path
 
@@ -87,23 +86,6 @@ def models(tmp_path_factory):
 @pytest.fixture(scope="module")
 def infos(models):
     return {i.name: i for i in scan(models)}
-
-
-@pytest.fixture
-def no_network(monkeypatch):
-    """Refuse (and record) any outgoing connection; put huggingface_hub in offline mode."""
-    import huggingface_hub.constants
-
-    attempts: list = []
-
-    def refuse(self, address, *args, **kwargs):
-        attempts.append(address)
-        raise OSError(f"network access attempted: {address}")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    return attempts
 
 
 def test_file_is_a_real_size_checkpoint(models):

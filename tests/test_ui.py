@@ -27,7 +27,7 @@ GENERATION_TIMEOUT = 90_000  # ms; the tiny model on a busy 2-core CPU
 
 def test_ui_modules_do_not_import_torch():
     code = ("import sys\nimport ui.layout, ui.widgets, ui.txt2img_tab, ui.pnginfo_tab, ui.params_tab\n"
-            "import ui.generation, ui.img2img_tab\n"
+            "import ui.generation, ui.img2img_tab, ui.upscale_tab, ui.api\n"
             "bad = sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules)\n"
             "assert not bad, bad\n")
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=120)
@@ -74,9 +74,9 @@ def page(server, browser):
 # -- helpers ----------------------------------------------------------------------------------------
 
 
-def set_number(page, field: str, value) -> None:
+def set_number(page, field: str, value, prefix: str = "txt2img") -> None:
     """Type into a slider's / number's box and commit it (Enter + blur), like a user would."""
-    box = page.locator(f"#txt2img-{field} input[type=number]")
+    box = page.locator(f"#{prefix}-{field} input[type=number]")
     box.fill(str(value))
     box.press("Enter")
     box.blur()

@@ -13,6 +13,7 @@ from PIL import Image
 
 from pipelines import imageops
 from tests.test_ui import browser, page, server  # noqa: F401  (shared fixtures: one server for this module)
+from tests import test_ui as ui
 from tests.test_ui import GENERATION_TIMEOUT, expect
 from ui.img2img_tab import BRUSH_SIZE
 
@@ -38,10 +39,7 @@ def inputs(tmp_path_factory):
 
 
 def set_number(page, field: str, value) -> None:
-    box = page.locator(f"#img2img-{field} input[type=number]")
-    box.fill(str(value))
-    box.press("Enter")
-    box.blur()
+    ui.set_number(page, field, value, prefix="img2img")
 
 
 def open_mode(page, label: str) -> None:

@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterator, Sequence
 import gradio as gr
 from PIL import Image
 
+from pipelines.imageops import to_rgb
 from pipelines.jobs import EventKind, Job, QueueFull
 from pipelines.params import PARAMS
 from pipelines.studio import MAX_INPUT_PIXELS, BadRequest, Studio
@@ -127,16 +128,6 @@ def image_input(**kwargs: Any) -> gr.Image:
     return image
 
 
-def flatten(image: Image.Image) -> Image.Image:
-    """RGB copy; transparency is flattened onto white (A1111's img2img background colour)."""
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        flat = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        flat.alpha_composite(rgba)
-        return flat.convert("RGB")
-    return image.convert("RGB")
-
-
 def open_image(value: Any, what: str = "input image", *, flatten_alpha: bool = True) -> Image.Image | None:
     """An image_input value (path) -> loaded PIL image, None when empty; BadRequest with a clear message when
     the file is not an image. An image over the studio's pixel limit comes back unloaded (its size is known),
@@ -155,7 +146,7 @@ def open_image(value: Any, what: str = "input image", *, flatten_alpha: bool = T
         raise BadRequest(f"The {what} is too large to open: {e}") from None
     except (OSError, ValueError) as e:
         raise BadRequest(f"Cannot read the {what}: {e}. Upload a PNG, JPEG or WebP image.") from None
-    return flatten(im) if flatten_alpha else im
+    return to_rgb(im) if flatten_alpha else im
 
 
 # -- building blocks ----------------------------------------------------------------------------------
@@ -199,6 +190,7 @@ class Output:
     saved: gr.Markdown
     send_img2img: gr.Button
     send_inpaint: gr.Button
+    send_upscale: gr.Button
 
 
 def build_output(prefix: str) -> Output:
@@ -211,11 +203,12 @@ def build_output(prefix: str) -> Output:
     with gr.Row(elem_classes="gen-send"):
         send_img2img = gr.Button("→ img2img", size="sm", elem_id=f"{prefix}-send-img2img", min_width=90)
         send_inpaint = gr.Button("→ inpaint", size="sm", elem_id=f"{prefix}-send-inpaint", min_width=90)
+        send_upscale = gr.Button("→ upscale", size="sm", elem_id=f"{prefix}-send-upscale", min_width=90)
     info = gr.Textbox(label="Generation info", lines=4, interactive=False, elem_id=f"{prefix}-info",
                       buttons=["copy"])
     saved = gr.Markdown("", elem_id=f"{prefix}-saved")
     return Output(gr.State(None), gr.State([]), gr.State(None), progress, preview, gallery, info, saved,
-                  send_img2img, send_inpaint)
+                  send_img2img, send_inpaint, send_upscale)
 
 
 # -- the streaming loop -------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from pipelines import imageops
 from pipelines.jobs import Job
 from pipelines.params import INPAINT_FIELDS, PARAMS, TXT2IMG_FIELDS
 from pipelines.studio import MAX_INPUT_PIXELS, BadRequest, Studio
-from ui.generation import (Output, build_actions, build_output, flatten, image_input, message_html, open_image,
+from ui.generation import (Output, build_actions, build_output, image_input, message_html, open_image,
                            seed_buttons, to_request, wire_generation, wire_seed_buttons)
 from ui.topbar import current_name, hint_context
 from ui.widgets import QUIET, ParamWidget, bind_hints, param_widget
@@ -63,7 +63,7 @@ def editor_image_and_mask(value: Mapping[str, Any] | None) -> tuple[Image.Image 
     background = value["background"]
     if background.width * background.height > MAX_INPUT_PIXELS:
         return background, None  # the studio refuses it with its message; nothing to composite
-    image = flatten(background)
+    image = imageops.to_rgb(background)
     mask = Image.new("L", image.size, 0)
     for layer in value.get("layers") or []:
         if layer is None:

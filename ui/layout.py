@@ -1,5 +1,5 @@
 """The web UI: top bar and tabs, assembled. Each tab lives in its own module; this file only wires them,
-including the send-to buttons between tabs (gallery / PNG Info -> img2img, inpaint, txt2img)."""
+including the send-to buttons between tabs (gallery / PNG Info -> img2img, inpaint, upscale, txt2img)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from ui.params_tab import build_params
 from ui.pnginfo_tab import build_pnginfo, txt2img_values
 from ui.topbar import build_topbar
 from ui.txt2img_tab import build_txt2img
+from ui.upscale_tab import Upscale, build_upscale
 
 CSS = "\n".join([widgets.CSS, generation.CSS, txt2img_tab.CSS, img2img_tab.CSS, """
 .gradio-container {max-width: 1560px !important; overflow: clip !important;}  /* clip, not hidden: sticky works */
@@ -58,6 +59,20 @@ def wire_send_to(i2i: Img2Img, tabs: gr.Tabs, outputs: list[Output], pnginfo: An
                      **widgets.QUIET)
 
 
+def wire_send_to_upscale(up: Upscale, tabs: gr.Tabs, outputs: list[Output]) -> None:
+    """"→ upscale" under every gallery: the selected (else last) image becomes the Upscale tab's input."""
+
+    def handler(results: list[dict], selected: int | None) -> dict:
+        r = picked(results, selected)
+        if r is None:
+            gr.Warning("Generate an image first: the selected (or last) image is sent.")
+            return {}
+        return {up.image: r["path"], tabs: gr.Tabs(selected="upscale")}
+
+    for out in outputs:
+        out.send_upscale.click(handler, [out.results, out.selected], [up.image, tabs], **widgets.QUIET)
+
+
 def build_ui(studio: Studio) -> gr.Blocks:
     gr.set_static_paths([studio.outputs_dir])  # gallery shows the saved PNGs themselves (infotext intact)
     # delete_cache: uploads and live previews in Gradio's cache older than a day go, checked hourly
@@ -68,6 +83,8 @@ def build_ui(studio: Studio) -> gr.Blocks:
                 t2i = build_txt2img(studio, top.checkpoint, top.status)
             with gr.Tab("img2img", id="img2img", elem_id="tab-img2img"):
                 i2i = build_img2img(studio, top.checkpoint, top.status)
+            with gr.Tab("Upscale", id="upscale", elem_id="tab-upscale"):
+                up = build_upscale(studio, top.checkpoint, top.status)
             with gr.Tab("PNG Info", id="pnginfo", elem_id="tab-pnginfo"):
                 png = build_pnginfo(studio)
             with gr.Tab("Parameters", id="params", elem_id="tab-params"):
@@ -75,6 +92,7 @@ def build_ui(studio: Studio) -> gr.Blocks:
 
         png.send.click(lambda parsed: [*txt2img_values(parsed), gr.Tabs(selected="txt2img")], png.parsed,
                        [*t2i.fields.values(), tabs], queue=False, api_visibility="private")
-        wire_send_to(i2i, tabs, [t2i.output, i2i.output], png)
+        wire_send_to(i2i, tabs, [t2i.output, i2i.output, up.output], png)
+        wire_send_to_upscale(up, tabs, [t2i.output, i2i.output, up.output])
         demo.load(top.on_load, outputs=[top.checkpoint, top.status], queue=False, api_visibility="private")
     return demo

@@ -13,7 +13,7 @@ from typing import Any
 import gradio as gr
 
 from pipelines.jobs import Job
-from pipelines.params import TXT2IMG_FIELDS
+from pipelines.params import LATENT_UPSCALERS, TXT2IMG_FIELDS
 from pipelines.studio import Studio
 from ui.generation import (Output, build_actions, build_output, seed_buttons, to_request, wire_generation,
                            wire_seed_buttons)
@@ -71,6 +71,21 @@ def build_txt2img(studio: Studio, checkpoint: gr.Dropdown, status: gr.Markdown) 
                 with gr.Row():
                     add("subseed")
                     add("subseed_strength")
+            with gr.Accordion("Hires. fix", open=False, elem_id="txt2img-hires"):
+                add("enable_hr")
+                with gr.Row():
+                    add("hr_upscaler", choices=[*LATENT_UPSCALERS, *studio.upscaler_names()[1:]])
+                    add("hr_scale")
+                with gr.Row():
+                    add("hr_second_pass_steps")
+                    add("denoising_strength")
+                with gr.Row():
+                    add("hr_resize_x")
+                    add("hr_resize_y")
+                add("hr_sampler_name")
+                add("hr_prompt")
+                add("hr_negative_prompt")
+                add("hr_keep_first_pass")
             with gr.Accordion("Advanced", open=False, elem_id="txt2img-advanced"):
                 for name in [n for n in ("clip_skip", *TXT2IMG_FIELDS) if n not in w]:
                     add(name)  # clip skip, then any parameter added to the specs later

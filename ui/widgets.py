@@ -16,7 +16,8 @@ import gradio as gr
 from pipelines.params import PARAMS, HintContext, ParamSpec
 
 VERDICT_ICON = {"best": "✔", "ok": "●", "caution": "▲", "avoid": "✖"}
-LINKED = {"width": ("height",), "height": ("width",)}  # verdicts that look at the other side too
+# verdicts that look at other fields too: a size at both sides, hires fix's final size at the first pass's
+LINKED = {"width": ("height", "hr_scale"), "height": ("width", "hr_scale"), "hr_scale": ("width", "height")}
 QUIET = dict(queue=False, show_progress="hidden", api_visibility="private")
 
 CSS = """
@@ -61,8 +62,11 @@ def make_input(spec: ParamSpec, ctx: HintContext, elem_id: str, **kw: Any) -> gr
     if spec.kind == "text":
         lines = 3 if spec.name == "prompt" else 2
         return gr.Textbox(lines=lines, max_lines=12, placeholder=spec.description.split(".")[0], **common)
-    if spec.kind == "choice":
-        return gr.Dropdown(choices=spec.choices() if spec.choices else [], **common)
+    if spec.kind == "bool":
+        return gr.Checkbox(**common)
+    if spec.kind == "choice":  # `choices=` in kw overrides the spec's (e.g. upscalers found on disk)
+        common.setdefault("choices", spec.choices() if spec.choices else [])
+        return gr.Dropdown(**common)
     precision = 0 if spec.kind == "int" else None
     if spec.maximum is not None and spec.maximum - (spec.minimum or 0) <= 4096:
         return gr.Slider(minimum=spec.minimum, maximum=spec.maximum, step=spec.step, precision=precision, **common)
