@@ -3,7 +3,8 @@
 `Engine.generate` reads top to bottom as numbered steps: resolve size and seeds, pin the checkpoint's
 components, encode the prompts once, then for each batch build a pipeline view over the cached components
 with a fresh scheduler, denoise with cooperative cancellation, and save every image as soon as it is
-decoded. A `Plan` supplies what differs between modes (txt2img here; img2img and inpaint in img2img.py).
+decoded. A `Plan` supplies what differs between modes (txt2img here, hires fix in hires.py, img2img and
+inpaint in img2img.py).
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ from typing import Any, Iterator
 import torch
 from PIL import Image
 
+from extensions.base import ExtensionContext
 from pipelines import discovery, infotext, prompts, samplers
 from pipelines.devices import Hardware, apply_attention, free_memory
-from extensions.base import ExtensionContext
 from pipelines.discovery import CheckpointInfo
 from pipelines.jobs import Cancelled, JobContext, Skipped
 from pipelines.loading import Components, load_components
@@ -321,7 +322,7 @@ class Engine:
 
 
 class Plan:
-    """What differs between modes. Subclasses override what they need; this is txt2img's neighbour."""
+    """What differs between modes; the defaults fit a plain txt2img batch and subclasses override the rest."""
 
     mode = "txt2img"  # output folder
 
