@@ -116,7 +116,8 @@ class Studio:
 
     # -- generation ------------------------------------------------------------------------------
     @staticmethod
-    def _parse(model: type[BaseModel], data: Mapping[str, Any]) -> BaseModel:
+    def validate(model: type[BaseModel], data: Mapping[str, Any]) -> BaseModel:
+        """Validate `data` against a parameter model; BadRequest with a readable reason naming the field."""
         try:
             return model.model_validate(dict(data))
         except ValidationError as e:
@@ -126,19 +127,19 @@ class Studio:
 
     @staticmethod
     def parse_txt2img(data: Mapping[str, Any]) -> BaseModel:
-        return Studio._parse(Txt2ImgParams, data)
+        return Studio.validate(Txt2ImgParams, data)
 
     @staticmethod
     def parse_img2img(data: Mapping[str, Any]) -> BaseModel:
-        return Studio._parse(Img2ImgParams, data)
+        return Studio.validate(Img2ImgParams, data)
 
     @staticmethod
     def parse_extras(data: Mapping[str, Any]) -> BaseModel:
-        return Studio._parse(ExtrasParams, data)
+        return Studio.validate(ExtrasParams, data)
 
     @staticmethod
     def parse_sd_upscale(data: Mapping[str, Any]) -> BaseModel:
-        return Studio._parse(SdUpscaleParams, data)
+        return Studio.validate(SdUpscaleParams, data)
 
     def submit_txt2img(self, params: BaseModel | Mapping[str, Any], *, model: str | None = None,
                        owner: str | None = None) -> Job:

@@ -86,14 +86,14 @@ def verdict(page, field: str):
     return page.locator(f"#txt2img-{field}-hint [data-verdict]")
 
 
-def generate(page, prompt: str = "a red apple on a wooden table", steps: int = 3) -> str:
-    """Generate one image; returns the generation info text."""
-    page.locator("#txt2img-prompt textarea").fill(prompt)
-    set_number(page, "steps", steps)
-    page.locator("#txt2img-generate").click()
-    expect(page.locator("#txt2img-progress [data-state=done]")).to_be_visible(timeout=GENERATION_TIMEOUT)
-    expect(page.locator("#txt2img-gallery img").first).to_be_visible()
-    info = page.locator("#txt2img-info textarea")
+def generate(page, prompt: str = "a red apple on a wooden table", steps: int = 3, prefix: str = "txt2img") -> str:
+    """Generate one image in the tab `prefix`; returns the generation info text."""
+    page.locator(f"#{prefix}-prompt textarea").fill(prompt)
+    set_number(page, "steps", steps, prefix=prefix)
+    page.locator(f"#{prefix}-generate").click()
+    expect(page.locator(f"#{prefix}-progress [data-state=done]")).to_be_visible(timeout=GENERATION_TIMEOUT)
+    expect(page.locator(f"#{prefix}-gallery img").first).to_be_visible()
+    info = page.locator(f"#{prefix}-info textarea")
     expect(info).to_have_value(re.compile(r"Steps: \d+.*Seed: \d+", re.S))
     return info.input_value()
 

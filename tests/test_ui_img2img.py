@@ -48,14 +48,7 @@ def open_mode(page, label: str) -> None:
 
 
 def generate(page, prompt: str = "a stone bridge over a river", steps: int = 3) -> str:
-    page.locator("#img2img-prompt textarea").fill(prompt)
-    set_number(page, "steps", steps)
-    page.locator("#img2img-generate").click()
-    expect(page.locator("#img2img-progress [data-state=done]")).to_be_visible(timeout=GENERATION_TIMEOUT)
-    expect(page.locator("#img2img-gallery img").first).to_be_visible()
-    info = page.locator("#img2img-info textarea")
-    expect(info).to_have_value(re.compile(r"Steps: \d+.*Seed: \d+", re.S))
-    return info.input_value()
+    return ui.generate(page, prompt, steps, prefix="img2img")
 
 
 def newest(folder) -> list:

@@ -27,12 +27,12 @@ from fastapi.routing import APIRoute
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from PIL import Image, UnidentifiedImageError
 from PIL.PngImagePlugin import PngInfo
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from pipelines import samplers
 from pipelines.jobs import EventKind, QueueFull
 from pipelines.params import LATENT_UPSCALERS, PARAMS, ExtrasParams, Img2ImgParams, SdUpscaleParams, Txt2ImgParams
-from pipelines.studio import MAX_INPUT_PIXELS, BadRequest, Studio, describe_validation
+from pipelines.studio import MAX_INPUT_PIXELS, BadRequest, Studio
 
 log = logging.getLogger("studio.api")
 WAIT_S = 3600.0  # longest wait for one job event (model download, very long step); never forever
@@ -225,10 +225,8 @@ def parse_request(body: Any, mode: str = "txt2img") -> tuple[BaseModel, str | No
         else:
             data.update(upscaling_resize_w=0, upscaling_resize_h=0)
     try:
-        req = cls.model_validate(data)
-    except ValidationError as e:
-        raise ApiError(422, "ValidationError", describe_validation(e)) from None
-    except ValueError as e:
+        req = Studio.validate(cls, data)
+    except BadRequest as e:
         raise ApiError(422, "ValidationError", str(e)) from None
 
     warnings += [f"{name}={getattr(req, name)!r} ignored: {why}"
