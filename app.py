@@ -43,7 +43,7 @@ def build_app(settings: Settings):
     manager = ModelManager(device=hw.device, device_budget=device_budget, cpu_budget=ram_budget)
     engine = Engine(hw, manager, OutputWriter(settings.outputs_dir), config_root=settings.cache_dir / "configs",
                     hash_cache=settings.cache_dir / "hashes.json", rng=settings.rng, models_dir=settings.models_dir,
-                    preview_every=settings.preview_every)
+                    preview_every=settings.preview_every, hub_endpoint=settings.hub_endpoint)
     runner = JobRunner(max_queued_per_owner=settings.max_queued_per_client).start()
     studio = Studio(settings, runner, engine, hardware=hw.describe())
     log.info("device: %s", hw.describe())

@@ -54,6 +54,8 @@ class ExtensionContext:
     cache: CacheFn | None = None  # the pipeline manager's component cache; None = load every time
     models_dir: Path = Path("models")
     redraw: RedrawFn | None = None
+    # where annotator weights are downloaded from (e.g. "https://huggingface.co"); None = offline
+    hub_endpoint: str | None = None
 
 
 @runtime_checkable

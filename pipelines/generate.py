@@ -21,7 +21,8 @@ import torch
 from PIL import Image
 
 from extensions.base import ExtensionContext
-from pipelines import discovery, infotext, prompts, samplers
+from pipelines import control, discovery, infotext, prompts, samplers
+from pipelines.control import ControlRequest
 from pipelines.devices import Hardware, apply_attention, free_memory
 from pipelines.discovery import CheckpointInfo
 from pipelines.jobs import Cancelled, JobContext, Skipped
@@ -58,6 +59,7 @@ class GenerationResult:
     model: str = ""
     skipped: int = 0
     warnings: list[str] = field(default_factory=list)
+    control_maps: list[Image.Image] = field(default_factory=list)  # maps the preprocessors made, in unit order
 
     def add(self, image: Image.Image, path: Path, seed: int, subseed: int, text: str) -> None:
         self.images.append(image)
@@ -113,7 +115,7 @@ class Engine:
 
     def __init__(self, hardware: Hardware, manager: ModelManager, writer: OutputWriter, *, config_root: Path,
                  hash_cache: Path | None = None, rng: str = "cpu", preview_every: int = 5,
-                 models_dir: Path = Path("models")):
+                 models_dir: Path = Path("models"), hub_endpoint: str | None = None):
         self.hw = hardware
         self.models_dir = Path(models_dir)
         self.hash_cache = hash_cache
@@ -122,10 +124,12 @@ class Engine:
         self.config_root = Path(config_root)
         self.rng = rng
         self.preview_every = preview_every
+        self.hub_endpoint = hub_endpoint  # annotator downloads; None = offline
 
     # -- components ----------------------------------------------------------------------------
     @staticmethod
-    def identity(info: CheckpointInfo) -> str:
+    def identity(info: Any) -> str:
+        """A cache key part that changes when the file behind a checkpoint or ControlNet model changes."""
         if info.path is not None and info.path.exists():
             st = info.path.stat()
             return f"{info.name}@{st.st_size}-{int(st.st_mtime)}"
@@ -140,7 +144,7 @@ class Engine:
             if ctx is not None:
                 ctx.progress(0, 1, label=f"loading {info.name}")
             c = load_components(info, dtype=self.hw.dtype, config_root=self.config_root,
-                                progress=self._download_progress(ctx))
+                                progress=self.download_progress(ctx))
             if ctx is not None:
                 ctx.progress(0, 1, label=f"hashing {info.name}")
             discovery.ensure_hash(info, self.hash_cache)  # A1111 "Model hash", cached after the first time
@@ -151,8 +155,14 @@ class Engine:
         with self.manager.use(keys, load) as objs:
             yield Components(**{f: objs[f"{ident}::{f}"] for f in COMPONENT_FIELDS}, family=info.family)
 
+    @contextmanager
+    def cached(self, key: str, load: Any) -> Iterator[Any]:
+        """One component from the model manager's cache (loaded by `load()` on a miss), pinned while inside."""
+        with self.manager.use([key], lambda: {key: load()}) as objs:
+            yield objs[key]
+
     @staticmethod
-    def _download_progress(ctx: JobContext | None):
+    def download_progress(ctx: JobContext | None):
         if ctx is None:
             return None
 
@@ -169,23 +179,26 @@ class Engine:
         return info.name
 
     # -- generation ----------------------------------------------------------------------------
-    def txt2img(self, ctx: JobContext, params: Any, info: CheckpointInfo) -> GenerationResult:
+    def txt2img(self, ctx: JobContext, params: Any, info: CheckpointInfo,
+                controls: list[ControlRequest] = ()) -> GenerationResult:
         if params.enable_hr:
             from pipelines.hires import HiresPlan  # hires.py builds on this module
 
-            return self.generate(ctx, params, info, HiresPlan())
-        return self.generate(ctx, params, info, Txt2ImgPlan())
+            return self.generate(ctx, params, info, HiresPlan(), controls)
+        return self.generate(ctx, params, info, Txt2ImgPlan(), controls)
 
     def img2img(self, ctx: JobContext, params: Any, info: CheckpointInfo, image: Image.Image,
-                mask: Image.Image | None = None) -> GenerationResult:
+                mask: Image.Image | None = None, controls: list[ControlRequest] = ()) -> GenerationResult:
         from pipelines.img2img import Img2ImgPlan  # img2img.py builds on this module
 
-        return self.generate(ctx, params, info, Img2ImgPlan(image, mask))
+        return self.generate(ctx, params, info, Img2ImgPlan(image, mask), controls)
 
-    def generate(self, ctx: JobContext, params: Any, info: CheckpointInfo, plan: "Plan") -> GenerationResult:
-        """Run a job of any mode; `plan` supplies what differs between txt2img, img2img and inpaint."""
+    def generate(self, ctx: JobContext, params: Any, info: CheckpointInfo, plan: "Plan",
+                 controls: list[ControlRequest] = ()) -> GenerationResult:
+        """Run a job of any mode; `plan` supplies what differs between txt2img, img2img and inpaint, and
+        `controls` are the enabled ControlNet units (checked by the studio)."""
         # 1. Resolve the seeds and what "default" means for this model and input.
-        p = params.model_dump()
+        p = params.model_dump(exclude={"controlnet"})
         seed = resolve_seed(p["seed"])
         subseed = resolve_seed(p["subseed"]) if "subseed" in p else seed  # variation seeds: txt2img only
         p.update(seed=seed, subseed=subseed, scheduler=samplers.resolve_schedule(p["sampler_name"], p["scheduler"]))
@@ -194,10 +207,16 @@ class Engine:
         total_images = p["n_iter"] * p["batch_size"]
         ctx.check()
 
-        # 2. Pin the checkpoint's components on the device (loads or moves them only when needed).
-        with self.components(info, ctx) as comps:
+        # 2. Pin the checkpoint's components on the device (loads or moves them only when needed), detect the
+        #    ControlNet maps and pin the ControlNet models.
+        with self.components(info, ctx) as comps, control.prepare(
+                self, ctx, list(controls), (p["width"], p["height"]), plan.control_source, plan.control_frame,
+                cfg=p["cfg_scale"] > 1) as plan.control:
             ctx.check()
             p["model_hash"] = info.short_hash
+            extra_info = {**plan.infotext_extra(p), **(plan.control.infotext() if plan.control else {}),
+                          "Version": VERSION}
+            self._save_maps(plan, p, result, seed)
             # 3. Encode prompt and negative prompt once: emphasis, 75-token chunks, clip skip.
             embeds = self.encode(comps, p["prompt"], p["negative_prompt"], p["clip_skip"])
             steps = plan.steps(p)
@@ -220,17 +239,29 @@ class Engine:
                     first = {k: v for k, v in p.items() if k not in HIRES_KEYS}
                     self.writer.save(img, infotext.build_infotext(
                         first, seed=s, subseed=s, model_name=info.model_name, model_hash=info.short_hash,
-                        extra={"Version": VERSION}), plan.mode, s, suffix="-before-highres-fix")
+                        extra={k: v for k, v in extra_info.items() if k != "Hires resize"}), plan.mode, s,
+                        suffix="-before-highres-fix")
                 plan.keep.clear()
                 for img, s, sub in zip(plan.finish(images), seeds, subseeds):
                     text = infotext.build_infotext(p, seed=s, subseed=sub, model_name=info.model_name,
-                                                   model_hash=info.short_hash,
-                                                   extra={**plan.infotext_extra(p), "Version": VERSION})
+                                                   model_hash=info.short_hash, extra=extra_info)
                     path = self.writer.save(img, text, plan.mode, s)
                     result.add(img, path, s, sub, text)
                     ctx.image(img, {"path": str(path), "seed": s, "infotext": text},
                               label=f"image {len(result.images)}/{total_images}")
         return result
+
+    def _save_maps(self, plan: "Plan", p: dict, result: GenerationResult, seed: int) -> None:
+        """Save each detected ControlNet map (as fitted to the image) beside the output, once per job."""
+        if plan.control is None:
+            return
+        infos = plan.control.infotext()
+        for unit, fitted in zip(plan.control.units, plan.control.maps):
+            if unit.unit.module != "none":  # a ready-made map is the user's own file
+                result.control_maps.append(fitted)
+                key = f"ControlNet {unit.request.index}"
+                self.writer.save(fitted, f"{key} map: {infos[key]}", plan.mode, seed,
+                                 suffix=f"-controlnet-{unit.request.index}")
 
     def encode(self, comps: Components, prompt: str, negative: str, clip_skip: int) -> dict[str, torch.Tensor]:
         """Prompt embeddings for the pipeline (A1111 emphasis, 75-token chunks, clip skip; SDXL's two encoders)."""
@@ -262,17 +293,26 @@ class Engine:
         label = f"batch {done_before // max(plan.steps(p), 1) + 1}/{p['n_iter']}"
         first = plan.first_pass_steps(p)
         out = self.denoise(ctx, comps, kind, p, embeds, seeds, extra, done_before=done_before, pass_steps=first,
-                           steps_total=steps_total, label=label)
+                           steps_total=steps_total, label=label, control=plan.control)
         return plan.after(self, ctx, comps, p, embeds, out, seeds, done_before=done_before + first,
                           steps_total=steps_total, label=label)
 
     def denoise(self, ctx: JobContext, comps: Components, kind: str, p: dict, embeds: dict, seeds: list[int],
-                extra: dict[str, Any], *, done_before: int, pass_steps: int, steps_total: int, label: str) -> Any:
+                extra: dict[str, Any], *, done_before: int, pass_steps: int, steps_total: int, label: str,
+                control: "control.Control | None" = None, hires: bool = False) -> Any:
         """One pipeline call over a batch (sampler, steps, CFG and size from `p`); returns the pipeline's images
-        (PIL, or latents when `extra` asks for output_type="latent")."""
+        (PIL, or latents when `extra` asks for output_type="latent"). With `control`, the ControlNet variant of
+        the pipeline runs with the units' maps fitted to this pass."""
         w, h, sdxl = p["width"], p["height"], comps.text_encoder_2 is not None
         scheduler = samplers.make_scheduler(p["sampler_name"], p["scheduler"], comps.scheduler_config, seed=seeds)
-        pipe = build_pipeline(comps, scheduler, kind)
+        stack = None
+        if control is not None:
+            stack, args = control.for_pass(kind, (w, h), hires=hires)
+            extra = dict(extra, **args)
+            if "masked_image_latents" in extra:  # the ControlNet inpaint pipelines start from pixels only
+                extra.pop("masked_image_latents")
+                extra["image"] = self.decode(comps, extra["image"])
+        pipe = build_pipeline(comps, scheduler, kind, controlnet=stack)
         order = getattr(scheduler, "order", 1)  # 2nd-order samplers (Heun, DPM2) call back ~twice per step
         per_pass = max(pass_steps, 1)
 
@@ -294,7 +334,7 @@ class Engine:
             with torch.inference_mode():
                 return pipe(**call).images
         except torch.OutOfMemoryError as e:
-            del pipe, call, extra
+            del pipe, call, extra, stack
             free_memory()
             raise OutOfMemory(
                 f"Out of device memory at {w}x{h}, batch size {len(seeds)}: lower the size or batch size. "
@@ -312,13 +352,8 @@ class Engine:
     def extension_context(self, ctx: JobContext) -> ExtensionContext:
         """What an extension may use from this job: device, progress/cancel hooks, the component cache."""
 
-        @contextmanager
-        def cache(key: str, load: Any) -> Iterator[Any]:
-            with self.manager.use([key], lambda: {key: load()}) as objs:
-                yield objs[key]
-
-        return ExtensionContext(device=self.hw.device, dtype=self.hw.dtype, hooks=ctx, cache=cache,
-                                models_dir=self.models_dir)
+        return ExtensionContext(device=self.hw.device, dtype=self.hw.dtype, hooks=ctx, cache=self.cached,
+                                models_dir=self.models_dir, hub_endpoint=self.hub_endpoint)
 
 
 class Plan:
@@ -329,6 +364,18 @@ class Plan:
     def __init__(self) -> None:
         self.warnings: list[str] = []
         self.keep: list[tuple[Image.Image, int]] = []  # extra images to save as they are (image, seed)
+        self.control: control.Control | None = None  # the job's ControlNet units, set by Engine.generate
+
+    @property
+    def control_source(self) -> Image.Image | None:
+        """The image a ControlNet unit without its own image uses (img2img: the input)."""
+        return None
+
+    def control_frame(self, image: Image.Image, resize_mode: str, size: tuple[int, int]) -> Image.Image:
+        """Fit a control map to a pass of `size` the way this plan frames its image."""
+        from pipelines.imageops import fit_control_map
+
+        return fit_control_map(image, size[0], size[1], resize_mode)
 
     def resolve(self, p: dict, info: CheckpointInfo) -> None:
         """Fill in derived values (size) before anything is loaded."""
@@ -386,20 +433,31 @@ _PIPELINES = {
     (False, "inpaint"): "StableDiffusionInpaintPipeline", (True, "txt2img"): "StableDiffusionXLPipeline",
     (True, "img2img"): "StableDiffusionXLImg2ImgPipeline", (True, "inpaint"): "StableDiffusionXLInpaintPipeline",
 }
+_CONTROL_PIPELINES = {
+    (False, "txt2img"): "StableDiffusionControlNetPipeline",
+    (False, "img2img"): "StableDiffusionControlNetImg2ImgPipeline",
+    (False, "inpaint"): "StableDiffusionControlNetInpaintPipeline",
+    (True, "txt2img"): "StableDiffusionXLControlNetPipeline",
+    (True, "img2img"): "StableDiffusionXLControlNetImg2ImgPipeline",
+    (True, "inpaint"): "StableDiffusionXLControlNetInpaintPipeline",
+}
 
 
-def build_pipeline(comps: Components, scheduler: Any, kind: str = "txt2img") -> Any:
-    """A per-job pipeline view over cached components: constructing it moves and copies nothing."""
+def build_pipeline(comps: Components, scheduler: Any, kind: str = "txt2img", controlnet: Any = None) -> Any:
+    """A per-job pipeline view over cached components: constructing it moves and copies nothing. With a
+    `controlnet` (a ControlStack), the ControlNet variant of the same pipeline."""
     import diffusers
 
     sdxl = comps.text_encoder_2 is not None
-    cls = getattr(diffusers, _PIPELINES[(sdxl, kind)])
+    cls = getattr(diffusers, (_PIPELINES if controlnet is None else _CONTROL_PIPELINES)[(sdxl, kind)])
+    cn = {} if controlnet is None else {"controlnet": controlnet}
     if sdxl:
         pipe = cls(vae=comps.vae, text_encoder=comps.text_encoder, text_encoder_2=comps.text_encoder_2,
-                   tokenizer=comps.tokenizer, tokenizer_2=comps.tokenizer_2, unet=comps.unet, scheduler=scheduler)
+                   tokenizer=comps.tokenizer, tokenizer_2=comps.tokenizer_2, unet=comps.unet, scheduler=scheduler, **cn)
     else:
         pipe = cls(vae=comps.vae, text_encoder=comps.text_encoder, tokenizer=comps.tokenizer, unet=comps.unet,
-                   scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+                   scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+                   **cn)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

@@ -118,4 +118,4 @@ class HiresPlan(Txt2ImgPlan):
             extra["mask_image"] = Image.new("L", (tw, th), 255)
         return engine.denoise(ctx, comps, kind, p2, embeds2, seeds, extra, done_before=done_before,
                               pass_steps=self.second_pass_steps(p), steps_total=steps_total,
-                              label=f"{label}: hires pass")
+                              label=f"{label}: hires pass", control=self.control, hires=True)

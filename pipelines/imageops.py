@@ -295,3 +295,27 @@ def changed_pixels(a: Image.Image, b: Image.Image) -> np.ndarray:
     if a.size != b.size:
         raise ValueError(f"sizes differ: {a.size} vs {b.size}")
     return np.any(np.asarray(to_rgb(a)) != np.asarray(to_rgb(b)), axis=-1)
+
+
+# -- ControlNet maps -------------------------------------------------------------------------------
+def fit_control_map(image: Image.Image, width: int, height: int, mode: str) -> Image.Image:
+    """Fit a control map to the generation size: "Just resize" stretches, "Crop and resize" covers and crops,
+    "Resize and fill" fits inside and pads with the map's median border colour (black for edge and pose maps)."""
+    im = to_rgb(image)
+    if mode != "Resize and fill":
+        return resize_image(im, width, height, "Just resize" if mode == "Just resize" else "Crop and resize")
+    k = min(width / im.width, height / im.height)
+    inner = im.resize((max(1, round(im.width * k)), max(1, round(im.height * k))), LANCZOS)
+    a = np.asarray(im)
+    border = np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])
+    out = Image.new("RGB", (width, height), tuple(int(v) for v in np.median(border, axis=0)))
+    out.paste(inner, ((width - inner.width) // 2, (height - inner.height) // 2))
+    return out
+
+
+def pixel_perfect_resolution(image_size: tuple[int, int], width: int, height: int, mode: str) -> int:
+    """The preprocessor resolution at which the map needs no rescaling for this target (A1111 "Pixel Perfect")."""
+    raw_w, raw_h = image_size
+    k_h, k_w = height / raw_h, width / raw_w
+    k = min(k_h, k_w) if mode == "Resize and fill" else max(k_h, k_w)
+    return int(round(k * min(raw_w, raw_h)))

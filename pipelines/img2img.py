@@ -77,6 +77,17 @@ class Img2ImgPlan(Plan):
         if p.get("inpainting_fill") == "fill":
             self.work = imageops.fill_masked(self.work, self.work_mask)
 
+    @property
+    def control_source(self) -> Image.Image:
+        return self.source
+
+    def control_frame(self, image: Image.Image, resize_mode: str, size: tuple[int, int]) -> Image.Image:
+        """"Only masked" generates a crop of the input: the map is fitted to the input, then cropped alike."""
+        if self.box is None:
+            return super().control_frame(image, resize_mode, size)
+        full = imageops.fit_control_map(image, self.base.width, self.base.height, resize_mode)
+        return imageops.crop_for_region(full, self.box, size)
+
     def steps(self, p: dict) -> int:
         """Steps actually run: int(steps x strength), as in A1111 and diffusers, but at least one."""
         return max(int(p["steps"] * p["denoising_strength"]), 1) if p["denoising_strength"] > 0 else 0

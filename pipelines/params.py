@@ -8,121 +8,15 @@ This module is pure Python (no torch), so the UI may import it.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
-from typing import Any, Callable, Literal, Mapping
+from typing import Any, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
 from pipelines import samplers
+from pipelines.control_params import ControlUnit
+from pipelines.spec import Band, Bands, HintContext, JudgeFn, ParamSpec, pydantic_field
 
-Verdict = Literal["best", "ok", "caution", "avoid"]
-VERDICT_ORDER: dict[str, int] = {"best": 0, "ok": 1, "caution": 2, "avoid": 3}
 SEED_MAX = 2**32 - 1
-
-
-@dataclass(frozen=True)
-class Band:
-    """A recommended (or discouraged) zone of a parameter with its verdict and a one-line reason."""
-
-    verdict: Verdict
-    why: str
-    lo: float | None = None  # inclusive
-    hi: float | None = None  # inclusive
-    values: tuple[str, ...] = ()  # for choice parameters
-
-    @property
-    def label(self) -> str:
-        if self.values:
-            return ", ".join(self.values)
-        if self.lo is not None and self.hi is not None:
-            return _num(self.lo) if self.lo == self.hi else f"{_num(self.lo)}-{_num(self.hi)}"
-        if self.lo is not None:
-            return f">= {_num(self.lo)}"
-        if self.hi is not None:
-            return f"<= {_num(self.hi)}"
-        return "any"
-
-    def contains(self, value: Any) -> bool:
-        if self.values:
-            return str(value) in self.values
-        try:
-            v = float(value)
-        except (TypeError, ValueError):
-            return False
-        return (self.lo is None or v >= self.lo - 1e-9) and (self.hi is None or v <= self.hi + 1e-9)
-
-
-def _num(x: float) -> str:
-    return str(int(x)) if float(x).is_integer() else f"{x:g}"
-
-
-@dataclass(frozen=True)
-class HintContext:
-    """What a verdict depends on besides the value: the selected model."""
-
-    family: str = "sd15"
-    native: int = 512  # native training size of the model family, pixels per side
-    distilled: bool = False  # turbo / LCM / lightning models want few steps and low CFG
-    mode: str = "txt2img"  # txt2img, img2img or inpaint: denoising advice differs between the last two
-
-
-@dataclass(frozen=True)
-class Hint:
-    verdict: Verdict
-    why: str
-    band: str  # label of the band the value fell in
-    recommended: str  # labels of the "best" bands
-
-    def as_text(self) -> str:
-        return f"{self.verdict.upper()} ({self.band}): {self.why}"
-
-
-Bands = tuple[Band, ...]
-BandsFn = Callable[[HintContext], Bands]
-JudgeFn = Callable[[Any, HintContext, Mapping[str, Any]], Band]
-
-
-@dataclass(frozen=True)
-class ParamSpec:
-    name: str  # A1111 API field name; also the Pydantic field name
-    label: str
-    kind: Literal["text", "int", "float", "choice", "bool"]
-    default: Any
-    description: str
-    bands: Bands | BandsFn
-    minimum: float | None = None
-    maximum: float | None = None
-    step: float | None = None
-    multiple_of: int | None = None
-    choices: Callable[[], list[str]] | None = None
-    infotext_key: str | None = None  # key in the A1111 "parameters" text
-    group: str = "main"
-    judge: JudgeFn | None = None  # custom band picker (e.g. size looks at both sides)
-    measure: Callable[[Any], float] | None = None  # what the bands are over, if not the value (e.g. tokens)
-    unit: str = ""  # unit of the measured quantity, shown with band labels
-    nullable: bool = False  # None means "derived" (e.g. the model's native size)
-    modes: frozenset[str] = frozenset({"txt2img", "img2img", "inpaint"})
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def bands_for(self, ctx: HintContext | None = None) -> Bands:
-        ctx = ctx or HintContext()
-        return self.bands(ctx) if callable(self.bands) else self.bands
-
-    def recommended(self, ctx: HintContext | None = None) -> str:
-        return " or ".join(b.label for b in self.bands_for(ctx) if b.verdict == "best")
-
-    def hint(self, value: Any, ctx: HintContext | None = None, others: Mapping[str, Any] | None = None) -> Hint:
-        ctx = ctx or HintContext()
-        if self.judge is not None:
-            band = self.judge(value, ctx, others or {})
-        else:
-            measured = self.measure(value) if self.measure else value
-            band = next((b for b in self.bands_for(ctx) if b.contains(measured)), None)
-            if band is None:
-                band = Band("avoid", "outside every recommended band")
-            if self.measure and measured:
-                band = Band(band.verdict, f"~{_num(measured)} {self.unit}: {band.why}", band.lo, band.hi)
-        return Hint(band.verdict, band.why, band.label, self.recommended(ctx))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -717,23 +611,6 @@ SD_UPSCALE_FIELDS = ["prompt", "negative_prompt", "sampler_name", "scheduler", "
 # Pydantic request models, built from the specs so limits are declared once.
 
 
-def _field(spec: ParamSpec) -> tuple[Any, Any]:
-    py_type: Any = {"text": str, "int": int, "float": float, "choice": str, "bool": bool}[spec.kind]
-    if spec.nullable:
-        py_type = py_type | None
-    return (
-        py_type,
-        Field(
-            default=spec.default,
-            description=spec.description,
-            ge=spec.minimum,
-            le=spec.maximum,
-            multiple_of=spec.multiple_of,
-            title=spec.label,
-        ),
-    )
-
-
 class _ParamsBase(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -766,11 +643,14 @@ class _ParamsBase(BaseModel):
         return data
 
 
+_UNITS = (list[ControlUnit], Field(default_factory=list, description="ControlNet units (multi-ControlNet stacks them)"))
+
 Txt2ImgParams: type[BaseModel] = create_model(
     "Txt2ImgParams",
     __base__=_ParamsBase,
     __doc__="Everything a txt2img job needs besides the model. Field names follow the A1111 API.",
-    **{name: _field(PARAMS[name]) for name in TXT2IMG_FIELDS},
+    controlnet=_UNITS,
+    **{name: pydantic_field(PARAMS[name]) for name in TXT2IMG_FIELDS},
 )
 
 
@@ -778,18 +658,19 @@ Img2ImgParams: type[BaseModel] = create_model(
     "Img2ImgParams",
     __base__=_ParamsBase,
     __doc__="An img2img or inpaint job besides the model and images (inpaint fields apply when a mask is given).",
-    **{name: _field(PARAMS[name]) for name in INPAINT_FIELDS},
+    controlnet=_UNITS,
+    **{name: pydantic_field(PARAMS[name]) for name in INPAINT_FIELDS},
 )
 
 
 ExtrasParams: type[BaseModel] = create_model(
     "ExtrasParams", __base__=BaseModel, __doc__="The Upscale tab's plain upscale (A1111 'extras').",
-    **{name: _field(PARAMS[name]) for name in EXTRAS_FIELDS},
+    **{name: pydantic_field(PARAMS[name]) for name in EXTRAS_FIELDS},
 )
 
 SdUpscaleParams: type[BaseModel] = create_model(
     "SdUpscaleParams", __base__=_ParamsBase, __doc__="The Upscale tab's tiled SD upscale.",
-    **{name: _field(PARAMS[name]) for name in SD_UPSCALE_FIELDS},
+    **{name: pydantic_field(PARAMS[name]) for name in SD_UPSCALE_FIELDS},
 )
 
 

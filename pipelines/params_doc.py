@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+from pipelines.control_params import CONTROL_PARAMS
 from pipelines.params import PARAMS, HintContext, ParamSpec
 
 _MARK = {"best": "🟢 best", "ok": "🔵 ok", "caution": "🟠 caution", "avoid": "🔴 avoid"}
@@ -21,14 +22,19 @@ def _limits(p: ParamSpec) -> str:
 
 
 def render_param(p: ParamSpec, ctx: HintContext) -> str:
-    default = "model's native size" if p.default is None and p.nullable else repr(p.default)
+    default = repr(p.default)
+    if p.default is None and p.nullable:
+        default = "model's native size" if p.name in ("width", "height") else "derived (see above)"
     lines = [f"### {p.label} (`{p.name}`)", "", p.description, "",
              f"- Type: {p.kind}; limits: {_limits(p)}; default: {default}"]
     if p.infotext_key:
         lines.append(f"- Infotext key: `{p.infotext_key}`")
     what = f"value ({p.unit})" if p.unit else "value"
-    lines += ["", f"| {what} | verdict | why |", "|---|---|---|"]
-    lines += [f"| {b.label} | {_MARK[b.verdict]} | {b.why} |" for b in p.bands_for(ctx)]
+    tables = p.extra.get("bands_by_module") or {"": p.bands_for(ctx)}
+    for module, bands in tables.items():
+        lines += ["", f"With the `{module}` preprocessor:"] if module else []
+        lines += ["", f"| {what} | verdict | why |", "|---|---|---|"]
+        lines += [f"| {b.label} | {_MARK[b.verdict]} | {b.why} |" for b in bands]
     return "\n".join(lines)
 
 
@@ -43,6 +49,10 @@ def render_markdown(ctx: HintContext | None = None, mode: str | None = None) -> 
         "often worse), avoid (almost always worse or wasteful).", "", "",
     ]
     body = [render_param(p, ctx) for p in PARAMS.values() if mode is None or mode in p.modes]
+    if mode in (None, "controlnet"):
+        body.append("## ControlNet units\n\nEach unit of the ControlNet panel (and each entry of the API's "
+                    "`alwayson_scripts.controlnet.args`) has these settings.")
+        body += [render_param(p, ctx) for p in CONTROL_PARAMS.values()]
     return "\n".join(head) + "\n\n".join(body) + "\n"
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -32,6 +33,12 @@ class Settings:
     ckpt: str | None = None
     preview_every: int = 5
     max_queued_per_client: int = 16
+    controlnet_hub: tuple[str, ...] = ()  # ControlNet hub ids offered besides models/ControlNet
+    hub_endpoint: str | None = "https://huggingface.co"  # annotator downloads; None = offline
+
+    @property
+    def controlnet_dir(self) -> Path:
+        return self.models_dir / "ControlNet"
 
     @property
     def host(self) -> str:
@@ -80,7 +87,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="live preview every N steps, 0 = off (default: 5)")
     p.add_argument("--max-queued-per-client", type=int, default=Settings.max_queued_per_client,
                    help="jobs one browser session or API client may have waiting (default: 16)")
+    p.add_argument("--controlnet-hub", dest="controlnet_hub", action="append", default=[], metavar="ORG/NAME",
+                   help="ControlNet hub id offered besides models/ControlNet, downloaded on first use (repeatable)")
+    p.add_argument("--offline", action="store_true",
+                   help="never download (annotator weights must be in models/annotators); also set by HF_HUB_OFFLINE=1")
     return p
+
+
+def hub_endpoint(offline: bool) -> str | None:
+    if offline or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return None
+    return os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> Settings:
@@ -91,4 +108,5 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         rng=a.rng, vram_budget_gb=a.vram_budget_gb, ram_budget_gb=a.ram_budget_gb,
         hub_models=tuple(a.hub_models) if a.hub_models is not None else DEFAULT_HUB_MODELS,
         ckpt=a.ckpt, preview_every=a.preview_every, max_queued_per_client=a.max_queued_per_client,
+        controlnet_hub=tuple(a.controlnet_hub), hub_endpoint=hub_endpoint(a.offline),
     )

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 from pydantic import BaseModel, ValidationError
 
 from pipelines import discovery, imageops, outputs
+from pipelines.control_service import ControlError, ControlNets
 from pipelines.discovery import CheckpointInfo
 from pipelines.jobs import Job, JobRunner
 from pipelines.params import LATENT_UPSCALERS, ExtrasParams, HintContext, Img2ImgParams, SdUpscaleParams, Txt2ImgParams
@@ -47,6 +48,8 @@ class Studio:
         self.runner = runner
         self.engine = engine
         self.hardware = hardware
+        self.controlnet = ControlNets(settings.models_dir, settings.controlnet_hub, runner, engine,
+                                      hub_endpoint=settings.hub_endpoint)
         self._lock = threading.RLock()
         self._models: list[CheckpointInfo] = []
         self._current: str | None = None
@@ -151,7 +154,9 @@ class Studio:
         self._check_size(params, info)
         if params.enable_hr and params.hr_upscaler not in LATENT_UPSCALERS:
             self._check_upscaler(params.hr_upscaler)
-        return self.runner.submit(lambda ctx: self.engine.txt2img(ctx, params, info), kind="txt2img", owner=owner)
+        controls = self._controls(params, info, has_input=False)
+        return self.runner.submit(lambda ctx: self.engine.txt2img(ctx, params, info, controls), kind="txt2img",
+                                  owner=owner)
 
     def submit_img2img(self, params: BaseModel | Mapping[str, Any], image: Any, mask: Any = None, *,
                        model: str | None = None, owner: str | None = None) -> Job:
@@ -171,9 +176,30 @@ class Studio:
                                  "leaves nothing to repaint.")
         w, h = imageops.output_size(image.size, params.width, params.height, params.scale_by, info.native)
         self._check_size(params.model_copy(update={"width": w, "height": h}), info)
+        controls = self._controls(params, info, has_input=True)
         kind = "inpaint" if mask is not None else "img2img"
-        return self.runner.submit(lambda ctx: self.engine.img2img(ctx, params, info, image, mask), kind=kind,
-                                  owner=owner)
+        return self.runner.submit(lambda ctx: self.engine.img2img(ctx, params, info, image, mask, controls),
+                                  kind=kind, owner=owner)
+
+    def _controls(self, params: BaseModel, info: CheckpointInfo, *, has_input: bool) -> list[Any]:
+        for unit in params.controlnet:
+            if unit.enabled and unit.image is not None:
+                self._check_image(unit.image)
+        try:
+            return self.controlnet.requests(params.controlnet, info, has_input=has_input)
+        except ControlError as e:
+            raise BadRequest(str(e)) from None
+
+    def submit_detect(self, module: str, images: list[Any], *, owner: str | None = None, **settings: Any) -> Job:
+        """Run a ControlNet preprocessor on images (the UI's preview, the API's /controlnet/detect)."""
+        for image in images:
+            self._check_image(image)
+        try:
+            return self.controlnet.submit_detect(module, images, owner=owner, **settings)
+        except ValidationError as e:
+            raise BadRequest(describe_validation(e)) from None
+        except ControlError as e:
+            raise BadRequest(str(e)) from None
 
     # -- upscaling -------------------------------------------------------------------------------
     def upscaler_names(self) -> list[str]:

@@ -64,7 +64,7 @@ def test_size_hint_follows_family():
 
 def test_validation_limits_come_from_specs():
     ok = Txt2ImgParams(prompt="x")
-    assert ok.model_dump() == {**defaults("txt2img"), "prompt": "x"}
+    assert ok.model_dump() == {**defaults("txt2img"), "prompt": "x", "controlnet": []}
     for bad in ({"steps": 0}, {"steps": 151}, {"cfg_scale": 31}, {"width": 65}, {"batch_size": 9},
                 {"seed": -2}, {"clip_skip": 13}, {"subseed_strength": 1.5}, {"bogus": 1}):
         with pytest.raises(ValueError):

@@ -6,6 +6,7 @@ tokenizer shipped in pipelines/configs/clip-tokenizer, so prompt handling is exe
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import torch
@@ -102,3 +103,72 @@ def build_sdxl(path: Path, *, seed: int = 0) -> Path:
     )
     pipe.save_pretrained(str(path), safe_serialization=True)
     return Path(path)
+
+
+ZERO_CONVS = ("controlnet_down_blocks.", "controlnet_mid_block.", "controlnet_cond_embedding.conv_out")
+_RESNET_TO_LDM = {"norm1": "in_layers.0", "conv1": "in_layers.2", "norm2": "out_layers.0", "conv2": "out_layers.3",
+                  "time_emb_proj": "emb_layers.1", "conv_shortcut": "skip_connection"}
+
+
+def to_original_layout(state_dict: dict) -> dict:
+    """A diffusers-layout ControlNet state dict (any values: tensors or shapes) renamed to the original
+    `control_model.*` layout of lllyasviel's checkpoints: the inverse of diffusers' `convert_controlnet_checkpoint`."""
+    per_block = 1 + max(int(m[1]) for k in state_dict if (m := re.match(r"down_blocks\.0\.resnets\.(\d+)\.", k)))
+    fixed = {"time_embedding.linear_1": "time_embed.0", "time_embedding.linear_2": "time_embed.2",
+             "conv_in": "input_blocks.0.0", "controlnet_cond_embedding.conv_in": "input_hint_block.0",
+             "controlnet_cond_embedding.conv_out": "input_hint_block.14", "controlnet_mid_block": "middle_block_out.0",
+             "add_embedding.linear_1": "label_emb.0.0", "add_embedding.linear_2": "label_emb.0.2"}
+    out = {}
+    for key, value in state_dict.items():
+        stem, kind = key.rsplit(".", 1)
+        if stem in fixed:
+            new = fixed[stem]
+        elif m := re.fullmatch(r"controlnet_cond_embedding\.blocks\.(\d+)", stem):
+            new = f"input_hint_block.{2 * (int(m[1]) + 1)}"
+        elif m := re.fullmatch(r"controlnet_down_blocks\.(\d+)", stem):
+            new = f"zero_convs.{m[1]}.0"
+        elif m := re.fullmatch(r"down_blocks\.(\d+)\.downsamplers\.0\.conv", stem):
+            new = f"input_blocks.{(int(m[1]) + 1) * (per_block + 1)}.0.op"
+        elif m := re.fullmatch(r"down_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.+)", stem):
+            index = 1 + int(m[1]) * (per_block + 1) + int(m[3])
+            rest = _RESNET_TO_LDM.get(m[4], m[4]) if m[2] == "resnets" else m[4]
+            new = f"input_blocks.{index}.{0 if m[2] == 'resnets' else 1}.{rest}"
+        elif m := re.fullmatch(r"mid_block\.(resnets|attentions)\.(\d+)\.(.+)", stem):
+            rest = _RESNET_TO_LDM.get(m[3], m[3]) if m[1] == "resnets" else m[3]
+            new = f"middle_block.{2 * int(m[2]) if m[1] == 'resnets' else 1}.{rest}"
+        else:
+            raise KeyError(f"no original-layout name for {key}")
+        out[f"control_model.{new}.{kind}"] = value
+    return out
+
+
+def build_controlnet(unet_source_dir: Path, out: Path, *, single_file: bool = False, original_layout: bool = False,
+                     seed: int = 0) -> Path:
+    """A tiny ControlNet made from a tiny model's UNet (`unet_source_dir` is a build_sd15/build_sdxl folder).
+
+    single_file=False: `out` becomes a diffusers folder (config.json + diffusion_pytorch_model.safetensors).
+    single_file=True: `out` is a .safetensors file in the diffusers layout (or, with original_layout=True, the
+    `control_model.*` layout) with its diffusers config beside it as `<stem>.json`, the sidecar that
+    pipelines.controlnets reads (tiny models do not follow the real families' head counts, so they need it).
+    The zero convolutions get small random weights, so the ControlNet visibly steers a generation.
+    """
+    from diffusers import ControlNetModel, UNet2DConditionModel
+    from safetensors.torch import save_file
+
+    unet = UNet2DConditionModel.from_pretrained(str(Path(unet_source_dir) / "unet"))
+    torch.manual_seed(seed)  # the conditioning embedding is freshly initialised: same seed, same ControlNet
+    controlnet = ControlNetModel.from_unet(unet).eval()
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in controlnet.named_parameters():
+            if name.startswith(ZERO_CONVS):
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.05)
+    out = Path(out)
+    if not single_file:
+        controlnet.save_pretrained(str(out), safe_serialization=True)
+        return out
+    state = {k: v.detach().contiguous() for k, v in controlnet.state_dict().items()}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_file(to_original_layout(state) if original_layout else state, str(out))
+    out.with_suffix(".json").write_text(controlnet.to_json_string(), encoding="utf-8")
+    return out

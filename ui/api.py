@@ -11,10 +11,7 @@ Pure Python: no torch import here (results are duck-typed).
 
 from __future__ import annotations
 
-import base64
-import binascii
 import html
-import io
 import json
 import logging
 import re
@@ -22,44 +19,18 @@ import secrets
 from typing import Any, Callable
 
 from fastapi import APIRouter, Depends, HTTPException, Request
-from fastapi.responses import JSONResponse
-from fastapi.routing import APIRoute
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
-from PIL import Image, UnidentifiedImageError
-from PIL.PngImagePlugin import PngInfo
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipelines import samplers
-from pipelines.jobs import EventKind, QueueFull
+from pipelines.jobs import EventKind
 from pipelines.params import LATENT_UPSCALERS, PARAMS, ExtrasParams, Img2ImgParams, SdUpscaleParams, Txt2ImgParams
 from pipelines.studio import MAX_INPUT_PIXELS, BadRequest, Studio
+from ui.api_controlnet import build_controlnet_api, detected_maps, units_from_request
+from ui.api_common import (  # noqa: F401  (ApiError and encode_png are imported from here by tests)
+    ApiError, Route, client_id, decode_image, encode_png, json_body, submit_job, wait_job)
 
 log = logging.getLogger("studio.api")
-WAIT_S = 3600.0  # longest wait for one job event (model download, very long step); never forever
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, error: str, detail: str):
-        super().__init__(detail)
-        self.status, self.error, self.detail = status, error, detail
-
-    def response(self) -> JSONResponse:
-        return JSONResponse({"error": self.error, "detail": self.detail}, status_code=self.status)
-
-
-class _Route(APIRoute):
-    """Turns ApiError into its JSON answer (an APIRouter cannot register exception handlers)."""
-
-    def get_route_handler(self) -> Callable:
-        handler = super().get_route_handler()
-
-        async def run(request: Request):
-            try:
-                return await handler(request)
-            except ApiError as e:
-                return e.response()
-
-        return run
 
 
 # ----------------------------------------------------------------------------------------------
@@ -167,7 +138,6 @@ _UNSUPPORTED_COMMON: _Unsupported = {
     "restore_faces": (bool, "face restoration is not implemented yet"),
     "tiling": (bool, "tiling is not implemented yet"),
     "styles": (bool, "styles are not implemented yet"),
-    "alwayson_scripts": (bool, "scripts are not implemented yet"),
     "script_name": (bool, "scripts are not implemented yet"),
     "refiner_checkpoint": (bool, "refiner is not implemented yet"),
     "eta": (lambda v: v is not None, "eta is fixed by the sampler"),
@@ -219,6 +189,10 @@ def parse_request(body: Any, mode: str = "txt2img") -> tuple[BaseModel, str | No
         if len(set(blur_xy)) > 1:
             warnings.append(f"mask_blur_x/mask_blur_y differ: one blur for both axes, mask_blur={max(blur_xy)}")
     scale_to = mode.startswith("extra-") and data.get("resize_mode") in (1, "1")
+    if mode in ("txt2img", "img2img"):  # ControlNet units come as the A1111 extension sends them
+        if data.pop("controlnet", None) is not None:
+            warnings.append("controlnet ignored: send units in alwayson_scripts.controlnet.args")
+        data["controlnet"] = units_from_request(data.get("alwayson_scripts"), warnings)
     if mode.startswith("extra-"):  # A1111: resize_mode 0 ignores the w/h fields, 1 ignores the factor
         if scale_to:
             data.pop("upscaling_resize", None)
@@ -240,7 +214,7 @@ def parse_request(body: Any, mode: str = "txt2img") -> tuple[BaseModel, str | No
     overrides = getattr(req, "override_settings", {})
     if other := sorted(set(overrides) - _OVERRIDES):
         warnings.append(f"override_settings ignored: {', '.join(other)}")
-    if unknown := sorted(set(body) - set(fields) - _SILENT[mode]):
+    if unknown := sorted(set(body) - set(fields) - _SILENT[mode] - {"controlnet"}):
         warnings.append(f"unknown fields ignored: {', '.join(unknown)}")
     model = overrides.get("sd_model_checkpoint") or getattr(req, "sd_model_checkpoint", None) or None
     return req, (str(model) if model else None), warnings
@@ -250,99 +224,11 @@ def parse_request(body: Any, mode: str = "txt2img") -> tuple[BaseModel, str | No
 # Helpers
 
 
-def encode_png(image: Any, parameters: str | None = None) -> str:
-    pnginfo = None
-    if parameters:
-        pnginfo = PngInfo()
-        pnginfo.add_text("parameters", parameters)
-    buf = io.BytesIO()
-    image.save(buf, format="PNG", pnginfo=pnginfo)
-    return base64.b64encode(buf.getvalue()).decode("ascii")
-
-
-def decode_image(data: Any, field: str = "image", max_pixels: int | None = None) -> Image.Image:
-    """A base64 image (a data: URL prefix is fine) -> PIL image. 400 naming `field` when it is not one;
-    413 when it has more than `max_pixels` (read from the header, before the pixels are decoded)."""
-    if not isinstance(data, str) or not data.strip():
-        raise ApiError(400, "BadImage", f"{field}: expected a base64-encoded image string")
-    text = data.strip()
-    if text.startswith("data:"):
-        text = text.partition(",")[2]
-    try:
-        raw = base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError) as e:
-        raise ApiError(400, "BadImage", f"{field}: invalid base64 ({e})") from None
-
-    def too_large(size: str) -> ApiError:
-        limit = f"; the limit is {max_pixels / 1e6:.1f} megapixels" if max_pixels else ""
-        return ApiError(413, "ImageTooLarge", f"{field}: the image is {size}{limit}. Downscale it first.")
-
-    unreadable = ApiError(400, "BadImage", f"{field}: {len(raw)} bytes that are not a readable image "
-                                           "(expected PNG, JPEG or WEBP)")
-    try:
-        image = Image.open(io.BytesIO(raw))
-        if max_pixels and image.width * image.height > max_pixels:
-            raise too_large(f"{image.width}x{image.height}")
-        image.load()
-    except Image.DecompressionBombError:  # beyond PIL's own limit (about 179 megapixels)
-        raise too_large("far too large") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
-        raise unreadable from None
-    return image
-
-
-def job_error(job: Any) -> ApiError:
-    """Map a failed job to a status: out of memory / bad checkpoint -> 4xx, anything else -> 500."""
-    exc, message = job.exception, job.error or "job failed"
-    if type(exc).__name__ == "OutOfMemory" or "out of memory" in message.lower():
-        return ApiError(422, "OutOfMemory", message)
-    if isinstance(exc, BadRequest):
-        return ApiError(422, "BadRequest", message)
-    if type(exc).__name__ == "LoadError" or job.kind == "load-model":
-        return ApiError(422, "ModelLoadError", message)
-    return ApiError(500, type(exc).__name__ if exc else "JobFailed", message)
-
-
-def wait_job(job: Any) -> list[Any]:
-    """Wait for a job's end; return its events (image events included). Raises ApiError on failure."""
-    events = []
-    try:
-        for ev in job.events(timeout=WAIT_S):
-            events.append(ev)
-    except TimeoutError as e:
-        raise ApiError(504, "Timeout", str(e)) from None
-    if events[-1].kind is EventKind.FAILED:
-        raise job_error(job)
-    return events
-
-
-def _client(request: Request) -> str:
-    return request.headers.get("x-client-id") or (request.client.host if request.client else "unknown")
-
-
-async def _json_body(request: Request) -> Any:
-    raw = await request.body()
-    try:
-        return json.loads(raw or b"null")
-    except ValueError as e:
-        raise ApiError(422, "JSONDecodeError", f"body: malformed JSON ({e})") from None
-
-
 def _find_model(studio: Studio, name: str) -> Any:
     try:
         return studio.find_model(name)
     except BadRequest as e:
         raise ApiError(404, "ModelNotFound", str(e)) from None
-
-
-def submit_job(submit: Callable[[], Any]) -> Any:
-    """Call a Studio submit_* function: a full queue answers 429, input it refuses 422 with its reason."""
-    try:
-        return submit()
-    except QueueFull as e:
-        raise ApiError(429, "QueueFull", str(e)) from None
-    except BadRequest as e:
-        raise ApiError(422, "BadRequest", str(e)) from None
 
 
 def run_generation(submit: Callable[[], Any], req: Any, warnings: list[str]) -> dict[str, Any]:
@@ -354,6 +240,8 @@ def run_generation(submit: Callable[[], Any], req: Any, warnings: list[str]) -> 
     if last.kind is EventKind.FINISHED:
         result = last.result
         images, texts, info = result.images, result.infotexts, result.info()
+        maps = detected_maps(result)
+        images, texts = [*images, *maps], [*texts, *[""] * len(maps)]
         warnings = [*warnings, *getattr(result, "warnings", [])]
     else:  # interrupted: what was finished so far, as A1111 does
         done = [ev for ev in events if ev.kind is EventKind.IMAGE]
@@ -414,8 +302,8 @@ def build_api(studio: Studio, auth: tuple[str, str] | None = None) -> APIRouter:
                 raise HTTPException(401, "Incorrect username or password", headers={"WWW-Authenticate": "Basic"})
 
         deps.append(Depends(check_auth))
-    api = APIRouter(prefix="/sdapi/v1", tags=["A1111 API"], dependencies=deps, route_class=_Route)
-    own = APIRouter(prefix="/studio/v1", tags=["Studio API"], dependencies=deps, route_class=_Route)
+    api = APIRouter(prefix="/sdapi/v1", tags=["A1111 API"], dependencies=deps, route_class=Route)
+    own = APIRouter(prefix="/studio/v1", tags=["Studio API"], dependencies=deps, route_class=Route)
 
     def doc(cls: type[BaseModel]) -> dict[str, Any]:
         return {"requestBody": {"content": {"application/json": {"schema": cls.model_json_schema()}}}}
@@ -424,17 +312,17 @@ def build_api(studio: Studio, auth: tuple[str, str] | None = None) -> APIRouter:
         return _find_model(studio, name).name if name else None
 
     @api.post("/txt2img", openapi_extra=doc(Txt2ImgRequest))
-    def txt2img(request: Request, body: Any = Depends(_json_body)) -> dict[str, Any]:
+    def txt2img(request: Request, body: Any = Depends(json_body)) -> dict[str, Any]:
         req, model, warnings = parse_request(body, "txt2img")
         for w in warnings:
             log.warning("txt2img: %s", w)
         model = model_name(model)
-        params = req.model_dump(include=set(Txt2ImgParams.model_fields))
-        return run_generation(lambda: studio.submit_txt2img(params, model=model, owner=_client(request)),
+        params = dict(req.model_dump(include=set(Txt2ImgParams.model_fields)), controlnet=req.controlnet)
+        return run_generation(lambda: studio.submit_txt2img(params, model=model, owner=client_id(request)),
                               req, warnings)
 
     @api.post("/img2img", openapi_extra=doc(Img2ImgRequest))
-    def img2img(request: Request, body: Any = Depends(_json_body)) -> dict[str, Any]:
+    def img2img(request: Request, body: Any = Depends(json_body)) -> dict[str, Any]:
         """img2img, or inpaint when `mask` is given. `parameters` echoes the request with init_images and mask
         set to null unless include_init_images is true (A1111 does the same)."""
         req, model, warnings = parse_request(body, "img2img")
@@ -447,9 +335,9 @@ def build_api(studio: Studio, auth: tuple[str, str] | None = None) -> APIRouter:
         for w in warnings:
             log.warning("img2img: %s", w)
         model = model_name(model)
-        params = req.model_dump(include=set(Img2ImgParams.model_fields))
+        params = dict(req.model_dump(include=set(Img2ImgParams.model_fields)), controlnet=req.controlnet)
         answer = run_generation(
-            lambda: studio.submit_img2img(params, image, mask, model=model, owner=_client(request)), req, warnings)
+            lambda: studio.submit_img2img(params, image, mask, model=model, owner=client_id(request)), req, warnings)
         if not req.include_init_images:
             answer["parameters"].update(init_images=None, mask=None)
         return answer
@@ -480,17 +368,12 @@ def build_api(studio: Studio, auth: tuple[str, str] | None = None) -> APIRouter:
         return studio.options()
 
     @api.post("/options")
-    def set_options(body: Any = Depends(_json_body)) -> bool:
+    def set_options(body: Any = Depends(json_body)) -> bool:
         if not isinstance(body, dict):
             raise ApiError(422, "ValidationError", "body: expected a JSON object of option names and values")
         if body.get("sd_model_checkpoint"):
             body["sd_model_checkpoint"] = _find_model(studio, str(body["sd_model_checkpoint"])).name
-        try:
-            job = studio.set_options(body)
-        except QueueFull as e:
-            raise ApiError(429, "QueueFull", str(e)) from None
-        except BadRequest as e:
-            raise ApiError(422, "BadRequest", str(e)) from None
+        job = submit_job(lambda: studio.set_options(body))
         if job is not None:
             wait_job(job)  # the previous model stays selected when this load fails
         return True
@@ -511,7 +394,7 @@ def build_api(studio: Studio, auth: tuple[str, str] | None = None) -> APIRouter:
         return {"skipped": studio.skip()}
 
     @api.post("/png-info")
-    def png_info(body: Any = Depends(_json_body)) -> dict[str, Any]:
+    def png_info(body: Any = Depends(json_body)) -> dict[str, Any]:
         image = decode_image(body.get("image") if isinstance(body, dict) else None)
         info = studio.png_info(image)
         info["items"] = {k: v for k, v in info["items"].items() if k != "parameters"}
@@ -539,10 +422,10 @@ def build_api(studio: Studio, auth: tuple[str, str] | None = None) -> APIRouter:
         for w in warnings:
             log.warning("%s: %s", mode, w)
         params = req.model_dump(include=set(ExtrasParams.model_fields))
-        return run_extras(lambda: studio.submit_extras(params, images, owner=_client(request)), warnings)
+        return run_extras(lambda: studio.submit_extras(params, images, owner=client_id(request)), warnings)
 
     @api.post("/extra-single-image", openapi_extra=doc(ExtrasSingleRequest))
-    def extra_single_image(request: Request, body: Any = Depends(_json_body)) -> dict[str, Any]:
+    def extra_single_image(request: Request, body: Any = Depends(json_body)) -> dict[str, Any]:
         """Upscale one image (A1111 extras). Face restoration fields are accepted, warned about in html_info."""
         req, _, warnings = parse_request(body, "extra-single-image")
         image = decode_image(req.image, "image", MAX_INPUT_PIXELS)
@@ -550,7 +433,7 @@ def build_api(studio: Studio, auth: tuple[str, str] | None = None) -> APIRouter:
         return {"html_info": info, "image": images[0] if images else None}
 
     @api.post("/extra-batch-images", openapi_extra=doc(ExtrasBatchRequest))
-    def extra_batch_images(request: Request, body: Any = Depends(_json_body)) -> dict[str, Any]:
+    def extra_batch_images(request: Request, body: Any = Depends(json_body)) -> dict[str, Any]:
         """Upscale several images: imageList = [{"data": base64, "name": "a.png"}]; saved to outputs/extras."""
         req, _, warnings = parse_request(body, "extra-batch-images")
         if not req.imageList:
@@ -567,7 +450,7 @@ def build_api(studio: Studio, auth: tuple[str, str] | None = None) -> APIRouter:
         return {"html_info": info, "images": encoded}
 
     @own.post("/sd-upscale", openapi_extra=doc(SdUpscaleRequest))
-    def sd_upscale(request: Request, body: Any = Depends(_json_body)) -> dict[str, Any]:
+    def sd_upscale(request: Request, body: Any = Depends(json_body)) -> dict[str, Any]:
         """The tiled SD upscale (A1111's "SD upscale" / "Ultimate SD upscale" img2img scripts, with named
         fields instead of script_args). Answers like img2img; `parameters` echoes the request, image null."""
         req, model, warnings = parse_request(body, "sd-upscale")
@@ -577,11 +460,12 @@ def build_api(studio: Studio, auth: tuple[str, str] | None = None) -> APIRouter:
         model = model_name(model)
         params = req.model_dump(include=set(SdUpscaleParams.model_fields))
         answer = run_generation(
-            lambda: studio.submit_sd_upscale(params, image, model=model, owner=_client(request)), req, warnings)
+            lambda: studio.submit_sd_upscale(params, image, model=model, owner=client_id(request)), req, warnings)
         answer["parameters"]["image"] = None
         return answer
 
     root = APIRouter()
     root.include_router(api)
     root.include_router(own)
+    root.include_router(build_controlnet_api(studio, deps))
     return root

@@ -1,0 +1,135 @@
+"""What every API route module shares: the error type and its JSON answer, image encoding and decoding,
+and waiting on jobs. Pure Python: no torch import here."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+from typing import Any, Callable
+
+from fastapi import Request
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from PIL import Image, UnidentifiedImageError
+from PIL.PngImagePlugin import PngInfo
+
+from pipelines.jobs import EventKind, QueueFull
+from pipelines.studio import BadRequest
+
+WAIT_S = 3600.0  # longest wait for one job event (model download, very long step); never forever
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, error: str, detail: str):
+        super().__init__(detail)
+        self.status, self.error, self.detail = status, error, detail
+
+    def response(self) -> JSONResponse:
+        return JSONResponse({"error": self.error, "detail": self.detail}, status_code=self.status)
+
+
+class Route(APIRoute):
+    """Turns ApiError into its JSON answer (an APIRouter cannot register exception handlers)."""
+
+    def get_route_handler(self) -> Callable:
+        handler = super().get_route_handler()
+
+        async def run(request: Request):
+            try:
+                return await handler(request)
+            except ApiError as e:
+                return e.response()
+
+        return run
+
+
+def encode_png(image: Any, parameters: str | None = None) -> str:
+    pnginfo = None
+    if parameters:
+        pnginfo = PngInfo()
+        pnginfo.add_text("parameters", parameters)
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", pnginfo=pnginfo)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def decode_image(data: Any, field: str = "image", max_pixels: int | None = None) -> Image.Image:
+    """A base64 image (a data: URL prefix is fine) -> PIL image. 400 naming `field` when it is not one;
+    413 when it has more than `max_pixels` (read from the header, before the pixels are decoded)."""
+    if not isinstance(data, str) or not data.strip():
+        raise ApiError(400, "BadImage", f"{field}: expected a base64-encoded image string")
+    text = data.strip()
+    if text.startswith("data:"):
+        text = text.partition(",")[2]
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise ApiError(400, "BadImage", f"{field}: invalid base64 ({e})") from None
+
+    def too_large(size: str) -> ApiError:
+        limit = f"; the limit is {max_pixels / 1e6:.1f} megapixels" if max_pixels else ""
+        return ApiError(413, "ImageTooLarge", f"{field}: the image is {size}{limit}. Downscale it first.")
+
+    unreadable = ApiError(400, "BadImage", f"{field}: {len(raw)} bytes that are not a readable image "
+                                           "(expected PNG, JPEG or WEBP)")
+    try:
+        image = Image.open(io.BytesIO(raw))
+        if max_pixels and image.width * image.height > max_pixels:
+            raise too_large(f"{image.width}x{image.height}")
+        image.load()
+    except Image.DecompressionBombError:  # beyond PIL's own limit (about 179 megapixels)
+        raise too_large("far too large") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        raise unreadable from None
+    return image
+
+
+def job_error(job: Any) -> ApiError:
+    """Map a failed job to a status: out of memory / bad checkpoint -> 4xx, anything else -> 500."""
+    exc, message = job.exception, job.error or "job failed"
+    if type(exc).__name__ == "OutOfMemory" or "out of memory" in message.lower():
+        return ApiError(422, "OutOfMemory", message)
+    if isinstance(exc, BadRequest):
+        return ApiError(422, "BadRequest", message)
+    if type(exc).__name__ == "AnnotatorMissing":  # preprocessor weights neither on disk nor downloadable
+        return ApiError(424, "AnnotatorMissing", message)
+    if type(exc).__name__ == "LoadError" or job.kind == "load-model":
+        return ApiError(422, "ModelLoadError", message)
+    return ApiError(500, type(exc).__name__ if exc else "JobFailed", message)
+
+
+def wait_job(job: Any) -> list[Any]:
+    """Wait for a job's end; return its events (image events included). Raises ApiError on failure."""
+    events = []
+    try:
+        for ev in job.events(timeout=WAIT_S):
+            events.append(ev)
+    except TimeoutError as e:
+        raise ApiError(504, "Timeout", str(e)) from None
+    if events[-1].kind is EventKind.FAILED:
+        raise job_error(job)
+    return events
+
+
+def client_id(request: Request) -> str:
+    return request.headers.get("x-client-id") or (request.client.host if request.client else "unknown")
+
+
+async def json_body(request: Request) -> Any:
+    raw = await request.body()
+    try:
+        return json.loads(raw or b"null")
+    except ValueError as e:
+        raise ApiError(422, "JSONDecodeError", f"body: malformed JSON ({e})") from None
+
+
+def submit_job(submit: Callable[[], Any]) -> Any:
+    """Call a Studio submit_* function: a full queue answers 429, input it refuses 422 with its reason."""
+    try:
+        return submit()
+    except QueueFull as e:
+        raise ApiError(429, "QueueFull", str(e)) from None
+    except BadRequest as e:
+        raise ApiError(422, "BadRequest", str(e)) from None
