@@ -13,15 +13,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
 import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
-from .discovery import read_header
+from .discovery import read_header, walk_models
 
 log = logging.getLogger("studio.controlnets")
 
@@ -99,18 +98,6 @@ def compatible(cn: ControlNetInfo, checkpoint_family: str) -> bool:
     return not cn.error and (cn.family is None or base not in ("sd15", "sd2", "sdxl") or cn.family == base)
 
 
-def _walk(root: Path) -> Iterator[Path]:
-    """Weight files and diffusers folders (a folder with config.json is not entered); hidden entries skipped."""
-    for dirpath, dirnames, filenames in os.walk(root):
-        here = Path(dirpath)
-        if here != root and "config.json" in filenames:
-            dirnames[:] = []
-            yield here
-        else:
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            yield from (here / f for f in sorted(filenames) if not f.startswith(".") and f.lower().endswith(SUFFIXES))
-
-
 def hub_cached_folder(repo_id: str, hub_cache: Path | None = None) -> Path | None:
     """The cached snapshot folder of a hub ControlNet when its config.json and weights are in the cache."""
     try:
@@ -144,7 +131,7 @@ def _inspect(path: Path | None, hub_id: str | None = None) -> ControlNetInfo:
 def scan(models_dir: Path, hub_ids: Sequence[str] = (), *, hub_cache: Path | None = None) -> list[ControlNetInfo]:
     """Everything under models_dir/ControlNet (recursively) plus the given hub ids, sorted by name."""
     root = Path(models_dir) / "ControlNet"
-    infos = [_inspect(p) for p in _walk(root)] if root.is_dir() else []
+    infos = [_inspect(p) for p in walk_models(root, "config.json", SUFFIXES)] if root.is_dir() else []
     ids = dict.fromkeys(h.strip() for h in hub_ids if h.strip())
     infos += [_inspect(hub_cached_folder(h, hub_cache), h) for h in ids]
     return sorted(infos, key=lambda i: (i.name.lower(), i.name))

@@ -395,17 +395,19 @@ def resolve_model_path(models_dir: Path, name: str) -> Path:
     return target
 
 
-def _walk(root: Path) -> Iterator[Path]:
-    """Checkpoint files and diffusers folders under root (hidden entries skipped, diffusers folders not entered)."""
+def walk_models(root: Path, marker: str = "model_index.json",
+                suffixes: tuple[str, ...] = CHECKPOINT_SUFFIXES) -> Iterator[Path]:
+    """Weight files and diffusers folders (a folder holding `marker`, not entered) under root; hidden entries
+    skipped, sorted."""
     for dirpath, dirnames, filenames in os.walk(root):
         here = Path(dirpath)
-        if here != root and "model_index.json" in filenames:
+        if here != root and marker in filenames:
             dirnames[:] = []
             yield here
             continue
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for fn in sorted(filenames):
-            if not fn.startswith(".") and fn.lower().endswith(CHECKPOINT_SUFFIXES):
+            if not fn.startswith(".") and fn.lower().endswith(suffixes):
                 yield here / fn
 
 
@@ -462,7 +464,7 @@ def scan(models_dir: Path, hub_ids: Sequence[str] = (), *, hub_cache: Path | Non
     """
     root = models_root(models_dir)
     hash_cache = hash_cache if hash_cache is not None else default_hash_cache(models_dir)
-    infos = [_inspect_local(root, p, hash_cache) for p in _walk(root)] if root.is_dir() else []
+    infos = [_inspect_local(root, p, hash_cache) for p in walk_models(root)] if root.is_dir() else []
     infos += [_inspect_hub(h, hub_cache, hash_cache) for h in dict.fromkeys(hub_ids)]
     return sorted(infos, key=lambda i: (i.name.lower(), i.name))
 
