@@ -50,6 +50,24 @@ def _threshold_judge(which: str):
     return judge
 
 
+def _module_judge(value: Any, ctx: HintContext, others: Mapping[str, Any]) -> Band:
+    if canonical_module(value) == "none":
+        return Band("ok", "the image is used as the map: it must already look like one (edges, depth, skeleton)")
+    return Band("best", "the map is detected from the image")
+
+
+def _model_judge(value: Any, ctx: HintContext, others: Mapping[str, Any]) -> Band:
+    from extensions.preprocessors import registry
+
+    if value in (None, "", "None"):
+        return Band("avoid", "no model selected: an enabled unit cannot run")
+    pre = registry().get(canonical_module(others.get("module")))
+    if pre is not None and pre.model_keywords and not any(k in str(value).lower() for k in pre.model_keywords):
+        return Band("caution", f"the name does not say {'/'.join(pre.model_keywords)}: a model expects the map type "
+                               "it was trained on")
+    return Band("best", "made for this map type")
+
+
 _THRESHOLD_BANDS: dict[tuple[str, str], tuple[Band, ...]] = {
     ("canny", "a"): (
         Band("caution", "very low: texture and noise become edges, the map gets busy", 1, 49),
@@ -93,15 +111,16 @@ CONTROL_PARAMS: dict[str, ParamSpec] = {
             "Turns the control image into a map: canny (edges), depth_midas (depth), normal_bae/normal_midas "
             "(surface normals), openpose* (body skeleton, with hands/face). 'none' for a ready-made map such as an "
             "edited OpenPose skeleton.",
-            (Band("best", "a map the model was trained on"),), choices=module_names, group="controlnet",
-            modes=_UNIT,
+            (Band("best", "the map is detected from the image"), Band("ok", "'none': the image already is a map")),
+            judge=_module_judge, choices=module_names, group="controlnet", modes=_UNIT,
         ),
         ParamSpec(
             "model", "Model", "choice", "None",
             "ControlNet checkpoint from models/ControlNet, matching the preprocessor (a canny model for canny "
             "maps) and the checkpoint's family (SD 1.x or SDXL).",
-            (Band("best", "a model trained for this map type and family"),), group="controlnet", modes=_UNIT,
-            extra={"open": True},
+            (Band("best", "a model trained for this map type and family"),
+             Band("caution", "a model for another map type"), Band("avoid", "no model")),
+            judge=_model_judge, group="controlnet", modes=_UNIT, extra={"open": True},
         ),
         ParamSpec(
             "weight", "Control weight", "float", 1.0,

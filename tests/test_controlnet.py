@@ -185,3 +185,20 @@ def test_changing_units_loads_each_controlnet_once_and_never_reloads_the_checkpo
     assert not any("tiny-sd15@" in k for k in loads), loads  # the checkpoint's components stayed cached
     assert [k for k in loads if k.startswith("controlnet::")] == [k for k in loads if "openpose" in k]
     assert len(loads) <= 1 and any(k.startswith("controlnet::tiny_sd15_openpose") for k in manager.cached())
+
+
+def test_unit_hints_depend_on_the_preprocessor():
+    from pipelines.control_params import CONTROL_PARAMS as C
+    from pipelines.spec import HintContext
+
+    ctx = HintContext()
+    assert C["model"].hint("None", ctx, {"module": "canny"}).verdict == "avoid"
+    assert C["model"].hint("control_v11p_sd15_openpose [x]", ctx, {"module": "canny"}).verdict == "caution"
+    assert C["model"].hint("control_v11p_sd15_canny [x]", ctx, {"module": "canny"}).verdict == "best"
+    assert C["threshold_a"].hint(30, ctx, {"module": "canny"}).verdict == "caution"
+    assert C["threshold_a"].hint(100, ctx, {"module": "canny"}).verdict == "best"
+    assert C["threshold_a"].hint(0.9, ctx, {"module": "normal_midas"}).verdict == "caution"
+    assert C["weight"].hint(1.8, ctx).verdict == "avoid" and C["weight"].hint(1.0, ctx).verdict == "best"
+    assert C["guidance_end"].hint(0.3, ctx).verdict == "caution"
+    sdxl = HintContext(family="sdxl", native=1024)
+    assert C["processor_res"].hint(512, ctx).verdict == "best" and C["processor_res"].hint(512, sdxl).verdict == "ok"
