@@ -308,11 +308,11 @@ def parse_unit_infotext(text: str) -> dict[str, Any]:
     return out
 
 
-def units_from_infotext(extra: Mapping[str, str]) -> list[dict[str, Any]]:
-    """All "ControlNet N" entries of a parsed infotext's `extra`, in unit order."""
-    found = []
+def units_from_infotext(extra: Mapping[str, str]) -> dict[int, dict[str, Any]]:
+    """Unit number -> unit dict of every "ControlNet N" entry of a parsed infotext's `extra`, in unit order."""
+    found = {}
     for key, value in extra.items():
-        m = _UNIT_KEY.match(key)
+        m = _UNIT_KEY.match(str(key))
         if m:
-            found.append((int(m.group(1) or 0), parse_unit_infotext(value)))
-    return [u for _, u in sorted(found)]
+            found[int(m.group(1) or 0)] = parse_unit_infotext(value)
+    return dict(sorted(found.items()))

@@ -59,7 +59,7 @@ class GenerationResult:
     model: str = ""
     skipped: int = 0
     warnings: list[str] = field(default_factory=list)
-    control_maps: list[Image.Image] = field(default_factory=list)  # maps the preprocessors made, in unit order
+    control_maps: dict[int, Image.Image] = field(default_factory=dict)  # unit number -> map its preprocessor made
 
     def add(self, image: Image.Image, path: Path, seed: int, subseed: int, text: str) -> None:
         self.images.append(image)
@@ -258,7 +258,7 @@ class Engine:
         infos = plan.control.infotext()
         for unit, fitted in zip(plan.control.units, plan.control.maps):
             if unit.unit.module != "none":  # a ready-made map is the user's own file
-                result.control_maps.append(fitted)
+                result.control_maps[unit.request.index] = fitted
                 key = f"ControlNet {unit.request.index}"
                 self.writer.save(fitted, f"{key} map: {infos[key]}", plan.mode, seed,
                                  suffix=f"-controlnet-{unit.request.index}")

@@ -300,17 +300,47 @@ def changed_pixels(a: Image.Image, b: Image.Image) -> np.ndarray:
 # -- ControlNet maps -------------------------------------------------------------------------------
 def fit_control_map(image: Image.Image, width: int, height: int, mode: str) -> Image.Image:
     """Fit a control map to the generation size: "Just resize" stretches, "Crop and resize" covers and crops,
-    "Resize and fill" fits inside and pads with the map's median border colour (black for edge and pose maps)."""
+    "Resize and fill" fits inside and pads with the map's median border colour (black for edge and pose maps).
+
+    Maps are resized the way their content needs: black/white maps (canny edges) are re-binarised after the
+    resize so thin edges stay crisp instead of fading to grey; maps of few flat colours (skeletons) use nearest
+    neighbour; continuous maps (depth, normals) use Lanczos."""
     im = to_rgb(image)
-    if mode != "Resize and fill":
-        return resize_image(im, width, height, "Just resize" if mode == "Just resize" else "Crop and resize")
-    k = min(width / im.width, height / im.height)
-    inner = im.resize((max(1, round(im.width * k)), max(1, round(im.height * k))), LANCZOS)
     a = np.asarray(im)
+    colours = np.unique(a.reshape(-1, 3)[:: max(1, a.size // 3 // 65536)], axis=0)  # sampled on big maps
+    binary = len(colours) == 2 and a.min() < 16 and a.max() > 240
+    resample = Image.Resampling.NEAREST if 2 < len(colours) < 200 else LANCZOS
+
+    def resized(w: int, h: int) -> Image.Image:
+        if not binary:
+            return im.resize((w, h), resample)
+        grey = np.asarray(im.convert("L").resize((w, h), Image.Resampling.BOX if w * h < im.width * im.height
+                                                  else LANCZOS), dtype=np.float32)
+        return Image.fromarray(np.where(grey > _otsu(grey), 255, 0).astype(np.uint8)).convert("RGB")
+
+    if mode == "Just resize":
+        return resized(width, height)
+    k = (max if mode != "Resize and fill" else min)(width / im.width, height / im.height)
+    inner = resized(max(1, round(im.width * k)), max(1, round(im.height * k)))
+    left, top = (width - inner.width) // 2, (height - inner.height) // 2
+    if mode != "Resize and fill":
+        return inner.crop((-left, -top, -left + width, -top + height))
     border = np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])
     out = Image.new("RGB", (width, height), tuple(int(v) for v in np.median(border, axis=0)))
-    out.paste(inner, ((width - inner.width) // 2, (height - inner.height) // 2))
+    out.paste(inner, (left, top))
     return out
+
+
+def _otsu(grey: np.ndarray) -> float:
+    """Otsu's threshold of a greyscale array (the level that best splits it into two classes)."""
+    hist = np.bincount(grey.clip(0, 255).astype(np.uint8).ravel(), minlength=256).astype(np.float64)
+    levels = np.arange(256)
+    w0 = np.cumsum(hist)
+    w1 = w0[-1] - w0
+    m0 = np.cumsum(hist * levels)
+    mu0 = m0 / np.maximum(w0, 1)
+    mu1 = (m0[-1] - m0) / np.maximum(w1, 1)
+    return float(np.argmax(w0 * w1 * (mu0 - mu1) ** 2))
 
 
 def pixel_perfect_resolution(image_size: tuple[int, int], width: int, height: int, mode: str) -> int:

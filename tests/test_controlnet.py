@@ -68,7 +68,7 @@ def test_weight_zero_is_the_image_without_a_unit_and_weight_one_changes_it(world
 
 def test_the_canny_map_has_edges_where_the_shape_is_and_is_saved(world, cn):
     result = run(world, Txt2ImgParams(**BASE), controls=[unit(cn, processor_res=64)])
-    (m,) = result.control_maps
+    (m,) = result.control_maps.values()
     a = np.asarray(m.convert("L"))
     assert m.size == (64, 64)
     edges = np.argwhere(a > 127)
@@ -101,8 +101,8 @@ def test_guidance_window_and_several_units_reach_the_pipeline(world, cn, monkeyp
     assert seen["modes"] == ["Balanced", "My prompt is more important"]
     text = parse_infotext(result.infotexts[0])
     restored = units_from_infotext(text["extra"])
-    assert [u["weight"] for u in restored] == [0.8, 0.6]
-    assert restored[1]["control_mode"] == "My prompt is more important" and restored[1]["guidance_start"] == 0.5
+    assert list(restored) == [0, 2] and [u["weight"] for u in restored.values()] == [0.8, 0.6]
+    assert restored[2]["control_mode"] == "My prompt is more important" and restored[2]["guidance_start"] == 0.5
     assert ControlUnit.model_validate({k: v for k, v in restored[0].items() if k != "model"}).module == "canny"
 
 

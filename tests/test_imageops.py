@@ -269,3 +269,23 @@ def test_changed_pixels():
     assert diff.shape == (3, 4) and diff.sum() == 1 and diff[1, 2]
     with pytest.raises(ValueError):
         io.changed_pixels(a, Image.new("RGB", (3, 3)))
+
+
+def test_fit_control_map_keeps_thin_edges_crisp_and_pads_with_the_border_colour():
+    from PIL import ImageDraw
+
+    from pipelines.imageops import fit_control_map
+
+    edges = Image.new("RGB", (512, 512))
+    ImageDraw.Draw(edges).ellipse([128, 128, 384, 384], outline="white", width=1)  # a 1-px canny-like line
+    small = np.asarray(fit_control_map(edges, 64, 64, "Crop and resize"))
+    assert set(np.unique(small)) == {0, 255}  # still black and white, not faded to grey
+    ys, xs = np.nonzero(small[..., 0])
+    radius = np.hypot(ys - 31.5, xs - 31.5)
+    assert len(ys) > 60 and np.all(np.abs(radius - 16) < 2.5)  # on the circle
+    wide = np.asarray(fit_control_map(edges, 96, 64, "Resize and fill"))
+    assert wide.shape == (64, 96, 3) and wide[:, :10].max() == 0  # padded with the (black) border colour
+    depth = Image.linear_gradient("L").convert("RGB")  # continuous map: smooth resize, many levels kept
+    assert len(np.unique(np.asarray(fit_control_map(depth, 64, 64, "Just resize")))) > 50
+    grey = Image.new("RGB", (64, 32), (90, 90, 90))
+    assert np.asarray(fit_control_map(grey, 64, 64, "Resize and fill"))[0, 0].tolist() == [90, 90, 90]

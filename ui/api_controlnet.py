@@ -90,7 +90,7 @@ def _unit(raw: dict[str, Any], i: int, warnings: list[str]) -> dict[str, Any]:
 
 def detected_maps(result: Any) -> list[Any]:
     """Maps of the units whose preprocessor ran (not "none"), appended to the answer's images."""
-    return list(getattr(result, "control_maps", []) or [])
+    return list((getattr(result, "control_maps", None) or {}).values())
 
 
 def build_controlnet_api(studio: Studio, deps: list[Any]) -> APIRouter:

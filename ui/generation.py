@@ -36,6 +36,7 @@ CSS = """
 .gen-message {padding:8px 12px; border-radius:6px; background:#fef2f2; color:#991b1b; border:1px solid #fecaca;
   font-size:13.5px;}
 .gen-message.warning {background:#fffbeb; color:#92400e; border-color:#fde68a;}
+.gen-message.info {background:#eff6ff; color:#1e40af; border-color:#bfdbfe;}
 .gen-seed-buttons {align-self:flex-start; margin-top:60px; gap:6px;}
 .gen-seed-buttons button {min-width:42px; padding:4px 8px;}
 .gen-send {gap:8px;}
@@ -52,8 +53,10 @@ def progress_html(text: str, fraction: float | None = None, state: str = "") -> 
 
 
 def message_html(text: str, kind: str = "error") -> Any:
-    """The message area under Generate: an error (red) or the engine's warnings (amber); hidden when empty."""
-    return gr.HTML(f'<div class="gen-message {kind}" data-kind="{kind}">⚠️ {html.escape(text)}</div>',
+    """The message area under Generate: an error (red), the engine's warnings (amber) or progress notes (blue,
+    kind "info"); hidden when empty."""
+    icon = "⏳" if kind == "info" else "⚠️"
+    return gr.HTML(f'<div class="gen-message {kind}" data-kind="{kind}">{icon} {html.escape(text)}</div>',
                    visible=bool(text))
 
 
@@ -213,8 +216,10 @@ def build_output(prefix: str) -> Output:
 
 # -- the streaming loop -------------------------------------------------------------------------------
 
-def stream_job(studio: Studio, job: Job, out: Output, message: gr.HTML, status: gr.Markdown) -> Iterator[dict]:
-    """Each JobEvent of `job` as a dict of UI updates (the one copy of this loop; every tab uses it)."""
+def stream_job(studio: Studio, job: Job, out: Output, message: gr.HTML, status: gr.Markdown,
+               on_finished: Callable[[Any], dict] | None = None) -> Iterator[dict]:
+    """Each JobEvent of `job` as a dict of UI updates (the one copy of this loop; every tab uses it).
+    `on_finished(result)` adds the tab's own updates when the job finishes (e.g. the ControlNet maps used)."""
     done: list[dict] = []
     t0 = time.perf_counter()
     yield {out.job: job, out.results: [], out.selected: None, message: message_html(""), out.gallery: [],
@@ -236,7 +241,7 @@ def stream_job(studio: Studio, job: Job, out: Output, message: gr.HTML, status: 
                    out.saved: f"Saved: `{done[-1].get('path', '')}`"}
         else:  # terminal
             secs = time.perf_counter() - t0
-            note = message_html("")
+            note, extra = message_html(""), {}
             if ev.kind is EventKind.FINISHED:
                 skipped = getattr(ev.result, "skipped", 0)
                 text, state = f"Done: {len(done)} image(s) in {secs:.1f} s" + (
@@ -246,6 +251,8 @@ def stream_job(studio: Studio, job: Job, out: Output, message: gr.HTML, status: 
                     gr.Warning(w)
                 if warnings:
                     note = message_html(" · ".join(warnings), "warning")
+                if on_finished is not None:
+                    extra = on_finished(ev.result)
             elif ev.kind is EventKind.CANCELLED:
                 text, state = f"Interrupted after {secs:.1f} s: {len(done)} image(s) kept", "failed"
             else:
@@ -253,15 +260,18 @@ def stream_job(studio: Studio, job: Job, out: Output, message: gr.HTML, status: 
                 text, state = f"Failed after {secs:.1f} s: {len(done)} image(s) kept", "failed"
                 note = message_html(ev.message or "generation failed")
             yield {out.job: None, out.progress: progress_html(text, 1, state), out.preview: gr.Image(visible=False),
-                   message: note, status: status_text(studio)}
+                   message: note, status: status_text(studio), **extra}
 
 
 def wire_generation(studio: Studio, actions: Actions, out: Output, status: gr.Markdown,
-                    inputs: Sequence[gr.components.Component], submit: Callable[..., Job]) -> None:
-    """Generate -> `submit(request, *input values)` -> streamed job; Interrupt/Skip; gallery selection."""
+                    inputs: Sequence[gr.components.Component], submit: Callable[..., Job], *,
+                    on_finished: Callable[[Any], dict] | None = None,
+                    finished_outputs: Sequence[gr.components.Component] = ()) -> None:
+    """Generate -> `submit(request, *input values)` -> streamed job; Interrupt/Skip; gallery selection.
+    `on_finished(result)` returns updates of `finished_outputs` for a finished job."""
     message = actions.message
     outputs = [out.job, out.results, out.selected, message, out.progress, out.preview, out.gallery, out.info,
-               out.saved, status]
+               out.saved, status, *finished_outputs]
 
     def run(request: gr.Request, *values: Any) -> Iterator[dict]:
         try:
@@ -270,7 +280,7 @@ def wire_generation(studio: Studio, actions: Actions, out: Output, status: gr.Ma
             gr.Warning(str(e))
             yield {message: message_html(str(e)), out.progress: progress_html("Not started: fix the problem above.")}
             return
-        yield from stream_job(studio, job, out, message, status)
+        yield from stream_job(studio, job, out, message, status, on_finished)
 
     actions.generate.click(run, list(inputs), outputs, show_progress="hidden", concurrency_limit=None,
                            api_visibility="private")

@@ -25,6 +25,7 @@ from pipelines import imageops
 from pipelines.jobs import Job
 from pipelines.params import INPAINT_FIELDS, PARAMS, TXT2IMG_FIELDS
 from pipelines.studio import MAX_INPUT_PIXELS, BadRequest, Studio
+from ui.controlnet_panel import ControlPanel, build_controlnet
 from ui.generation import (Output, build_actions, build_output, image_input, message_html, open_image,
                            seed_buttons, to_request, wire_generation, wire_seed_buttons)
 from ui.topbar import current_name, hint_context
@@ -75,6 +76,13 @@ def editor_image_and_mask(value: Mapping[str, Any] | None) -> tuple[Image.Image 
     return image, mask.point(lambda v: 255 if v else 0)
 
 
+def mode_input(m: str, img: Any, ed: Any, up_img: Any) -> Image.Image | None:
+    """The input image of sub-tab `m` (what a ControlNet unit without an image of its own uses)."""
+    if m == "inpaint":
+        return editor_image_and_mask(ed)[0]
+    return open_image(up_img if m == "inpaint_upload" else img)
+
+
 def upload_box(label: str, elem_id: str, height: int) -> gr.Image:
     """An upload/paste image input passing the file's path (no conversion; unreadable files reach the handler)."""
     return image_input(label=label, type="filepath", image_mode=None, sources=["upload", "clipboard"], height=height,
@@ -99,6 +107,7 @@ class Img2Img:
     upload_mask: gr.Image
     modes: gr.Tabs
     output: Output
+    controlnet: ControlPanel
     receive_inputs: list[gr.components.Component]  # checkpoint, sizes, fields: what `receive` reads after its 3 args
     receive_outputs: list[gr.components.Component]  # every component `receive` may update
     receive: Callable[..., dict]  # receive("img2img"|"inpaint", image path, parsed infotext, *receive_inputs values)
@@ -171,6 +180,9 @@ def build_img2img(studio: Studio, checkpoint: gr.Dropdown, status: gr.Markdown) 
             with gr.Row():
                 add("seed", scale=5)
                 random_seed, reuse_seed = seed_buttons("img2img")
+            mode = gr.State("img2img")  # the selected sub-tab
+            controlnet = build_controlnet(studio, "img2img", checkpoint, img2img=True,
+                                          source_inputs=[mode, image, editor, upload_image], source_of=mode_input)
             with gr.Accordion("Advanced", open=False, elem_id="img2img-advanced"):
                 for name in [n for n in ("clip_skip", *INPAINT_FIELDS) if n not in w]:
                     add(name)  # clip skip, then any parameter added to the specs later
@@ -181,7 +193,6 @@ def build_img2img(studio: Studio, checkpoint: gr.Dropdown, status: gr.Markdown) 
     fields = {n: w[n].input for n in names}
     w = {n: w[n] for n in names}  # spec order: rejudge_all takes and returns values in this order
     hints = [w[n].hint for n in names]
-    mode = gr.State("img2img")  # the selected sub-tab
     sizes = gr.State({})  # sub-tab -> [width, height] of its input image
     message = actions.message
 
@@ -276,7 +287,8 @@ def build_img2img(studio: Studio, checkpoint: gr.Dropdown, status: gr.Markdown) 
     # -- generation -------------------------------------------------------------------------------
     def submit(request: gr.Request, name: str, m: str, img: Any, ed: Any, up_img: Any, up_mask: Any, choice: str,
                *values: Any) -> Job:
-        data = to_request(dict(zip(names, values)))
+        data = to_request(dict(zip(names, values[:len(names)])))
+        data["controlnet"] = controlnet.units(values[len(names):])
         if choice != RESIZE_BY:
             data["scale_by"] = None
         if m == "img2img":
@@ -295,8 +307,8 @@ def build_img2img(studio: Studio, checkpoint: gr.Dropdown, status: gr.Markdown) 
                                      owner=request.session_hash if request else None)
 
     wire_generation(studio, actions, out, status,
-                    [checkpoint, mode, image, editor, upload_image, upload_mask, resize_choice, *fields.values()],
-                    submit)
+                    [checkpoint, mode, image, editor, upload_image, upload_mask, resize_choice, *fields.values(),
+                     *controlnet.inputs], submit, on_finished=controlnet.show_maps, finished_outputs=controlnet.maps)
     wire_seed_buttons(random_seed, reuse_seed, fields["seed"], out)
 
     # -- receiving an image and its parameters (send-to buttons) ----------------------------------------
@@ -334,6 +346,7 @@ def build_img2img(studio: Studio, checkpoint: gr.Dropdown, status: gr.Markdown) 
             size_row: gr.Row(visible=True), scale_row: gr.Row(visible=False), note: size_note(size, 1.0),
             message: message_html(""),
             **dict(zip(hints, rejudge_all(*[vals[n] for n in names], name, target))),
+            **controlnet.restore(parsed, name),
         })
         if target == "inpaint":
             updates[editor] = {"background": path, "layers": [], "composite": path}
@@ -343,6 +356,6 @@ def build_img2img(studio: Studio, checkpoint: gr.Dropdown, status: gr.Markdown) 
 
     receive_inputs = [checkpoint, sizes, *fields.values()]
     receive_outputs = [image, editor, mode, modes, inpaint_group, sizes, resize_choice, size_row, scale_row, note,
-                       message, *fields.values(), *hints]
-    return Img2Img(w, fields, image, editor, upload_image, upload_mask, modes, out, receive_inputs,
+                       message, *fields.values(), *hints, *controlnet.restore_outputs]
+    return Img2Img(w, fields, image, editor, upload_image, upload_mask, modes, out, controlnet, receive_inputs,
                    receive_outputs, receive)

@@ -9,7 +9,7 @@ import gradio as gr
 
 from pipelines.infotext import parse_infotext
 from pipelines.studio import Studio
-from ui import generation, img2img_tab, txt2img_tab, widgets
+from ui import controlnet_panel, generation, img2img_tab, txt2img_tab, widgets
 from ui.generation import Output, picked
 from ui.img2img_tab import Img2Img, build_img2img
 from ui.params_tab import build_params
@@ -18,7 +18,9 @@ from ui.topbar import build_topbar
 from ui.txt2img_tab import build_txt2img
 from ui.upscale_tab import Upscale, build_upscale
 
-CSS = "\n".join([widgets.CSS, generation.CSS, txt2img_tab.CSS, img2img_tab.CSS, """
+QUEUED = {**widgets.QUIET, "queue": True}  # the send-to handlers may toast (gr.Warning/gr.Info need the queue)
+
+CSS = "\n".join([widgets.CSS, generation.CSS, txt2img_tab.CSS, img2img_tab.CSS, controlnet_panel.CSS, """
 .gradio-container {max-width: 1560px !important; overflow: clip !important;}  /* clip, not hidden: sticky works */
 #status-line {font-size: 13px; color: var(--body-text-color-subdued); align-self: center;}
 """])
@@ -37,26 +39,24 @@ def wire_send_to(i2i: Img2Img, tabs: gr.Tabs, outputs: list[Output], pnginfo: An
             r = picked(results, selected)
             if r is None:
                 gr.Warning("Generate an image first: the selected (or last) image is sent.")
-                return {}
+                return gr.skip()
             return send(target, r["path"], parse_infotext(r.get("infotext", "")), values)
         return handler
 
     for out in outputs:
         for target, button in (("img2img", out.send_img2img), ("inpaint", out.send_inpaint)):
-            button.click(from_gallery(target), [out.results, out.selected, *i2i.receive_inputs], targets,
-                         **widgets.QUIET)
+            button.click(from_gallery(target), [out.results, out.selected, *i2i.receive_inputs], targets, **QUEUED)
 
     def from_pnginfo(target: str) -> Callable[..., dict]:
         def handler(path: str | None, parsed: dict, *values: Any) -> dict:
             if not path or not isinstance(path, str) or isinstance(path, generation.NotAnImage):
                 gr.Warning("Load an image first.")
-                return {}
+                return gr.skip()
             return send(target, path, parsed or {}, values)
         return handler
 
     for target, button in (("img2img", pnginfo.send_img2img), ("inpaint", pnginfo.send_inpaint)):
-        button.click(from_pnginfo(target), [pnginfo.image, pnginfo.parsed, *i2i.receive_inputs], targets,
-                     **widgets.QUIET)
+        button.click(from_pnginfo(target), [pnginfo.image, pnginfo.parsed, *i2i.receive_inputs], targets, **QUEUED)
 
 
 def wire_send_to_upscale(up: Upscale, tabs: gr.Tabs, outputs: list[Output]) -> None:
@@ -66,11 +66,11 @@ def wire_send_to_upscale(up: Upscale, tabs: gr.Tabs, outputs: list[Output]) -> N
         r = picked(results, selected)
         if r is None:
             gr.Warning("Generate an image first: the selected (or last) image is sent.")
-            return {}
+            return gr.skip()
         return {up.image: r["path"], tabs: gr.Tabs(selected="upscale")}
 
     for out in outputs:
-        out.send_upscale.click(handler, [out.results, out.selected], [up.image, tabs], **widgets.QUIET)
+        out.send_upscale.click(handler, [out.results, out.selected], [up.image, tabs], **QUEUED)
 
 
 def build_ui(studio: Studio) -> gr.Blocks:
@@ -90,8 +90,12 @@ def build_ui(studio: Studio) -> gr.Blocks:
             with gr.Tab("Parameters", id="params", elem_id="tab-params"):
                 build_params(studio, top.checkpoint)
 
-        png.send.click(lambda parsed: [*txt2img_values(parsed), gr.Tabs(selected="txt2img")], png.parsed,
-                       [*t2i.fields.values(), tabs], queue=False, api_visibility="private")
+        def send_txt2img(parsed: dict, name: str) -> dict:  # parameters and ControlNet units (not images)
+            return {**dict(zip(t2i.fields.values(), txt2img_values(parsed))),
+                    **t2i.controlnet.restore(parsed or {}, name), tabs: gr.Tabs(selected="txt2img")}
+
+        png.send.click(send_txt2img, [png.parsed, top.checkpoint],
+                       [*t2i.fields.values(), *t2i.controlnet.restore_outputs, tabs], **QUEUED)
         wire_send_to(i2i, tabs, [t2i.output, i2i.output, up.output], png)
         wire_send_to_upscale(up, tabs, [t2i.output, i2i.output, up.output])
         demo.load(top.on_load, outputs=[top.checkpoint, top.status], queue=False, api_visibility="private")

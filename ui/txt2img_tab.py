@@ -15,6 +15,7 @@ import gradio as gr
 from pipelines.jobs import Job
 from pipelines.params import LATENT_UPSCALERS, TXT2IMG_FIELDS
 from pipelines.studio import Studio
+from ui.controlnet_panel import ControlPanel, build_controlnet
 from ui.generation import (Output, build_actions, build_output, seed_buttons, to_request, wire_generation,
                            wire_seed_buttons)
 from ui.topbar import current_name, hint_context
@@ -28,6 +29,7 @@ class Txt2Img:
     widgets: dict[str, ParamWidget]
     fields: dict[str, gr.components.Component]  # TXT2IMG field name -> input (for "send to txt2img")
     output: Output
+    controlnet: ControlPanel
 
     @property
     def gallery(self) -> gr.Gallery:
@@ -86,6 +88,7 @@ def build_txt2img(studio: Studio, checkpoint: gr.Dropdown, status: gr.Markdown) 
                 add("hr_prompt")
                 add("hr_negative_prompt")
                 add("hr_keep_first_pass")
+            controlnet = build_controlnet(studio, "txt2img", checkpoint)
             with gr.Accordion("Advanced", open=False, elem_id="txt2img-advanced"):
                 for name in [n for n in ("clip_skip", *TXT2IMG_FIELDS) if n not in w]:
                     add(name)  # clip skip, then any parameter added to the specs later
@@ -111,9 +114,12 @@ def build_txt2img(studio: Studio, checkpoint: gr.Dropdown, status: gr.Markdown) 
 
     # -- generation -------------------------------------------------------------------------------
     def submit(request: gr.Request, name: str, *values: Any) -> Job:
-        params = studio.parse_txt2img(to_request(dict(zip(names, values))))
+        data = to_request(dict(zip(names, values[:len(names)])))
+        data["controlnet"] = controlnet.units(values[len(names):])
+        params = studio.parse_txt2img(data)
         return studio.submit_txt2img(params, model=name or None, owner=request.session_hash if request else None)
 
-    wire_generation(studio, actions, out, status, [checkpoint, *fields.values()], submit)
+    wire_generation(studio, actions, out, status, [checkpoint, *fields.values(), *controlnet.inputs], submit,
+                    on_finished=controlnet.show_maps, finished_outputs=controlnet.maps)
     wire_seed_buttons(random_seed, reuse_seed, fields["seed"], out)
-    return Txt2Img(w, fields, out)
+    return Txt2Img(w, fields, out, controlnet)

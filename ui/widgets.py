@@ -80,15 +80,16 @@ class ParamWidget:
     hint: gr.HTML
 
 
-def param_widget(name: str, ctx: HintContext, prefix: str, *, scale: int = 1, min_width: int = 160,
+def param_widget(name: str | ParamSpec, ctx: HintContext, prefix: str, *, scale: int = 1, min_width: int = 160,
                  **kw: Any) -> ParamWidget:
     """Input plus its verdict badge, stacked. Call inside the layout block where it should appear.
 
+    `name`: a PARAMS name, or a ParamSpec of another table (e.g. a ControlNet unit's CONTROL_PARAMS).
     elem_ids: `{prefix}-{name}` for the input and `{prefix}-{name}-hint` for the badge (`_` -> `-`).
     `value=` overrides the spec's default as the initial value (e.g. a nullable field shown with a number).
     """
-    spec = PARAMS[name]
-    eid = f"{prefix}-{name.replace('_', '-')}"
+    spec = PARAMS[name] if isinstance(name, str) else name
+    eid = f"{prefix}-{spec.name.replace('_', '-')}"
     value = kw.pop("value") if "value" in kw else initial_value(spec, ctx)
     with gr.Column(elem_classes="param-block", scale=scale, min_width=min_width):
         comp = make_input(spec, ctx, eid, value=value, **kw)
@@ -106,17 +107,18 @@ def judge_all(widgets: Mapping[str, ParamWidget], names: Sequence[str], values: 
 
 def bind_hints(widgets: Mapping[str, ParamWidget],
                ctx_input: gr.components.Component | Sequence[gr.components.Component],
-               ctx_of: Callable[..., HintContext]) -> Callable[..., list[str]]:
+               ctx_of: Callable[..., HintContext],
+               linked: Mapping[str, Sequence[str]] = LINKED) -> Callable[..., list[str]]:
     """Re-judge a field on each change (with its linked fields); returns `rejudge_all(*values, *ctx_values)`,
     which takes the values and returns the badges in the order of `widgets`.
 
     `ctx_input` is the component (or list of components, e.g. checkpoint and mode) whose values `ctx_of`
-    turns into the HintContext.
+    turns into the HintContext. `linked`: field -> fields judged with it (default: the generation sizes).
     """
     ctx_inputs = list(ctx_input) if isinstance(ctx_input, (list, tuple)) else [ctx_input]
     k = len(ctx_inputs)
     for name, w in widgets.items():
-        group = [name, *[n for n in LINKED.get(name, ()) if n in widgets]]
+        group = [name, *[n for n in linked.get(name, ()) if n in widgets]]
 
         def rejudge(*args: Any, _group: list[str] = group) -> list[str]:
             return judge_all(widgets, _group, args[:-k], ctx_of(*args[-k:]))
