@@ -54,17 +54,23 @@ class ControlStack(MultiControlNetModel):
     per unit: "My prompt is more important" weights the residuals softly (shallow layers least);
     "ControlNet is more important" does that and also keeps the control out of the unconditional half of the
     CFG batch. `soft` applies the soft weights to every unit (A1111 does so in the hires pass).
-    Units whose scale is 0 at a step (outside their guidance window) are not run at all."""
+    Units whose scale is 0 at a step (outside their guidance window) are not run at all; when no unit is active,
+    zero residuals of the shapes seen before stand in (only before any unit ran is one run at scale 0)."""
 
     def __init__(self, nets: list[Any], modes: list[str], *, cfg: bool, soft: bool = False):
         super().__init__(nets)
         self.modes, self.cfg, self.soft = list(modes), cfg, soft
+        self._shapes: tuple[list[torch.Size], torch.Size] | None = None  # residual shapes of the last run
 
     def forward(self, sample: torch.Tensor, timestep: Any, encoder_hidden_states: torch.Tensor,
                 controlnet_cond: list[torch.Tensor], conditioning_scale: list[float], class_labels: Any = None,
                 timestep_cond: Any = None, attention_mask: Any = None, added_cond_kwargs: Any = None,
                 cross_attention_kwargs: Any = None, guess_mode: bool = False, return_dict: bool = True) -> Any:
-        active = [i for i, s in enumerate(conditioning_scale) if s != 0] or [0]  # one unit keeps the shapes
+        active = [i for i, s in enumerate(conditioning_scale) if s != 0]
+        if not active and self._shapes is not None and self._shapes[1][0] == sample.shape[0]:
+            like = dict(device=sample.device, dtype=sample.dtype)
+            return [torch.zeros(s, **like) for s in self._shapes[0]], torch.zeros(self._shapes[1], **like)
+        active = active or [0]  # nothing seen yet: one unit at scale 0 gives the shapes
         down_sum: list[torch.Tensor] | None = None
         mid_sum: torch.Tensor | None = None
         for i in active:
@@ -87,6 +93,7 @@ class ControlStack(MultiControlNetModel):
                 mid = mid * keep
             down_sum = down if down_sum is None else [a + b for a, b in zip(down_sum, down)]
             mid_sum = mid if mid_sum is None else mid_sum + mid
+        self._shapes = ([d.shape for d in down_sum], mid_sum.shape)
         return down_sum, mid_sum
 
 

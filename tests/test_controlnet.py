@@ -202,3 +202,23 @@ def test_unit_hints_depend_on_the_preprocessor():
     assert C["guidance_end"].hint(0.3, ctx).verdict == "caution"
     sdxl = HintContext(family="sdxl", native=1024)
     assert C["processor_res"].hint(512, ctx).verdict == "best" and C["processor_res"].hint(512, sdxl).verdict == "ok"
+
+
+def test_a_unit_outside_its_window_is_not_run(world, cn, monkeypatch):
+    from diffusers import ControlNetModel
+
+    calls = []
+    original = ControlNetModel.forward
+
+    def count(self, *args, **kwargs):
+        calls.append(kwargs.get("conditioning_scale"))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(ControlNetModel, "forward", count)
+    params = Txt2ImgParams(**{**BASE, "steps": 4})
+    ended = run(world, params, controls=[unit(cn, guidance_end=0.5)])
+    assert len(calls) == 2  # steps 3 and 4 use zero residuals without running the net
+    calls.clear()
+    late = run(world, params, controls=[unit(cn, guidance_start=0.5)])
+    assert calls == [0.0, 1.0, 1.0]  # before it ever ran, one run at scale 0 gives the residual shapes
+    assert not np.array_equal(pixels(ended), pixels(late))  # the windows steer different steps
