@@ -216,7 +216,7 @@ class Engine:
             p["model_hash"] = info.short_hash
             extra_info = {**plan.infotext_extra(p), **(plan.control.infotext() if plan.control else {}),
                           "Version": VERSION}
-            self._save_maps(plan, p, result, seed)
+            self._save_maps(plan, result, seed)
             # 3. Encode prompt and negative prompt once: emphasis, 75-token chunks, clip skip.
             embeds = self.encode(comps, p["prompt"], p["negative_prompt"], p["clip_skip"])
             steps = plan.steps(p)
@@ -251,7 +251,7 @@ class Engine:
                               label=f"image {len(result.images)}/{total_images}")
         return result
 
-    def _save_maps(self, plan: "Plan", p: dict, result: GenerationResult, seed: int) -> None:
+    def _save_maps(self, plan: "Plan", result: GenerationResult, seed: int) -> None:
         """Save each detected ControlNet map (as fitted to the image) beside the output, once per job."""
         if plan.control is None:
             return
