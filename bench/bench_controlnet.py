@@ -15,8 +15,8 @@ every --preview-every steps as the app's default) and the PNG writes. Plain: a
 `StableDiffusionControlNetPipeline` (with a `MultiControlNetModel` for two units) built once over the app's
 own cached UNet / VAE / text encoder and the app's own loaded `ControlNetModel`s, same size, steps, CFG,
 sampler (Euler), weights and guidance windows. Plain diffusers runs every ControlNet at every step (a net
-outside its window runs with scale 0); the app's `ControlStack` skips a net whose scale is 0 at a step as
-long as another unit is active (a single unit is always run, to keep the residual shapes).
+outside its window runs with scale 0); the app's `ControlStack` skips a net whose scale is 0 at a step, and
+when no unit is active it hands the UNet zero residuals of the shapes it saw before.
 
 The canny preprocessor is timed on its own: `detect_map` on a 512x512 source image at the generation size
 (pixel perfect) and at the default processor resolution 512.
