@@ -304,6 +304,8 @@ class Studio:
 
     def progress(self) -> dict[str, Any]:
         job = self.runner.current()
+        if job is not None and job.done:  # ended, the worker is only clearing up: idle for clients
+            job = None
         state = {"skipped": False, "interrupted": False, "job": "", "job_count": len(self.runner.pending()),
                  "job_timestamp": "0", "job_no": 0, "sampling_step": 0, "sampling_steps": 0}
         if job is None:

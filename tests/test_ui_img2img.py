@@ -81,10 +81,10 @@ def load_editor(page, path) -> dict:
     editor = page.locator("#inpaint-editor")
     placeholder = editor.get_by_text("Upload or paste an image")
     expect(placeholder).to_be_visible()  # the editor is mounted and empty
-    for _ in range(3):
+    for _ in range(6):  # a loaded CI machine can take several tries
         editor.locator("input[type=file]").set_input_files(str(path))
         try:
-            expect(placeholder).to_be_hidden(timeout=6_000)
+            expect(placeholder).to_be_hidden(timeout=8_000)
             break
         except AssertionError:
             continue
