@@ -135,11 +135,6 @@ def minor_faults() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--arch", choices=["tiny", "sd15"], default="tiny")
@@ -228,10 +223,10 @@ def main() -> None:
 
     def app_once(variant: str, n_steps: int) -> tuple[float, float, int]:
         params, reqs = app_params(n_steps), requests(variant)
-        sync(hw.device)
+        devices.synchronize(hw.device)
         t, c, f = time.perf_counter(), time.process_time(), minor_faults()
         runner.submit(lambda ctx: engine.txt2img(ctx, params, info, reqs)).wait()  # raises if the job failed
-        sync(hw.device)
+        devices.synchronize(hw.device)
         return time.perf_counter() - t, time.process_time() - c, minor_faults() - f
 
     t0 = time.perf_counter()
@@ -278,13 +273,13 @@ def main() -> None:
             plain_pipes[variant](PROMPT, negative_prompt=NEGATIVE, num_inference_steps=n_steps, guidance_scale=CFG,
                                  width=size, height=size, generator=torch.Generator("cpu").manual_seed(1), **kw)
 
-        sync(hw.device)
+        devices.synchronize(hw.device)
         t, c, f = time.perf_counter(), time.process_time(), minor_faults()
         if args.plain_thread == "worker":  # the thread the app's jobs run in (see --plain-thread)
             runner.submit(lambda ctx: call()).wait()
         else:
             call()
-        sync(hw.device)
+        devices.synchronize(hw.device)
         return time.perf_counter() - t, time.process_time() - c, minor_faults() - f
 
     # -- canny preprocessing alone ------------------------------------------------------------------------

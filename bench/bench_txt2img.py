@@ -48,11 +48,6 @@ def build_sd15_random(path: Path) -> Path:
     return path
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--arch", choices=["tiny", "sd15"], default="tiny")
@@ -92,11 +87,11 @@ def main() -> None:
     plain.set_progress_bar_config(disable=True)
 
     def plain_once() -> float:
-        sync(hw.device)
+        devices.synchronize(hw.device)
         t = time.perf_counter()
         plain("a red cube on a table", negative_prompt="blurry", num_inference_steps=args.steps, guidance_scale=7,
               width=size, height=size, generator=torch.Generator("cpu").manual_seed(1))
-        sync(hw.device)
+        devices.synchronize(hw.device)
         return time.perf_counter() - t
 
 

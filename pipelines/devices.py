@@ -80,6 +80,12 @@ def apply_attention(module: torch.nn.Module, attention: str) -> None:
         module.enable_xformers_memory_efficient_attention()
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA kernels run asynchronously; timings need this)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
 def free_memory() -> None:
     import gc
 

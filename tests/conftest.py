@@ -110,6 +110,16 @@ class Server:
                 time.sleep(0.3)
         raise TimeoutError(f"server not ready after {timeout} s:\n{self.log.read_text()[-4000:]}")
 
+    def __enter__(self) -> "Server":
+        try:
+            return self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.terminate()

@@ -43,11 +43,9 @@ def server(tiny_store, tmp_path_factory):
     shutil.copytree(tiny_store / "tiny-sd15", ckpts / "tiny-sd15-b")
     shutil.copytree(tiny_store / "tiny-sd15", ckpts / "tiny-broken")
     (ckpts / "tiny-broken" / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"\0garbage" * 64)
-    s = Server(root / "models", root / "outputs", "--api", "--ckpt", "tiny-sd15", "--auth", ":".join(AUTH))
-    try:
-        yield s.wait_ready()
-    finally:
-        s.stop()
+    args = ("--api", "--ckpt", "tiny-sd15", "--auth", ":".join(AUTH))
+    with Server(root / "models", root / "outputs", *args) as server:
+        yield server
 
 
 def post(server, path, body=None, **kw):

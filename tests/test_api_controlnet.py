@@ -28,11 +28,8 @@ def server(tiny_store, tmp_path_factory):
     build_controlnet(tiny_store / "tiny-sd15", root / "models" / "ControlNet" / "control_tiny_sd15_openpose.safetensors",
                      single_file=True, seed=1)
     build_controlnet(tiny_store / "tiny-sdxl", root / "models" / "ControlNet" / "control_tiny_xl_canny")
-    s = Server(root / "models", root / "outputs", "--api", "--ckpt", "tiny-sd15")
-    try:
-        yield s.wait_ready()
-    finally:
-        s.stop()
+    with Server(root / "models", root / "outputs", "--api", "--ckpt", "tiny-sd15") as server:
+        yield server
 
 
 def b64(image: Image.Image) -> str:

@@ -28,11 +28,9 @@ def server(tiny_store, tmp_path_factory):
     root = tmp_path_factory.mktemp("api-upscale")
     shutil.copytree(tiny_store / "tiny-sd15", root / "models" / "Stable-diffusion" / "tiny-sd15")
     save_pth(esrgan_state_dict(scale=4), root / "models" / "ESRGAN" / "4x-tiny.pth")
-    s = Server(root / "models", root / "outputs", "--api", "--ckpt", "tiny-sd15", "--auth", ":".join(AUTH))
-    try:
-        yield s.wait_ready()
-    finally:
-        s.stop()
+    args = ("--api", "--ckpt", "tiny-sd15", "--auth", ":".join(AUTH))
+    with Server(root / "models", root / "outputs", *args) as server:
+        yield server
 
 
 def studio_post(server, path, body):

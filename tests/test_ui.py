@@ -42,11 +42,8 @@ def server(tiny_store, tmp_path_factory):
     root = tmp_path_factory.mktemp("ui")
     models = root / "models"
     shutil.copytree(tiny_store / "tiny-sd15", models / "Stable-diffusion" / "tiny-sd15")
-    s = Server(models, root / "outputs", "--hub-model", "example/offline-model")
-    try:
-        yield s.wait_ready()
-    finally:
-        s.stop()
+    with Server(models, root / "outputs", "--hub-model", "example/offline-model") as server:
+        yield server
 
 
 @pytest.fixture(scope="module")

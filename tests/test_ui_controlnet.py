@@ -39,11 +39,8 @@ def server(tiny_store, tmp_path_factory):
     shutil.copytree(tiny_store / "tiny-sd15", models / "Stable-diffusion" / "tiny-sd15")
     build_controlnet(tiny_store / "tiny-sd15", models / "ControlNet" / "tiny_sd15_openpose")
     build_controlnet(tiny_store / "tiny-sd15", models / "ControlNet" / "tiny_sd15_canny", seed=1)
-    s = Server(models, root / "outputs")
-    try:
-        yield s.wait_ready()
-    finally:
-        s.stop()
+    with Server(models, root / "outputs") as server:
+        yield server
 
 
 @pytest.fixture(scope="module")

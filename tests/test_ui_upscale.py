@@ -22,11 +22,8 @@ def server(tiny_store, tmp_path_factory):
     models = root / "models"
     shutil.copytree(tiny_store / "tiny-sd15", models / "Stable-diffusion" / "tiny-sd15")
     save_pth(esrgan_state_dict(scale=4), models / "ESRGAN" / "4x-tiny.pth")
-    s = Server(models, root / "outputs")
-    try:
-        yield s.wait_ready()
-    finally:
-        s.stop()
+    with Server(models, root / "outputs") as server:
+        yield server
 
 
 @pytest.fixture(scope="module")

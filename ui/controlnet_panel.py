@@ -21,9 +21,9 @@ from pydantic import ValidationError
 from extensions.preprocessors import CONTROL_TYPES, for_type, registry
 from pipelines.control_params import CONTROL_PARAMS, MAX_UNITS, ControlUnit, units_from_infotext
 from pipelines.jobs import EventKind
-from pipelines.spec import HintContext, ParamSpec
+from pipelines.spec import HintContext
 from pipelines.studio import BadRequest, Studio, describe_validation
-from ui.generation import image_input, message_html, open_image
+from ui.generation import image_input, message_html, open_image, typed
 from ui.topbar import current_name, hint_context
 from ui.widgets import QUIET, ParamWidget, bind_hints, hint_html, param_widget
 
@@ -105,19 +105,6 @@ def threshold_updates(module: str, given: Mapping[str, Any] | None = None) -> di
         out[name] = (gr.Slider(label=slider.label, info=slider.description, minimum=slider.minimum,
                                maximum=slider.maximum, step=slider.step, value=value), gr.Column(visible=True), value)
     return out
-
-
-def typed(spec: ParamSpec, value: Any) -> Any:
-    """A UI value as the spec's type; an emptied number falls back to the spec's default."""
-    if value is None or (value == "" and spec.kind in ("int", "float")):
-        return spec.default
-    if spec.kind == "int":
-        return int(round(float(value)))
-    if spec.kind == "float":
-        return float(value)
-    if spec.kind == "bool":
-        return bool(value)
-    return value
 
 
 # -- the panel ------------------------------------------------------------------------------------------

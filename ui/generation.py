@@ -73,20 +73,21 @@ def step_text(ev: Any) -> str:
     return " · ".join(parts)
 
 
+def typed(spec: Any, value: Any) -> Any:
+    """A UI value as its ParamSpec says: whole floats become ints, numbers floats; an emptied field falls back to
+    the spec's default (anything else is left for validation to judge)."""
+    if value is None or (value == "" and spec.kind in ("int", "float")):
+        return spec.default
+    if spec.kind == "int" and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if spec.kind == "float":
+        return float(value)
+    return value
+
+
 def to_request(values: dict[str, Any]) -> dict[str, Any]:
     """UI values -> request fields: numbers typed as the spec says; an emptied field falls back to its default."""
-    out: dict[str, Any] = {}
-    for name, v in values.items():
-        spec = PARAMS[name]
-        if v is None or (v == "" and spec.kind in ("int", "float")):
-            out[name] = spec.default
-        elif spec.kind == "int" and isinstance(v, float) and v.is_integer():
-            out[name] = int(v)
-        elif spec.kind == "float":
-            out[name] = float(v)
-        else:
-            out[name] = v
-    return out
+    return {name: typed(PARAMS[name], v) for name, v in values.items()}
 
 
 def gallery_items(results: list[dict]) -> list[tuple[str, str]]:
