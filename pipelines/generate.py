@@ -60,6 +60,7 @@ class GenerationResult:
     skipped: int = 0
     warnings: list[str] = field(default_factory=list)
     control_maps: dict[int, Image.Image] = field(default_factory=dict)  # unit number -> map its preprocessor made
+    denoising_steps: int = 0  # UNet steps run, one per image per step (pipelines/cost.py counts the same way)
 
     def add(self, image: Image.Image, path: Path, seed: int, subseed: int, text: str) -> None:
         self.images.append(image)
@@ -228,8 +229,11 @@ class Engine:
                 seeds = [seed + it * p["batch_size"] + i for i in range(p["batch_size"])]
                 subseeds = [subseed + it * p["batch_size"] + i for i in range(p["batch_size"])]
                 try:
-                    images = plan.shortcut(p) or self._run_batch(ctx, comps, plan, p, embeds, seeds, subseeds,
-                                                                  it * steps, steps_total)
+                    images = plan.shortcut(p)
+                    if images is None:
+                        images = self._run_batch(ctx, comps, plan, p, embeds, seeds, subseeds, it * steps,
+                                                 steps_total)
+                        result.denoising_steps += steps * len(seeds)
                 except Skipped:
                     ctx.clear_skip()
                     result.skipped += len(seeds)

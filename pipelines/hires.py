@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from pipelines import imageops
+from pipelines import cost, imageops
 from pipelines.discovery import CheckpointInfo
 from pipelines.generate import Plan, Txt2ImgPlan
 from pipelines.params import LATENT_UPSCALERS
@@ -63,8 +63,7 @@ class HiresPlan(Txt2ImgPlan):
         return {}
 
     def second_pass_steps(self, p: dict) -> int:
-        n = p["hr_second_pass_steps"] or p["steps"]
-        return max(int(n * p["denoising_strength"]), 1)
+        return cost.hires_steps(p)
 
     def steps(self, p: dict) -> int:
         return p["steps"] + self.second_pass_steps(p)

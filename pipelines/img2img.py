@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from pipelines import imageops
+from pipelines import cost, imageops
 from pipelines.discovery import CheckpointInfo
 from pipelines.generate import Plan
 from pipelines.params import IMG2IMG_FIELDS, INPAINT_FIELDS
@@ -90,7 +90,7 @@ class Img2ImgPlan(Plan):
 
     def steps(self, p: dict) -> int:
         """Steps actually run: int(steps x strength), as in A1111 and diffusers, but at least one."""
-        return max(int(p["steps"] * p["denoising_strength"]), 1) if p["denoising_strength"] > 0 else 0
+        return cost.strength_steps(p["steps"], p["denoising_strength"])
 
     def _schedule_length(self, p: dict) -> int:
         """The num_inference_steps that makes diffusers run `steps(p)` steps at this strength."""

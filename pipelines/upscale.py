@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image
 
 from extensions import tiled_upscale, upscalers
-from pipelines import imageops, infotext, samplers
+from pipelines import cost, imageops, infotext, samplers
 from pipelines.discovery import CheckpointInfo
 from pipelines.generate import VERSION, GenerationResult, resolve_seed
 from pipelines.img2img import Img2ImgPlan
@@ -88,16 +88,10 @@ def sd_upscale(engine: "Engine", ctx: "JobContext", params: Any, info: Checkpoin
     seed = resolve_seed(p["seed"])
     p.update(seed=seed, scheduler=samplers.resolve_schedule(p["sampler_name"], p["scheduler"]))
     size = check_target(image.size, p)
-    settings = tiled_upscale.TiledSettings(
-        tile_width=p["tile_width"], tile_height=p["tile_height"], padding=p["tile_padding"],
-        mask_blur=p["tile_mask_blur"], redraw_order=p["redraw_order"], seams_fix=p["seams_fix"],
-        seams_width=p["seams_fix_width"], seams_padding=p["seams_fix_padding"],
-        seams_mask_blur=p["seams_fix_mask_blur"], seams_denoise=p["seams_fix_denoise"])
+    settings = cost.tiled_settings(p)
     n = tiled_upscale.cost(*size, settings)
     regions = n["tiles"] + n["seams"]
-    per_tile = max(int(p["steps"] * p["denoising_strength"]), 1)
-    per_seam = max(int(p["steps"] * p["seams_fix_denoise"]), 1)
-    steps_total = n["tiles"] * per_tile + n["seams"] * per_seam
+    steps_total = cost.sd_upscale_steps(p, size)
     ctx.progress(0, 1, label=f"upscaling to {size[0]}x{size[1]} ({n['tiles']} tiles, {n['seams']} seam passes)")
     big = _enlarge(engine, ctx, image.convert("RGB"), p["upscaler_1"], size)
     p["width"], p["height"] = size
@@ -139,6 +133,7 @@ def sd_upscale(engine: "Engine", ctx: "JobContext", params: Any, info: Checkpoin
                                           "Version": VERSION})
     path = engine.writer.save(final, text, "extras", seed)
     result.add(final, path, seed, seed, text)
+    result.denoising_steps = done["steps"]
     ctx.image(final, {"path": str(path), "seed": seed, "infotext": text}, label="done")
     return result
 

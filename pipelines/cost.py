@@ -1,0 +1,58 @@
+"""What a job costs in denoising steps, counted the way the engine runs them (one UNet step on one image).
+
+The sweep planner shows this before a grid starts, the guided workflow keeps its ledger with it, and the
+engine's plans use the same formulas, so the figure shown is the figure run. Pure Python: no torch.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+
+def strength_steps(steps: int, strength: float) -> int:
+    """Steps an img2img pass runs at `strength`: int(steps x strength), at least one (none at strength 0)."""
+    return max(int(steps * strength), 1) if strength > 0 else 0
+
+
+def hires_steps(p: Mapping[str, Any]) -> int:
+    """The Hires. fix second pass of one image (0 when hires fix is off)."""
+    if not p.get("enable_hr"):
+        return 0
+    return max(strength_steps(int(p.get("hr_second_pass_steps") or p["steps"]), float(p["denoising_strength"])), 1)
+
+
+def image_steps(p: Mapping[str, Any], mode: str = "txt2img") -> int:
+    """Denoising steps one image of a job with parameters `p` runs, all passes included."""
+    if mode in ("img2img", "inpaint"):
+        return strength_steps(int(p["steps"]), float(p["denoising_strength"]))
+    return int(p["steps"]) + hires_steps(p)
+
+
+def job_images(p: Mapping[str, Any]) -> int:
+    return int(p.get("batch_size") or 1) * int(p.get("n_iter") or 1)
+
+
+def job_steps(p: Mapping[str, Any], mode: str = "txt2img") -> int:
+    """Denoising steps of a whole job: per image, times batch size and batch count."""
+    return image_steps(p, mode) * job_images(p)
+
+
+def tiled_settings(p: Mapping[str, Any]) -> Any:
+    """The tiled SD upscale's settings from its parameters."""
+    from extensions.tiled_upscale import TiledSettings
+
+    return TiledSettings(
+        tile_width=p["tile_width"], tile_height=p["tile_height"], padding=p["tile_padding"],
+        mask_blur=p["tile_mask_blur"], redraw_order=p["redraw_order"], seams_fix=p["seams_fix"],
+        seams_width=p["seams_fix_width"], seams_padding=p["seams_fix_padding"],
+        seams_mask_blur=p["seams_fix_mask_blur"], seams_denoise=p["seams_fix_denoise"])
+
+
+def sd_upscale_steps(p: Mapping[str, Any], size: tuple[int, int]) -> int:
+    """Denoising steps of a tiled SD upscale to `size`: an img2img pass per tile, and per seam band."""
+    from extensions.tiled_upscale import cost
+
+    n = cost(size[0], size[1], tiled_settings(p))
+    per_tile = max(strength_steps(int(p["steps"]), float(p["denoising_strength"])), 1)
+    per_seam = max(strength_steps(int(p["steps"]), float(p["seams_fix_denoise"])), 1)
+    return n["tiles"] * per_tile + n["seams"] * per_seam
