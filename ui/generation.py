@@ -264,12 +264,13 @@ def stream_job(studio: Studio, job: Job, out: Output, message: gr.HTML, status: 
                    message: note, status: status_text(studio), **extra}
 
 
-def wire_generation(studio: Studio, actions: Actions, out: Output, status: gr.Markdown,
-                    inputs: Sequence[gr.components.Component], submit: Callable[..., Job], *,
-                    on_finished: Callable[[Any], dict] | None = None,
-                    finished_outputs: Sequence[gr.components.Component] = ()) -> None:
-    """Generate -> `submit(request, *input values)` -> streamed job; Interrupt/Skip; gallery selection.
-    `on_finished(result)` returns updates of `finished_outputs` for a finished job."""
+def streamed(studio: Studio, actions: Actions, out: Output, status: gr.Markdown, submit: Callable[..., Job], *,
+             on_finished: Callable[[Any], dict] | None = None,
+             finished_outputs: Sequence[gr.components.Component] = ()) -> tuple[Callable[..., Iterator[dict]], list]:
+    """(handler, outputs) that submit a job and stream it into `out`: `handler(request, *values)` calls
+    `submit(request, *values)` (BadRequest / QueueFull -> the message area, nothing lost) and yields the job's
+    updates. Generate uses it; so does any other button that starts a job into the same output panel
+    (the guided workflow, the X/Y/Z sweep)."""
     message = actions.message
     outputs = [out.job, out.results, out.selected, message, out.progress, out.preview, out.gallery, out.info,
                out.saved, status, *finished_outputs]
@@ -283,8 +284,21 @@ def wire_generation(studio: Studio, actions: Actions, out: Output, status: gr.Ma
             return
         yield from stream_job(studio, job, out, message, status, on_finished)
 
-    actions.generate.click(run, list(inputs), outputs, show_progress="hidden", concurrency_limit=None,
-                           api_visibility="private")
+    return run, outputs
+
+
+STREAMED = dict(show_progress="hidden", concurrency_limit=None, api_visibility="private")
+
+
+def wire_generation(studio: Studio, actions: Actions, out: Output, status: gr.Markdown,
+                    inputs: Sequence[gr.components.Component], submit: Callable[..., Job], *,
+                    on_finished: Callable[[Any], dict] | None = None,
+                    finished_outputs: Sequence[gr.components.Component] = ()) -> None:
+    """Generate -> `submit(request, *input values)` -> streamed job; Interrupt/Skip; gallery selection.
+    `on_finished(result)` returns updates of `finished_outputs` for a finished job."""
+    run, outputs = streamed(studio, actions, out, status, submit, on_finished=on_finished,
+                            finished_outputs=finished_outputs)
+    actions.generate.click(run, list(inputs), outputs, **STREAMED)
 
     def control(action: str) -> Callable[[Job | None], None]:
         def act(job: Job | None) -> None:  # only this session's job; nothing running -> nothing to do
