@@ -188,6 +188,12 @@ class Engine:
             return self.generate(ctx, params, info, HiresPlan(), controls)
         return self.generate(ctx, params, info, Txt2ImgPlan(), controls)
 
+    def hires_fix(self, ctx: JobContext, params: Any, info: CheckpointInfo, image: Image.Image) -> GenerationResult:
+        """Hires. fix's second pass over `image`, an image txt2img already made with `params` (its first pass)."""
+        from pipelines.hires import HiresOnImagePlan
+
+        return self.generate(ctx, params, info, HiresOnImagePlan(image))
+
     def img2img(self, ctx: JobContext, params: Any, info: CheckpointInfo, image: Image.Image,
                 mask: Image.Image | None = None, controls: list[ControlRequest] = ()) -> GenerationResult:
         from pipelines.img2img import Img2ImgPlan  # img2img.py builds on this module
@@ -293,11 +299,10 @@ class Engine:
 
     def _run_batch(self, ctx: JobContext, comps: Components, plan: "Plan", p: dict, embeds: dict, seeds: list[int],
                    subseeds: list[int], done_before: int, steps_total: int) -> list[Image.Image]:
-        kind, extra = plan.call(self, comps, p, seeds, subseeds)
         label = f"batch {done_before // max(plan.steps(p), 1) + 1}/{p['n_iter']}"
         first = plan.first_pass_steps(p)
-        out = self.denoise(ctx, comps, kind, p, embeds, seeds, extra, done_before=done_before, pass_steps=first,
-                           steps_total=steps_total, label=label, control=plan.control)
+        out = plan.first_pass(self, ctx, comps, p, embeds, seeds, subseeds, done_before=done_before,
+                              steps_total=steps_total, label=label)
         return plan.after(self, ctx, comps, p, embeds, out, seeds, done_before=done_before + first,
                           steps_total=steps_total, label=label)
 
@@ -401,6 +406,14 @@ class Plan:
              subseeds: list[int]) -> tuple[str, dict[str, Any]]:
         """(pipeline kind, extra pipeline kwargs) for one batch."""
         raise NotImplementedError
+
+    def first_pass(self, engine: Engine, ctx: JobContext, comps: Components, p: dict, embeds: dict,
+                   seeds: list[int], subseeds: list[int], *, done_before: int, steps_total: int, label: str) -> Any:
+        """The batch's first (often only) pass: the pipeline call `call` describes."""
+        kind, extra = self.call(engine, comps, p, seeds, subseeds)
+        return engine.denoise(ctx, comps, kind, p, embeds, seeds, extra, done_before=done_before,
+                              pass_steps=self.first_pass_steps(p), steps_total=steps_total, label=label,
+                              control=self.control)
 
     def after(self, engine: Engine, ctx: JobContext, comps: Components, p: dict, embeds: dict, output: Any,
               seeds: list[int], *, done_before: int, steps_total: int, label: str) -> list[Image.Image]:

@@ -118,3 +118,31 @@ class HiresPlan(Txt2ImgPlan):
         return engine.denoise(ctx, comps, kind, p2, embeds2, seeds, extra, done_before=done_before,
                               pass_steps=self.second_pass_steps(p), steps_total=steps_total,
                               label=f"{label}: hires pass", control=self.control, hires=True)
+
+
+class HiresOnImagePlan(HiresPlan):
+    """Finalize a chosen image: Hires. fix's second pass over an image txt2img already made, so its first pass is
+    not run again. `params` are the image's own (its infotext) with hires fix on; with a pixel upscaler the result
+    is the image txt2img + Hires. fix gives for that seed (the second pass draws the same noise)."""
+
+    def __init__(self, image: Image.Image):
+        super().__init__()
+        self.image = image.convert("RGB")
+
+    def resolve(self, p: dict, info: CheckpointInfo) -> None:
+        p["width"], p["height"] = self.image.size  # the first pass's size is the image's
+        p["hr_keep_first_pass"] = False  # the first pass is the user's own file
+        super().resolve(p, info)
+        if self.latent:
+            raise ValueError("finalizing a saved image needs a pixel upscaler (Lanczos or an ESRGAN model): "
+                             "latent upscalers work on the first pass's latents")
+
+    def steps(self, p: dict) -> int:
+        return self.second_pass_steps(p)
+
+    def first_pass_steps(self, p: dict) -> int:
+        return 0
+
+    def first_pass(self, engine: "Engine", ctx: "JobContext", comps: "Components", p: dict, embeds: dict,
+                   seeds: list[int], subseeds: list[int], *, done_before: int, steps_total: int, label: str) -> Any:
+        return [self.image.copy() for _ in seeds]

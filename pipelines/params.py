@@ -111,11 +111,16 @@ _SCHEDULE_BANDS: Bands = (
 _TOKEN_RE = re.compile(r"[A-Za-z]+|\d|[^\sA-Za-z\d]")
 
 
+def plain_prompt(text: str) -> str:
+    """A prompt as the text encoder sees its words: emphasis syntax ((word:1.2), [word]) and BREAK removed."""
+    text = re.sub(r":\s*-?[\d.]+\s*\)", ")", text or "")
+    text = re.sub(r"\bBREAK\b", " ", text)
+    return re.sub(r"(?<!\\)[()\[\]]", " ", text)
+
+
 def approx_tokens(text: str) -> int:
     """Rough CLIP token count without a tokenizer (words and punctuation; weights syntax excluded)."""
-    text = re.sub(r":\s*-?[\d.]+\s*\)", ")", text or "")
-    text = re.sub(r"(?<!\\)[()\[\]]", " ", text)
-    return sum(max(1, len(w) // 6) if w.isalpha() else 1 for w in _TOKEN_RE.findall(text))
+    return sum(max(1, len(w) // 6) if w.isalpha() else 1 for w in _TOKEN_RE.findall(plain_prompt(text)))
 
 
 _PROMPT_BANDS: Bands = (

@@ -1,10 +1,14 @@
-"""Render the parameter reference (docs/parameters.md and the UI's Parameters tab) from PARAMS.
+"""Render the parameter reference (docs/parameters.md and the UI's Parameters tab) from PARAMS, the advisor's
+RULES and the guided workflow's settings.
 
     python -m pipelines.params_doc > docs/parameters.md
 """
 
 from __future__ import annotations
 
+import dataclasses
+
+from pipelines import advisor, workflow
 from pipelines.control_params import CONTROL_PARAMS
 from pipelines.params import PARAMS, HintContext, ParamSpec
 
@@ -49,11 +53,58 @@ def render_markdown(ctx: HintContext | None = None, mode: str | None = None) -> 
         "often worse), avoid (almost always worse or wasteful).", "", "",
     ]
     body = [render_param(p, ctx) for p in PARAMS.values() if mode is None or mode in p.modes]
+    if mode is None:
+        body += [render_workflow(ctx), render_advice(ctx)]
     if mode in (None, "controlnet"):
         body.append("## ControlNet units\n\nEach unit of the ControlNet panel (and each entry of the API's "
                     "`alwayson_scripts.controlnet.args`) has these settings.")
         body += [render_param(p, ctx) for p in CONTROL_PARAMS.values()]
     return "\n".join(head) + "\n\n".join(body) + "\n"
+
+
+def _settings(values: dict) -> str:
+    return ", ".join(f"{k} = {v!r}" for k, v in values.items() if not k.startswith("_"))
+
+
+def render_advice(ctx: HintContext) -> str:
+    """The advisor's rules: what each checks, the study's reason, an example and the finding it gives."""
+    lines = ["## Advisor rules", "",
+             "The advisor (beside Generate, and `POST /advisor/check`) checks the settings against these rules and "
+             "the selected model. Every finding has a one-click fix. Severities: ⛔ error (the job would be "
+             "refused), ⚠️ warning (likely a wasted render), 💡 note (could be better).", "",
+             "Every parameter's bands above are rules too (`band:<name>`): a value in an avoid band is a warning, in "
+             "a caution band a note, and the fix moves it into the nearest best band (to the default when the "
+             "default lies in that band).", ""]
+    for rule in advisor.RULES:
+        if rule.id.startswith("band:"):
+            continue
+        example = dict(rule.example)
+        mode = example.pop("_mode", "txt2img")
+        rule_ctx = dataclasses.replace(ctx, mode=mode, distilled=rule.example_ctx.distilled)
+        found = [f for f in advisor.check(example, rule_ctx) if f.rule == rule.id]
+        lines += [f"### {rule.title} (`{rule.id}`)", "", rule.why, "", f"- Applies to: {', '.join(rule.modes)}",
+                  f"- Example ({mode}): {_settings(example)}"]
+        if found:
+            f = found[0]
+            lines.append(f"- Finding: {f.severity}: {f.message}" + (f" Fix: {f.fix_label}." if f.fix else ""))
+        lines.append("")
+    return "\n".join(lines)
+
+
+def render_workflow(ctx: HintContext) -> str:
+    return "\n".join([
+        "## Guided workflow: draft → refine → finalize", "",
+        "The txt2img tab's guided buttons follow the study's compute-saving workflow:", "",
+        f"1. **Draft**: {workflow.DRAFT_BATCH} random seeds at {workflow.draft_steps(ctx)} steps (the draft band), "
+        "the model's native size, a deterministic sampler (so a draft predicts what its seed gives at full "
+        "quality), hires fix off.",
+        f"2. **Refine selected**: the picked image's seed pinned, {workflow.refine_steps(ctx)} steps, one image per "
+        "run while prompt, CFG or sampler are edited.",
+        "3. **Finalize selected**: only the chosen image is enlarged: Hires. fix's second pass over that image (its "
+        f"first pass is not run again; about {workflow.FINAL_SCALE:g}x, denoising {workflow.FINAL_DENOISE:g}, "
+        "a neural upscaler when one is installed), or the tiled SD upscale.", "",
+        "The panel counts the denoising steps each stage ran against the naive way: every explored image "
+        "rendered at full quality with the final pass.", ""])
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ class Settings:
     max_queued_per_client: int = 16
     controlnet_hub: tuple[str, ...] = ()  # ControlNet hub ids offered besides models/ControlNet
     hub_endpoint: str | None = "https://huggingface.co"  # annotator downloads; None = offline
+    styles_file: Path = Path("styles.csv")  # saved prompt styles, A1111's format (its file sits in the webui root)
 
     @property
     def controlnet_dir(self) -> Path:
@@ -89,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="jobs one browser session or API client may have waiting (default: 16)")
     p.add_argument("--controlnet-hub", dest="controlnet_hub", action="append", default=[], metavar="ORG/NAME",
                    help="ControlNet hub id offered besides models/ControlNet, downloaded on first use (repeatable)")
+    p.add_argument("--styles-file", type=Path, default=Settings.styles_file,
+                   help="saved prompt styles, A1111's styles.csv format (default: styles.csv in the working folder)")
     p.add_argument("--offline", action="store_true",
                    help="never download (annotator weights must be in models/annotators); also set by HF_HUB_OFFLINE=1")
     return p
@@ -108,5 +111,5 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         rng=a.rng, vram_budget_gb=a.vram_budget_gb, ram_budget_gb=a.ram_budget_gb,
         hub_models=tuple(a.hub_models) if a.hub_models is not None else DEFAULT_HUB_MODELS,
         ckpt=a.ckpt, preview_every=a.preview_every, max_queued_per_client=a.max_queued_per_client,
-        controlnet_hub=tuple(a.controlnet_hub), hub_endpoint=hub_endpoint(a.offline),
+        controlnet_hub=tuple(a.controlnet_hub), hub_endpoint=hub_endpoint(a.offline), styles_file=a.styles_file,
     )

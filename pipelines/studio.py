@@ -6,6 +6,7 @@ It never touches the device itself: generation runs in jobs on the runner's work
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from pathlib import Path
@@ -13,11 +14,13 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 from pydantic import BaseModel, ValidationError
 
-from pipelines import discovery, imageops, outputs
+from pipelines import advisor, discovery, imageops, outputs
 from pipelines.control_service import ControlError, ControlNets
 from pipelines.discovery import CheckpointInfo
 from pipelines.jobs import Job, JobRunner
-from pipelines.params import LATENT_UPSCALERS, ExtrasParams, HintContext, Img2ImgParams, SdUpscaleParams, Txt2ImgParams
+from pipelines.params import (LATENT_UPSCALERS, ExtrasParams, HintContext, Img2ImgParams, SdUpscaleParams,
+                              Txt2ImgParams, plain_prompt)
+from pipelines.prompt_builder import StyleStore
 from pipelines.settings import Settings
 
 if TYPE_CHECKING:
@@ -27,6 +30,7 @@ log = logging.getLogger("studio")
 
 
 MAX_INPUT_PIXELS = 4096 * 4096  # uploads beyond this are refused with a message, not processed
+CLIP_TOKENIZER = Path(__file__).parent / "configs" / "clip-tokenizer"  # the SD 1.x/SDXL CLIP vocabulary
 
 
 class BadRequest(ValueError):
@@ -50,9 +54,11 @@ class Studio:
         self.hardware = hardware
         self.controlnet = ControlNets(settings.models_dir, settings.controlnet_hub, runner, engine,
                                       hub_endpoint=settings.hub_endpoint)
+        self.styles = StyleStore(settings.styles_file)  # saved prompt styles (styles.csv)
         self._lock = threading.RLock()
         self._models: list[CheckpointInfo] = []
         self._current: str | None = None
+        self._tokenizer: Any = None  # CLIP tokenizer for the advisor's token counts, built on first use
         self._options: dict[str, Any] = {"CLIP_stop_at_last_layers": 1, "samples_format": "png",
                                           "outdir_samples": str(settings.outputs_dir)}
         self.refresh_models()
@@ -117,6 +123,27 @@ class Studio:
         family = info.family if info.family != "unknown" else "sd15"
         return HintContext(family=family, native=info.native or 512, distilled=info.distilled)
 
+    # -- advice ----------------------------------------------------------------------------------
+    def advise(self, values: Mapping[str, Any], mode: str = "txt2img", model: str | None = None) -> tuple[
+            HintContext, list[advisor.Finding]]:
+        """The advisor's findings for these settings on `model` (default: the current one): what the UI lists
+        beside the fields and `POST /advisor/check` answers."""
+        if mode not in advisor.MODES:
+            raise BadRequest(f"mode: {mode!r} is not one of {', '.join(advisor.MODES)}")
+        info = self.find_model(model) if model else None
+        ctx = dataclasses.replace(self.hint_context(info), mode=mode)
+        return ctx, advisor.check(values, ctx, self.count_tokens)
+
+    def count_tokens(self, text: str) -> int:
+        """CLIP tokens of a prompt without its emphasis syntax (the shipped tokenizer, loaded on first use)."""
+        with self._lock:
+            if self._tokenizer is None:
+                from transformers import CLIPTokenizer  # no torch: the tokenizer is plain Python
+
+                self._tokenizer = CLIPTokenizer.from_pretrained(CLIP_TOKENIZER, model_max_length=10**6)
+            tokenizer = self._tokenizer
+        return len(tokenizer(plain_prompt(text), add_special_tokens=False).input_ids)
+
     # -- generation ------------------------------------------------------------------------------
     @staticmethod
     def validate(model: type[BaseModel], data: Mapping[str, Any]) -> BaseModel:
@@ -156,6 +183,93 @@ class Studio:
             self._check_upscaler(params.hr_upscaler)
         controls = self._controls(params, info, has_input=False)
         return self.runner.submit(lambda ctx: self.engine.txt2img(ctx, params, info, controls), kind="txt2img",
+                                  owner=owner)
+
+    # -- sweeps: the X/Y/Z plot (pipelines/sweep.py plans, pipelines/sweep_run.py runs) -------------------------
+    def sweep_lists(self) -> dict[str, Any]:
+        """The choice lists a sweep axis may need beyond the specs' own (read only when that axis is used)."""
+        return {"checkpoint": lambda: [m.name for m in self.models() if not m.error],
+                "hr_upscaler": lambda: [*LATENT_UPSCALERS, *self.upscaler_names()[1:]]}
+
+    def sweep_choices(self, axis: str) -> list[str]:
+        """Every value of a choice axis (sampler, checkpoint...); [] for other axes."""
+        from pipelines import sweep
+
+        try:
+            return sweep.choices_of(sweep.axis_type(axis), self.sweep_lists())
+        except ValueError:
+            return []
+
+    def plan_sweep(self, params: BaseModel | Mapping[str, Any], axes: Any, *, model: str | None = None,
+                   options: Any = None, fix_seeds: bool = False) -> Any:
+        """The SweepPlan (cells and cost) of txt2img `params` swept along `axes` ((type, values) pairs or
+        {"type", "values"} dicts, X first), every cell checked; BadRequest naming the axis, value or cell."""
+        import random
+
+        from pipelines import sweep
+
+        if not isinstance(params, BaseModel):
+            params = self.parse_txt2img(params)
+        info = self.find_model(model) if model else self.current_model()
+        base = {**params.model_dump(exclude={"controlnet"}), "controlnet": list(params.controlnet)}
+        try:
+            plan = sweep.build_plan(base, axes, checkpoint=info.name, lists=self.sweep_lists(), options=options,
+                                    rng=random.Random() if fix_seeds else None)
+        except ValueError as e:
+            raise BadRequest(str(e)) from None
+        for cell in plan.cells:
+            self._sweep_cell(plan, cell)
+        return plan
+
+    def _sweep_cell(self, plan: Any, cell: Any) -> tuple[BaseModel, CheckpointInfo]:
+        try:
+            params = self.parse_txt2img(cell.params)
+            info = self.find_model(cell.checkpoint)
+            if info.error:
+                raise BadRequest(f"{info.name} cannot be used: {info.error}")
+            self._check_size(params, info)
+        except BadRequest as e:
+            raise BadRequest(f"{plan.describe(cell)}: {e}") from None
+        return params, info
+
+    def submit_sweep(self, params: BaseModel | Mapping[str, Any], axes: Any, *, model: str | None = None,
+                     owner: str | None = None, options: Any = None) -> Job:
+        """One job running every cell of the sweep and drawing its grid(s); the job's result is a SweepResult.
+        Everything (axes, values, each cell's parameters, models, ControlNet units) is checked before queueing."""
+        plan = self.plan_sweep(params, axes, model=model, options=options, fix_seeds=True)
+        jobs, checked = [], set()
+        for cell in plan.cells:
+            p, info = self._sweep_cell(plan, cell)
+            if p.enable_hr and p.hr_upscaler not in LATENT_UPSCALERS and p.hr_upscaler not in checked:
+                self._check_upscaler(p.hr_upscaler)
+                checked.add(p.hr_upscaler)
+            try:
+                controls = self._controls(p, info, has_input=False)
+            except BadRequest as e:
+                raise BadRequest(f"{plan.describe(cell)}: {e}") from None
+            jobs.append((p, info, controls))
+        from pipelines.sweep_run import run_sweep
+
+        return self.runner.submit(lambda ctx: run_sweep(self.engine, ctx, plan, jobs), kind="sweep", owner=owner)
+
+    def submit_hires_fix(self, params: BaseModel | Mapping[str, Any], image: Any, *, model: str | None = None,
+                         owner: str | None = None) -> Job:
+        """Finalize a chosen image: Hires. fix's second pass over `image`, made by txt2img with `params` (its own
+        parameters, hires settings added). The first pass is not run again."""
+        if not isinstance(params, BaseModel):
+            params = self.parse_txt2img(params)
+        self._check_image(image)
+        info = self.find_model(model) if model else self.current_model()
+        if info.error:
+            raise BadRequest(f"{info.name} cannot be used: {info.error}")
+        if params.hr_upscaler in LATENT_UPSCALERS:
+            raise BadRequest("Finalizing a saved image needs a pixel upscaler (Lanczos or an ESRGAN model): latent "
+                             "upscalers work on the first pass's latents, which were not kept.")
+        self._check_upscaler(params.hr_upscaler)
+        params = params.model_copy(update={"enable_hr": True, "batch_size": 1, "n_iter": 1, "width": image.width,
+                                           "height": image.height, "controlnet": []})
+        self._check_size(params, info)
+        return self.runner.submit(lambda ctx: self.engine.hires_fix(ctx, params, info, image), kind="hires-fix",
                                   owner=owner)
 
     def submit_img2img(self, params: BaseModel | Mapping[str, Any], image: Any, mask: Any = None, *,

@@ -92,6 +92,8 @@ class Server:
         self.log = outputs_dir.parent / f"server-{self.port}.log"
         cmd = [sys.executable, str(ROOT / "app.py"), "--port", str(self.port), "--models-dir", str(models_dir),
                "--outputs-dir", str(outputs_dir), "--preview-every", "1", *extra]
+        if "--styles-file" not in extra:  # never the checkout's own styles.csv
+            cmd += ["--styles-file", str(outputs_dir.parent / "styles.csv")]
         self._log = open(self.log, "w")
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
                                      env={**os.environ, "PYTHONUNBUFFERED": "1"})

@@ -27,7 +27,9 @@ GENERATION_TIMEOUT = 90_000  # ms; the tiny model on a busy 2-core CPU
 
 def test_ui_modules_do_not_import_torch():
     code = ("import sys\nimport ui.layout, ui.widgets, ui.txt2img_tab, ui.pnginfo_tab, ui.params_tab\n"
-            "import ui.generation, ui.img2img_tab, ui.upscale_tab, ui.api, ui.controlnet_panel\n"
+            "import ui.generation, ui.img2img_tab, ui.upscale_tab, ui.api, ui.controlnet_panel, ui.prompt_helper\n"
+            "import ui.advisor_panel, ui.api_advisor\n"
+            "import ui.sweep_panel, ui.api_sweep\n"
             "bad = sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules)\n"
             "assert not bad, bad\n")
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=120)

@@ -25,8 +25,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from pipelines import samplers
 from pipelines.jobs import EventKind
 from pipelines.params import LATENT_UPSCALERS, PARAMS, ExtrasParams, Img2ImgParams, SdUpscaleParams, Txt2ImgParams
+from pipelines.prompt_builder import UnknownStyle, apply_styles
 from pipelines.studio import MAX_INPUT_PIXELS, BadRequest, Studio
+from ui.api_advisor import build_advisor_api
 from ui.api_controlnet import build_controlnet_api, detected_maps, units_from_request
+from ui.api_sweep import build_sweep_api, is_xyz, run_xyz
 from ui.api_common import (  # noqa: F401  (ApiError and encode_png are imported from here by tests)
     ApiError, Route, client_id, decode_image, encode_png, json_body, submit_job, wait_job)
 
@@ -137,7 +140,6 @@ _Unsupported = dict[str, tuple[Callable[[Any], bool], str]]
 _UNSUPPORTED_COMMON: _Unsupported = {
     "restore_faces": (bool, "face restoration is not implemented yet"),
     "tiling": (bool, "tiling is not implemented yet"),
-    "styles": (bool, "styles are not implemented yet"),
     "script_name": (bool, "scripts are not implemented yet"),
     "refiner_checkpoint": (bool, "refiner is not implemented yet"),
     "eta": (lambda v: v is not None, "eta is fixed by the sampler"),
@@ -147,7 +149,8 @@ _UNSUPPORTED_COMMON: _Unsupported = {
     "override_settings_restore_afterwards": (lambda v: not v, "overrides apply to this request only"),
 }
 _UNSUPPORTED: dict[str, _Unsupported] = {
-    "txt2img": _UNSUPPORTED_COMMON,
+    "txt2img": {**_UNSUPPORTED_COMMON,  # the X/Y/Z plot script runs a sweep (ui/api_sweep.py)
+                "script_name": (lambda v: bool(v) and not is_xyz(v), "only the X/Y/Z plot script is implemented")},
     "img2img": {
         **_UNSUPPORTED_COMMON,
         "subseed_strength": (lambda v: v > 0, "variation seeds are not supported in img2img"),
@@ -229,6 +232,19 @@ def _find_model(studio: Studio, name: str) -> Any:
         return studio.find_model(name)
     except BadRequest as e:
         raise ApiError(404, "ModelNotFound", str(e)) from None
+
+
+def apply_request_styles(studio: Studio, req: Any, params: dict[str, Any]) -> None:
+    """The request's `styles` (saved style names) applied to params' prompt and negative prompt, in order, as
+    A1111 does before a job runs (`{prompt}` placeholder honoured; hires prompts are left as sent). An unknown
+    name answers 400 naming it and listing the saved styles."""
+    if not req.styles:
+        return
+    try:
+        styles = studio.styles.pick(req.styles)
+    except UnknownStyle as e:
+        raise ApiError(400, "UnknownStyle", str(e)) from None
+    params["prompt"], params["negative_prompt"] = apply_styles(params["prompt"], params["negative_prompt"], styles)
 
 
 def run_generation(submit: Callable[[], Any], req: Any, warnings: list[str]) -> dict[str, Any]:
@@ -318,8 +334,18 @@ def build_api(studio: Studio, auth: tuple[str, str] | None = None) -> APIRouter:
             log.warning("txt2img: %s", w)
         model = model_name(model)
         params = dict(req.model_dump(include=set(Txt2ImgParams.model_fields)), controlnet=req.controlnet)
+        apply_request_styles(studio, req, params)
+        if is_xyz(req.script_name):  # A1111's X/Y/Z plot script: a sweep, answered with the grid (and cells)
+            return run_xyz(studio, req, params, model, warnings, owner=client_id(request))
         return run_generation(lambda: studio.submit_txt2img(params, model=model, owner=client_id(request)),
                               req, warnings)
+
+    def sweep_params(body: Any) -> tuple[Any, dict[str, Any], str | None, list[str]]:
+        """A sweep's base parameters: a txt2img body read as POST /txt2img reads it (styles applied)."""
+        req, model, warnings = parse_request(body, "txt2img")
+        params = dict(req.model_dump(include=set(Txt2ImgParams.model_fields)), controlnet=req.controlnet)
+        apply_request_styles(studio, req, params)
+        return req, params, model_name(model), warnings
 
     @api.post("/img2img", openapi_extra=doc(Img2ImgRequest))
     def img2img(request: Request, body: Any = Depends(json_body)) -> dict[str, Any]:
@@ -336,11 +362,18 @@ def build_api(studio: Studio, auth: tuple[str, str] | None = None) -> APIRouter:
             log.warning("img2img: %s", w)
         model = model_name(model)
         params = dict(req.model_dump(include=set(Img2ImgParams.model_fields)), controlnet=req.controlnet)
+        apply_request_styles(studio, req, params)
         answer = run_generation(
             lambda: studio.submit_img2img(params, image, mask, model=model, owner=client_id(request)), req, warnings)
         if not req.include_init_images:
             answer["parameters"].update(init_images=None, mask=None)
         return answer
+
+    @api.get("/prompt-styles")
+    def prompt_styles() -> list[dict[str, str]]:
+        """The saved styles (styles.csv), as A1111 answers them."""
+        return [{"name": s.name, "prompt": s.prompt, "negative_prompt": s.negative_prompt}
+                for s in studio.styles.list()]
 
     @api.get("/sd-models")
     def sd_models() -> list[dict[str, Any]]:
@@ -468,4 +501,6 @@ def build_api(studio: Studio, auth: tuple[str, str] | None = None) -> APIRouter:
     root.include_router(api)
     root.include_router(own)
     root.include_router(build_controlnet_api(studio, deps))
+    root.include_router(build_sweep_api(studio, deps, sweep_params))
+    root.include_router(build_advisor_api(studio, deps))
     return root

@@ -25,9 +25,11 @@ from pipelines import imageops
 from pipelines.jobs import Job
 from pipelines.params import INPAINT_FIELDS, PARAMS, TXT2IMG_FIELDS
 from pipelines.studio import MAX_INPUT_PIXELS, BadRequest, Studio
+from ui.advisor_panel import build_advisor, wire_advisor
 from ui.controlnet_panel import ControlPanel, build_controlnet
 from ui.generation import (Output, build_actions, build_output, image_input, message_html, open_image,
                            seed_buttons, to_request, wire_generation, wire_seed_buttons)
+from ui.prompt_helper import build_prompt_helper
 from ui.topbar import current_name, hint_context
 from ui.widgets import QUIET, ParamWidget, bind_hints, param_widget
 
@@ -125,8 +127,10 @@ def build_img2img(studio: Studio, checkpoint: gr.Dropdown, status: gr.Markdown) 
         with gr.Column(scale=5):
             add("prompt")
             add("negative_prompt")
+            build_prompt_helper(studio, "img2img", w["prompt"].input, w["negative_prompt"].input)
         with gr.Column(scale=1, min_width=220, elem_id="img2img-actions", elem_classes="gen-actions"):
             actions = build_actions("img2img")
+            advice = build_advisor("img2img")
     with gr.Row(elem_id="img2img-main"):
         with gr.Column(scale=1, elem_id="img2img-settings"):
             with gr.Tabs(elem_id="img2img-modes", selected="img2img") as modes:
@@ -233,8 +237,9 @@ def build_img2img(studio: Studio, checkpoint: gr.Dropdown, status: gr.Markdown) 
         return on_select
 
     mode_outputs = [mode, inpaint_group, fields["width"], fields["height"], note, *hints]
-    for m, tab in (("img2img", tab_i2i), ("inpaint", tab_inp), ("inpaint_upload", tab_up)):
-        tab.select(select_mode(m), [checkpoint, sizes, resize_choice, *fields.values()], mode_outputs, **QUIET)
+    mode_events = [tab.select(select_mode(m), [checkpoint, sizes, resize_choice, *fields.values()], mode_outputs,
+                              **QUIET)
+                   for m, tab in (("img2img", tab_i2i), ("inpaint", tab_inp), ("inpaint_upload", tab_up))]
 
     # -- sizes: from each input as it arrives, "Resize to" / "Resize by" ------------------------------
     def on_image(m: str, read: Callable[[Any], Image.Image | None]) -> Callable[..., dict]:
@@ -310,6 +315,17 @@ def build_img2img(studio: Studio, checkpoint: gr.Dropdown, status: gr.Markdown) 
                     [checkpoint, mode, image, editor, upload_image, upload_mask, resize_choice, *fields.values(),
                      *controlnet.inputs], submit, on_finished=controlnet.show_maps, finished_outputs=controlnet.maps)
     wire_seed_buttons(random_seed, reuse_seed, fields["seed"], out)
+
+    def advised(data: dict[str, Any], name: str, m: str, choice: str) -> dict[str, Any]:
+        """What the job would get: no inpaint settings in img2img, no factor unless "Resize by" is chosen."""
+        if choice != RESIZE_BY:
+            data["scale_by"] = None
+        return {k: v for k, v in data.items() if m != "img2img" or k not in INPAINT_ONLY}
+
+    after = wire_advisor(advice, studio, fields, [checkpoint, mode, resize_choice],
+                         lambda name, m, choice: hint_mode(m), advised)
+    for event in mode_events:  # the sub-tab lives in a gr.State: re-check once the switch has run
+        after(event)
 
     # -- receiving an image and its parameters (send-to buttons) ----------------------------------------
     common = set(TXT2IMG_FIELDS)

@@ -9,7 +9,7 @@ import gradio as gr
 
 from pipelines.infotext import parse_infotext
 from pipelines.studio import Studio
-from ui import controlnet_panel, generation, img2img_tab, txt2img_tab, widgets
+from ui import advisor_panel, controlnet_panel, generation, img2img_tab, txt2img_tab, widgets, workflow_panel
 from ui.generation import Output, picked
 from ui.img2img_tab import Img2Img, build_img2img
 from ui.params_tab import build_params
@@ -20,7 +20,8 @@ from ui.upscale_tab import Upscale, build_upscale
 
 QUEUED = {**widgets.QUIET, "queue": True}  # the send-to handlers may toast (gr.Warning/gr.Info need the queue)
 
-CSS = "\n".join([widgets.CSS, generation.CSS, txt2img_tab.CSS, img2img_tab.CSS, controlnet_panel.CSS, """
+CSS = "\n".join([widgets.CSS, generation.CSS, txt2img_tab.CSS, img2img_tab.CSS, controlnet_panel.CSS,
+                 advisor_panel.CSS, workflow_panel.CSS, """
 .gradio-container {max-width: 1560px !important; overflow: clip !important;}  /* clip, not hidden: sticky works */
 #status-line {font-size: 13px; color: var(--body-text-color-subdued); align-self: center;}
 """])

@@ -1,4 +1,5 @@
-"""Parameters tab: the reference of every parameter (limits, default, bands with verdict and why).
+"""Parameters tab: the reference of every parameter (limits, default, bands with verdict and why), the guided
+workflow and the advisor's rules (each with an example and the finding it gives).
 
 Rendered by `pipelines.params_doc` from PARAMS — the same specs that build the inputs, judge them live and
 validate requests — for the model selected in the top bar, and re-rendered when it changes.
@@ -9,7 +10,7 @@ from __future__ import annotations
 import gradio as gr
 
 from pipelines.params import PARAMS, HintContext
-from pipelines.params_doc import render_param
+from pipelines.params_doc import render_advice, render_param, render_workflow
 from pipelines.studio import Studio
 from ui.topbar import current_name, hint_context
 from ui.widgets import LINKED, QUIET
@@ -30,7 +31,8 @@ def reference_markdown(ctx: HintContext, model: str | None) -> str:
     head = (f"## Generation parameters\n\nBands for **{model or 'no model'}** ({kind}); they follow the checkpoint "
             "selected above. Verdicts: 🟢 best (recommended zone), 🔵 ok (fine for a purpose), "
             "🟠 caution (works, often worse), 🔴 avoid (almost always worse or wasteful).\n\n")
-    return head + "\n\n---\n\n".join(render_param(p, ctx) + linked_note(n, ctx) for n, p in PARAMS.items())
+    params = "\n\n---\n\n".join(render_param(p, ctx) + linked_note(n, ctx) for n, p in PARAMS.items())
+    return head + params + "\n\n---\n\n" + render_workflow(ctx) + "\n\n" + render_advice(ctx)
 
 
 def build_params(studio: Studio, checkpoint: gr.Dropdown) -> gr.Markdown:

@@ -15,11 +15,15 @@ import gradio as gr
 from pipelines.jobs import Job
 from pipelines.params import LATENT_UPSCALERS, TXT2IMG_FIELDS
 from pipelines.studio import Studio
+from ui.advisor_panel import AdvisorPanel, build_advisor, wire_advisor
 from ui.controlnet_panel import ControlPanel, build_controlnet
-from ui.generation import (Output, build_actions, build_output, seed_buttons, to_request, wire_generation,
+from ui.generation import (Actions, Output, build_actions, build_output, seed_buttons, to_request, wire_generation,
                            wire_seed_buttons)
+from ui.prompt_helper import build_prompt_helper
+from ui.sweep_panel import build_sweep
 from ui.topbar import current_name, hint_context
 from ui.widgets import QUIET, ParamWidget, bind_hints, param_widget
+from ui.workflow_panel import build_workflow, wire_workflow
 
 CSS = ""  # everything it needs is in ui.generation.CSS and ui.widgets.CSS
 
@@ -30,6 +34,8 @@ class Txt2Img:
     fields: dict[str, gr.components.Component]  # TXT2IMG field name -> input (for "send to txt2img")
     output: Output
     controlnet: ControlPanel
+    actions: Actions
+    advisor: AdvisorPanel
 
     @property
     def gallery(self) -> gr.Gallery:
@@ -51,8 +57,11 @@ def build_txt2img(studio: Studio, checkpoint: gr.Dropdown, status: gr.Markdown) 
         with gr.Column(scale=5):
             add("prompt")
             add("negative_prompt")
+            build_prompt_helper(studio, "txt2img", w["prompt"].input, w["negative_prompt"].input)
         with gr.Column(scale=1, min_width=220, elem_id="txt2img-actions", elem_classes="gen-actions"):
             actions = build_actions("txt2img")
+            flow = build_workflow("txt2img")
+            advice = build_advisor("txt2img")
     with gr.Row(elem_id="txt2img-main"):
         with gr.Column(scale=1, elem_id="txt2img-settings"):
             with gr.Row():
@@ -89,6 +98,7 @@ def build_txt2img(studio: Studio, checkpoint: gr.Dropdown, status: gr.Markdown) 
                 add("hr_negative_prompt")
                 add("hr_keep_first_pass")
             controlnet = build_controlnet(studio, "txt2img", checkpoint)
+            sweep = build_sweep("txt2img")
             with gr.Accordion("Advanced", open=False, elem_id="txt2img-advanced"):
                 for name in [n for n in ("clip_skip", *TXT2IMG_FIELDS) if n not in w]:
                     add(name)  # clip skip, then any parameter added to the specs later
@@ -119,7 +129,13 @@ def build_txt2img(studio: Studio, checkpoint: gr.Dropdown, status: gr.Markdown) 
         params = studio.parse_txt2img(data)
         return studio.submit_txt2img(params, model=name or None, owner=request.session_hash if request else None)
 
-    wire_generation(studio, actions, out, status, [checkpoint, *fields.values(), *controlnet.inputs], submit,
-                    on_finished=controlnet.show_maps, finished_outputs=controlnet.maps)
+    gen_inputs = [checkpoint, *fields.values(), *controlnet.inputs]
+    wire_generation(studio, actions, out, status, gen_inputs, submit, on_finished=controlnet.show_maps,
+                    finished_outputs=controlnet.maps)
+    wire_workflow(flow, studio, actions=actions, out=out, status=status, checkpoint=checkpoint, fields=fields,
+                  gen_inputs=gen_inputs, submit=submit, on_finished=controlnet.show_maps,
+                  finished_outputs=controlnet.maps)
     wire_seed_buttons(random_seed, reuse_seed, fields["seed"], out)
-    return Txt2Img(w, fields, out, controlnet)
+    sweep.wire(studio, checkpoint, fields, controlnet, actions, out, status)
+    wire_advisor(advice, studio, fields, [checkpoint], lambda name: "txt2img")
+    return Txt2Img(w, fields, out, controlnet, actions, advice)

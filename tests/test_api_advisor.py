@@ -1,0 +1,87 @@
+"""`POST /advisor/check` and `GET /advisor/rules` over HTTP on the real server (tiny SD 1.5 and SDXL models)."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import requests
+
+from tests.conftest import Server
+
+T = 60
+
+
+@pytest.fixture(scope="module")
+def server(tiny_store, tmp_path_factory):
+    root = tmp_path_factory.mktemp("advisor-api")
+    ckpts = root / "models" / "Stable-diffusion"
+    for name in ("tiny-sd15", "tiny-sdxl"):
+        shutil.copytree(tiny_store / name, ckpts / name)
+    with Server(root / "models", root / "outputs", "--api", "--nowebui", "--ckpt", "tiny-sd15") as server:
+        yield server
+
+
+def check(server, body):
+    return requests.post(server.url + "/advisor/check", json=body, timeout=T)
+
+
+def test_cfg_20_is_a_warning_with_its_fix(server):
+    r = check(server, {"prompt": "a lighthouse at dusk", "cfg_scale": 20, "steps": 25, "send_images": True})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["mode"] == "txt2img" and body["ok"] is False and body["counts"]["warning"] == 1
+    (finding,) = body["findings"]
+    assert finding["rule"] == "band:cfg_scale" and finding["severity"] == "warning"
+    assert finding["field"] == "cfg_scale" and finding["fix"] == {"cfg_scale": 7.0}
+    assert body["fixed"]["cfg_scale"] == 7.0 and body["fixed"]["send_images"] is True  # the rest kept
+
+    fixed = check(server, body["fixed"]).json()
+    assert fixed["ok"] is True and fixed["findings"] == []
+
+
+def test_model_family_and_mode(server):
+    sd = check(server, {"prompt": "a castle", "width": 1024, "height": 1024}).json()
+    native = sd["context"]["native"]
+    assert sd["context"]["family"] == "sd15"
+    assert any(f["rule"] == "size-native" for f in sd["findings"]) == (native * 1.5 < 1024)
+
+    xl = check(server, {"prompt": "a castle", "model": "tiny-sdxl", "width": 1024, "height": 1024}).json()
+    assert xl["context"]["family"] == "sdxl"
+    a1111_style = check(server, {"prompt": "a castle", "override_settings": {"sd_model_checkpoint": "tiny-sdxl"}})
+    assert a1111_style.json()["context"]["family"] == "sdxl"
+
+    img = check(server, {"prompt": "a castle", "init_images": ["..."], "denoising_strength": 0.9}).json()
+    assert img["mode"] == "img2img"
+    (f,) = [f for f in img["findings"] if f["rule"] == "band:denoising_strength"]
+    assert "txt2img" in f["message"]
+    inpaint = check(server, {"mode": "inpaint", "settings": {"prompt": "a castle", "denoising_strength": 0.9}})
+    assert inpaint.json()["mode"] == "inpaint" and inpaint.json()["findings"] == []
+
+
+def test_errors_and_bad_requests(server):
+    r = check(server, {"prompt": "a castle", "steps": 500})
+    assert r.status_code == 200
+    (err,) = [f for f in r.json()["findings"] if f["severity"] == "error"]
+    assert err["field"] == "steps" and err["fix"] == {"steps": 150}
+
+    for body, status, needle in (([1, 2], 422, "JSON object"), ({"mode": "video"}, 400, "mode"),
+                                 ({"model": "nope"}, 400, "Unknown model")):
+        r = check(server, body)
+        assert r.status_code == status and needle in r.json()["detail"], r.text
+    r = requests.post(server.url + "/advisor/check", data=b"{not json", timeout=T)
+    assert r.status_code == 422
+    assert check(server, {"prompt": "still fine"}).status_code == 200
+
+
+def test_rules_are_listed_with_examples(server):
+    rules = requests.get(server.url + "/advisor/rules", timeout=T).json()
+    ids = {r["id"] for r in rules}
+    assert {"size-native", "prompt-contradiction", "ancestral-fixed-seed", "band:steps", "band:cfg_scale"} <= ids
+    contradiction = next(r for r in rules if r["id"] == "prompt-contradiction")
+    assert contradiction["example"]["negative_prompt"] == "blue jacket" and "denim" in contradiction["why"]
+    # each example, sent back, triggers its rule
+    for r in rules:
+        mode = r["modes"][0]
+        found = check(server, {"mode": mode, "settings": r["example"], "model": "tiny-sd15"}).json()
+        assert r["id"] in {f["rule"] for f in found["findings"]}, (r["id"], found)
