@@ -1,201 +1,30 @@
 """The advisor: settings and the selected model in, findings out, each with a severity and a one-click fix.
 
 The rules are data (`RULES`), next to the parameter definitions they build on:
-- every parameter's bands (pipelines/params.py) are rules, `band:<name>`, judged exactly as the badges judge
-  them: an "avoid" band is a warning, a "caution" band a note, and the fix moves the value into a best band;
-- facts of RECOMMENDATIONS.md that cross fields or need their own fix are rules of their own (`rules.py`
-  style below): size against the model's native size, hires target, ancestral samplers while refining a fixed
-  seed, prompt/negative contradictions, people without anatomy guards, prompts past one 75-token chunk,
-  finalizing before the composition is chosen.
+- every parameter's bands (pipelines/params.py) are rules, `band:<name>` (pipelines/band_rules.py);
+- facts of RECOMMENDATIONS.md that cross fields or need their own fix are rules of their own: size against the
+  model's native size, the hires target, ancestral samplers while refining a fixed seed, hires fix while still
+  exploring, denoising floors (below), and the prompt rules (pipelines/prompt_rules.py: contradictions, people
+  without anatomy guards, anatomy guards on landscapes, prompts past one 75-token chunk).
 Every rule carries `example`, settings built to trigger it: the tests check that each rule fires on its example
 and stays silent on the recommended defaults, and the docs page shows them. Pure Python: no torch.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
-import re
-from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Literal, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from pipelines import imageops, samplers
+from pipelines.band_rules import NOT_BAND_RULES, band_rule
+from pipelines.findings import MODES, SEVERITY_ORDER, Finding, Rule, Situation, fmt
 from pipelines.params import PARAMS, approx_tokens, defaults
 from pipelines.prompt_builder import NEGATIVE_PRESETS
-from pipelines.spec import VERDICT_ORDER, HintContext, ParamSpec
+from pipelines.prompt_rules import (contradictions, long_prompt, people_negative, prompt_contradiction,
+                                    scenery_negative, trim_to_chunk)
+from pipelines.spec import VERDICT_ORDER, HintContext
 
-Severity = Literal["error", "warning", "info"]
-SEVERITY_ORDER = {"error": 0, "warning": 1, "info": 2}
-MODES = ("txt2img", "img2img", "inpaint")
-CHUNK_TOKENS = 75
-
-
-@dataclass(frozen=True)
-class Finding:
-    rule: str
-    severity: Severity
-    field: str  # the field the finding is about (the UI links to it)
-    message: str  # what is wrong and why, in one or two sentences
-    fix: dict[str, Any] = dataclasses.field(default_factory=dict)  # field -> value; empty: no automatic fix
-    fix_label: str = ""
-
-    def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-@dataclass(frozen=True)
-class Situation:
-    """What a rule looks at: every field of the mode (defaults filled in), the model's context and a token
-    counter (the CLIP tokenizer when the studio has one, else an estimate)."""
-
-    values: Mapping[str, Any]
-    ctx: HintContext
-    count_tokens: Callable[[str], int] = approx_tokens
-    invalid: frozenset[str] = frozenset()  # fields past their hard limits (reported as errors already)
-
-    @property
-    def mode(self) -> str:
-        return self.ctx.mode
-
-    def size(self) -> tuple[int, int] | None:
-        w, h = self.values.get("width"), self.values.get("height")
-        if w in (None, "") or h in (None, ""):
-            return None if self.mode != "txt2img" else (self.ctx.native, self.ctx.native)
-        return int(w), int(h)
-
-
-@dataclass(frozen=True)
-class Rule:
-    id: str
-    title: str
-    why: str  # the study's reason, for the docs page
-    check: Callable[[Situation], Finding | None]
-    example: dict[str, Any]  # settings (over the defaults) that trigger it
-    example_ctx: HintContext = HintContext()
-    modes: tuple[str, ...] = MODES
-
-
-# ----------------------------------------------------------------------------------------------
-# Band rules: one per parameter, from its spec.
-
-# Fields with rules of their own (size, hires target) or nothing to advise (seeds: any value is fine).
-_NOT_BAND_RULES = {"width", "height", "hr_scale", "seed", "subseed", "hr_resize_x", "hr_resize_y", "scale_by"}
-
-
-def _active(spec: ParamSpec, v: Mapping[str, Any], mode: str) -> bool:
-    """Whether a parameter matters for these settings (hires settings only with hires fix on...)."""
-    if mode not in spec.modes:
-        return False
-    if mode == "txt2img" and (spec.group == "hires" or spec.name == "denoising_strength"):
-        return bool(v.get("enable_hr"))
-    if spec.name == "inpaint_full_res_padding":
-        return v.get("inpaint_full_res") == "Only masked"
-    return True
-
-
-def _band_distance(band: Any, x: float) -> float:
-    lo = -math.inf if band.lo is None else band.lo
-    hi = math.inf if band.hi is None else band.hi
-    return 0.0 if lo <= x <= hi else min(abs(x - lo), abs(x - hi))
-
-
-def _snap(spec: ParamSpec, x: float) -> float | int:
-    if spec.step:
-        x = round(round(x / spec.step) * spec.step, 6)
-    return int(round(x)) if spec.kind == "int" else float(x)
-
-
-def band_fix(spec: ParamSpec, value: Any, ctx: HintContext, others: Mapping[str, Any]) -> Any:
-    """The value a one-click fix sets: inside the nearest "best" band (the default when it lies in that band,
-    else the band's nearest edge); for choices the default or the first best choice. None: no fix."""
-    if spec.kind in ("int", "float"):
-        best = [b for b in spec.bands_for(ctx) if b.verdict == "best" and not b.values]
-        if not best:
-            return None
-        x = float(value)
-        band = min(best, key=lambda b: _band_distance(b, x))
-        if spec.default is not None and band.contains(spec.default):
-            return spec.default
-        lo = band.lo if band.lo is not None else x
-        hi = band.hi if band.hi is not None else x
-        target = _snap(spec, min(max(x, lo), hi))
-        return target if band.contains(target) else _snap(spec, lo)
-    if spec.kind == "bool":
-        best = [b for b in spec.bands_for(ctx) if b.verdict == "best" and b.values]
-        return best[0].values[0] == "True" if best else None
-    if spec.kind == "choice":
-        options = spec.choices() if spec.choices else []
-        current = VERDICT_ORDER[spec.hint(value, ctx, others).verdict]
-        candidates = [spec.default, *[x for b in spec.bands_for(ctx) if b.verdict == "best" for x in b.values]]
-        scored = [(VERDICT_ORDER[spec.hint(c, ctx, others).verdict], c) for c in candidates
-                  if c in options and c != value]
-        better = [sc for sc in scored if sc[0] < current]
-        return min(better, key=lambda sc: sc[0])[1] if better else None
-    return None
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:g}"
-    return str(value) if value != "" else "(empty)"
-
-
-def band_rule(spec: ParamSpec) -> Rule | None:
-    """The rule of a parameter's bands; None when none of its values is ever advised against."""
-    def check(s: Situation) -> Finding | None:
-        if spec.name in s.invalid or not _active(spec, s.values, s.mode):
-            return None
-        value = s.values.get(spec.name)
-        try:
-            hint = spec.hint(value, s.ctx, s.values)
-        except (TypeError, ValueError):
-            return None
-        if hint.verdict not in ("caution", "avoid"):
-            return None
-        fixed = band_fix(spec, value, s.ctx, s.values)
-        fix = {spec.name: fixed} if fixed is not None else {}
-        rec = f" Recommended: {hint.recommended}." if hint.recommended else ""
-        severity = "warning" if hint.verdict == "avoid" and spec.kind != "text" else "info"
-        return Finding(f"band:{spec.name}", severity, spec.name,
-                       f"{spec.label} {_fmt(value)}: {hint.why}.{rec}", fix,
-                       f"Set {spec.label} to {_fmt(fixed)}" if fix else "")
-
-    example = _band_example(spec)
-    if example is None:
-        return None
-    return Rule(f"band:{spec.name}", f"{spec.label} outside its recommended bands",
-                "; ".join(f"{b.label}: {b.verdict}, {b.why}" for b in spec.bands_for(HintContext())
-                          if b.verdict in ("caution", "avoid")),
-                check, example, modes=tuple(m for m in MODES if m in spec.modes))
-
-
-def _band_example(spec: ParamSpec) -> dict[str, Any] | None:
-    """Settings putting the parameter in its worst band for an SD 1.x model (switched on where it needs to be);
-    None when no value of it is ever advised against."""
-    mode = next(m for m in MODES if m in spec.modes)
-    ctx = HintContext(mode=mode)
-    extra: dict[str, Any] = {}
-    if mode == "txt2img" and (spec.group == "hires" or spec.name == "denoising_strength"):
-        extra["enable_hr"] = True
-    if spec.name == "inpaint_full_res_padding":
-        extra["inpaint_full_res"] = "Only masked"
-    if spec.kind == "choice":  # judged choices may take values beyond the list (e.g. upscalers found on disk)
-        candidates: list[Any] = list(spec.choices() if spec.choices else []) + (["None"] if spec.judge else [])
-    elif spec.kind == "bool":
-        candidates = [False, True]
-    elif spec.kind == "text":
-        candidates = [""]
-    else:
-        candidates = [x for b in spec.bands_for(ctx) for x in (b.lo, b.hi) if x is not None]
-        candidates = [int(x) if spec.kind == "int" else x for x in candidates]
-    worst = max(candidates, key=lambda c: VERDICT_ORDER[spec.hint(c, ctx, {}).verdict])
-    if spec.hint(worst, ctx, {}).verdict not in ("caution", "avoid"):
-        return None
-    return {spec.name: worst, **extra, "_mode": mode}
-
-
-# ----------------------------------------------------------------------------------------------
-# Rules of their own.
+# Rules about the settings.
 
 def _native_fix(s: Situation, w: int, h: int) -> dict[str, int]:
     """Keep the aspect ratio (at most 2:3, as the study's portrait/landscape sizes), short side native."""
@@ -265,138 +94,6 @@ def _ancestral_seed(s: Situation) -> Finding | None:
                    {"sampler_name": target}, f"Use {target}")
 
 
-_WORD = re.compile(r"[a-z0-9']+")
-# Modifiers of a negative phrase that make it a quality guard rather than a statement about the subject.
-_GUARD_WORDS = frozenset("""bad poorly drawn deformed disfigured ugly blurry blurred extra missing mutated mutation
-mutations malformed low worst quality lowres jpeg artifacts fused too many cropped out of frame duplicate morbid
-mutilated gross proportions long error signature watermark username grainy noisy distorted disproportionate
-unnatural weird strange cloned crooked asymmetric asymmetrical floating disconnected wrong messy""".split())
-
-
-def _phrases(text: str) -> list[tuple[str, str]]:
-    """(original segment, normalised words) for each comma/BREAK-separated phrase; emphasis syntax removed."""
-    out = []
-    for seg in re.split(r",|\bBREAK\b|\n", text or ""):
-        clean = re.sub(r":\s*-?[\d.]+", " ", seg)
-        words = " ".join(_WORD.findall(re.sub(r"[()\[\]{}]", " ", clean).lower()))
-        if words:
-            out.append((seg, words))
-    return out
-
-
-def _singular(word: str) -> str:
-    if len(word) > 4 and word.endswith(("sses", "xes", "zes", "ches", "shes")):
-        return word[:-2]
-    return word[:-1] if len(word) > 3 and word.endswith("s") and not word.endswith("ss") else word
-
-
-def contradictions(prompt: str, negative: str) -> list[tuple[str, str]]:
-    """(negative phrase, prompt phrase) pairs that fight: the same term in both, or the same thing (head noun)
-    described differently ("denim jacket" vs "blue jacket": the model's denim is blue). Quality guards
-    ("poorly drawn face", "low quality") are not contradictions."""
-    prompt_phrases = [w for _, w in _phrases(prompt)]
-    prompt_text = " " + " ".join(prompt_phrases) + " "
-    found = []
-    for seg, neg in _phrases(negative):
-        words = neg.split()
-        if f" {neg} " in prompt_text:
-            found.append((seg.strip(), neg))
-            continue
-        head, modifiers = _singular(words[-1]), words[:-1]
-        if not modifiers or all(m in _GUARD_WORDS for m in modifiers) or head in _GUARD_WORDS:
-            continue
-        for p in prompt_phrases:
-            pw = p.split()
-            if _singular(pw[-1]) == head and p != neg:
-                found.append((seg.strip(), p))
-                break
-    return found
-
-
-def _contradiction(s: Situation) -> Finding | None:
-    prompt, negative = str(s.values.get("prompt") or ""), str(s.values.get("negative_prompt") or "")
-    pairs = contradictions(prompt, negative)
-    if not pairs:
-        return None
-    bad = {neg for neg, _ in pairs}
-    kept = [seg.strip() for seg in negative.split(",") if seg.strip() and seg.strip() not in bad]
-    described = "; ".join(f"“{neg}” against “{p}”" for neg, p in pairs)
-    return Finding("prompt-contradiction", "warning", "negative_prompt",
-                   f"The negative prompt fights the prompt: {described}. The model cannot both draw and avoid "
-                   "the same thing; the result is muddled.", {"negative_prompt": ", ".join(kept)},
-                   "Remove " + ", ".join(f"“{b}”" for b in sorted(bad)) + " from the negative prompt")
-
-
-PEOPLE_WORDS = frozenset("""woman women man men girl girls boy boys person people portrait child children kid kids
-lady ladies gentleman guy face faces selfie couple family warrior soldier knight princess prince queen king wizard
-witch elf character model dancer bride groom teenager baby elderly student nurse doctor chef samurai ninja
-astronaut cowboy cyborg viking businessman businesswoman mother father daughter son""".split())
-
-
-def mentions_people(prompt: str) -> bool:
-    return any(w in PEOPLE_WORDS for w in _WORD.findall((prompt or "").lower()))
-
-
-def _people_negative(s: Situation) -> Finding | None:
-    if str(s.values.get("negative_prompt") or "").strip() or not mentions_people(str(s.values.get("prompt"))):
-        return None
-    return Finding("people-negative", "warning", "negative_prompt",
-                   "The prompt has people and the negative prompt is empty: anatomy errors (extra limbs, "
-                   "mutated hands, blurry faces) are likely. Add anatomy guards.",
-                   {"negative_prompt": NEGATIVE_PRESETS["people"]}, "Use the people negative preset")
-
-
-SCENERY_WORDS = frozenset("""landscape landscapes scenery mountain mountains forest forests lake lakes sea ocean beach
-coast cliff cliffs city cityscape skyline valley river desert field fields meadow sky sunset sunrise canyon waterfall
-island village street architecture building buildings castle lighthouse harbor harbour countryside hills""".split())
-ANATOMY_WORDS = frozenset("""limbs limb hands hand fingers finger anatomy face faces arms legs body proportions
-neck eyes""".split())
-
-
-def _anatomy_guards(negative: str) -> list[str]:
-    return [seg.strip() for seg, words in _phrases(negative) if set(words.split()) & ANATOMY_WORDS]
-
-
-def _scenery_negative(s: Situation) -> Finding | None:
-    prompt, negative = str(s.values.get("prompt") or ""), str(s.values.get("negative_prompt") or "")
-    words = set(_WORD.findall(prompt.lower()))
-    guards = _anatomy_guards(negative)
-    if len(guards) < 2 or not words & SCENERY_WORDS or mentions_people(prompt):
-        return None
-    kept = [seg.strip() for seg in negative.split(",") if seg.strip() and seg.strip() not in guards]
-    fix = ", ".join(kept) if kept else NEGATIVE_PRESETS["landscapes"]
-    return Finding("scenery-negative", "info", "negative_prompt",
-                   f"Anatomy guards ({', '.join(guards[:3])}{'...' if len(guards) > 3 else ''}) in the negative "
-                   "prompt of a scene without people: they spend tokens on nothing. For landscapes use e.g. 3d, "
-                   "render, poorly drawn, low quality, blurry.", {"negative_prompt": fix},
-                   "Remove the anatomy guards" if kept else "Use the landscapes negative preset")
-
-
-def trim_to_chunk(prompt: str, count: Callable[[str], int], limit: int = CHUNK_TOKENS) -> str:
-    """The longest run of whole comma-separated phrases that fits in `limit` tokens."""
-    parts = [p.strip() for p in prompt.split(",") if p.strip()]
-    kept: list[str] = []
-    for part in parts:
-        if count(", ".join([*kept, part])) > limit:
-            break
-        kept.append(part)
-    return ", ".join(kept)
-
-
-def _long_prompt(s: Situation) -> Finding | None:
-    prompt = str(s.values.get("prompt") or "")
-    n = s.count_tokens(prompt)
-    if n <= CHUNK_TOKENS:
-        return None
-    trimmed = trim_to_chunk(prompt, s.count_tokens)
-    chunks = -(-n // CHUNK_TOKENS)
-    fix = {"prompt": trimmed} if trimmed and trimmed != prompt else {}
-    return Finding("prompt-long", "info", "prompt",
-                   f"~{n} tokens: the prompt is split into {chunks} chunks of {CHUNK_TOKENS}. Tokens near the start "
-                   "weigh more, later chunks less, and a phrase cut at a boundary loses its meaning. Keep the "
-                   "essentials in the first 75 tokens.", fix,
-                   "Keep the phrases that fit in 75 tokens" if fix else "")
-
 
 def _exploring_hires(s: Situation) -> Finding | None:
     v = s.values
@@ -409,30 +106,30 @@ def _exploring_hires(s: Situation) -> Finding | None:
                    {"enable_hr": False}, "Turn Hires. fix off while exploring")
 
 
-def _latent_upscaler_denoise(s: Situation) -> Finding | None:
-    v = s.values
-    if s.mode != "txt2img" or not v.get("enable_hr") or not str(v.get("hr_upscaler", "")).startswith("Latent"):
-        return None
-    d = float(v.get("denoising_strength") or 0)
-    if d >= 0.5:
-        return None
-    return Finding("latent-upscaler-denoise", "info", "denoising_strength",
-                   f"A latent upscaler with denoising {d:g}: latent upscaling is blurry unless the second pass "
-                   "redraws at 0.5 or more. Raise the denoising, or use Lanczos / an ESRGAN model at 0.2-0.4.",
-                   {"denoising_strength": 0.55}, "Set Denoising strength to 0.55")
+def _denoise_floor(rule_id: str, applies: Callable[[Situation], bool], floor: float, fix: float,
+                   why: Callable[[Mapping[str, Any], float], str]) -> Callable[[Situation], Finding | None]:
+    """A rule for settings that need at least `floor` denoising: below it, a note whose fix sets `fix`."""
+    def check(s: Situation) -> Finding | None:
+        d = float(s.values.get("denoising_strength") or 0)
+        if not applies(s) or d >= floor:
+            return None
+        return Finding(rule_id, "info", "denoising_strength", why(s.values, d), {"denoising_strength": fix},
+                       f"Set Denoising strength to {fix:g}")
+    return check
 
 
-def _masked_noise_denoise(s: Situation) -> Finding | None:
-    v = s.values
-    if s.mode != "inpaint" or v.get("inpainting_fill") not in ("latent noise", "latent nothing"):
-        return None
-    d = float(v.get("denoising_strength") or 0)
-    if d >= 0.75:
-        return None
-    return Finding("masked-content-denoise", "info", "denoising_strength",
-                   f"Masked content '{v['inpainting_fill']}' with denoising {d:g}: the masked area starts from "
-                   "noise or nothing and needs 0.75 or more to become an image.",
-                   {"denoising_strength": 0.8}, "Set Denoising strength to 0.8")
+_latent_upscaler_denoise = _denoise_floor(
+    "latent-upscaler-denoise",
+    lambda s: s.mode == "txt2img" and bool(s.values.get("enable_hr"))
+    and str(s.values.get("hr_upscaler", "")).startswith("Latent"), 0.5, 0.55,
+    lambda v, d: f"A latent upscaler with denoising {d:g}: latent upscaling is blurry unless the second pass "
+                 "redraws at 0.5 or more. Raise the denoising, or use Lanczos / an ESRGAN model at 0.2-0.4.")
+
+_masked_noise_denoise = _denoise_floor(
+    "masked-content-denoise",
+    lambda s: s.mode == "inpaint" and s.values.get("inpainting_fill") in ("latent noise", "latent nothing"), 0.75, 0.8,
+    lambda v, d: f"Masked content '{v['inpainting_fill']}' with denoising {d:g}: the masked area starts from noise "
+                 "or nothing and needs 0.75 or more to become an image.")
 
 
 _LONG = "a portrait of an old fisherman, " + ", ".join(f"detail {i} of the weathered wooden boat" for i in range(14))
@@ -452,20 +149,20 @@ RULES: tuple[Rule, ...] = (
     Rule("prompt-contradiction", "Prompt and negative prompt contradicting each other",
          "Do not let prompt and negative prompt contradict each other (\"denim jacket\" with negative "
          "\"blue jacket\": the model's notion of denim is blue).",
-         _contradiction, {"prompt": "a man in a denim jacket", "negative_prompt": "blue jacket",
+         prompt_contradiction, {"prompt": "a man in a denim jacket", "negative_prompt": "blue jacket",
                           "_mode": "txt2img"}),
     Rule("people-negative", "People without anatomy guards",
          "Write the negative prompt for the subject: for people, anatomy guards (deformed, extra/missing limbs, "
          "mutated hands, blurry face, poorly drawn).",
-         _people_negative, {"prompt": "portrait of a woman in a red coat", "_mode": "txt2img"}),
+         people_negative, {"prompt": "portrait of a woman in a red coat", "_mode": "txt2img"}),
     Rule("scenery-negative", "Anatomy guards in a landscape's negative prompt",
          "Write the negative prompt for the subject: for landscapes anatomy guards are useless (use e.g. 3d, render, "
          "poorly drawn, low quality, worst quality, blurry).",
-         _scenery_negative, {"prompt": "a misty mountain lake at sunrise",
+         scenery_negative, {"prompt": "a misty mountain lake at sunrise",
                              "negative_prompt": NEGATIVE_PRESETS["people"], "_mode": "txt2img"}),
     Rule("prompt-long", "Prompt longer than one 75-token chunk",
          "Tokens near the start weigh more; prompts are encoded in chunks of 75 tokens and later chunks weigh "
-         "less.", _long_prompt, {"prompt": _LONG, "_mode": "txt2img"}),
+         "less.", long_prompt, {"prompt": _LONG, "_mode": "txt2img"}),
     Rule("hires-while-exploring", "Finalizing before the composition is chosen",
          "Explore with random seeds at native size; hires fix or tiled upscale only the chosen image.",
          _exploring_hires, {"enable_hr": True, "batch_size": 4, "_mode": "txt2img"}, modes=("txt2img",)),
@@ -478,7 +175,7 @@ RULES: tuple[Rule, ...] = (
          _masked_noise_denoise, {"inpainting_fill": "latent noise", "denoising_strength": 0.5, "_mode": "inpaint"},
          modes=("inpaint",)),
     *filter(None, (band_rule(spec) for name, spec in PARAMS.items()
-                   if name not in _NOT_BAND_RULES and set(spec.modes) & set(MODES))),
+                   if name not in NOT_BAND_RULES and set(spec.modes) & set(MODES))),
 )
 
 
@@ -496,7 +193,7 @@ def _limit_errors(values: Mapping[str, Any]) -> tuple[dict[str, Any], list[Findi
         if spec.kind == "choice" and spec.choices and not spec.extra.get("open") and value not in spec.choices():
             errors.append(Finding("limits", "error", name, f"{spec.label} {value!r} is not one of: "
                                   f"{', '.join(map(str, spec.choices()))}.", {name: spec.default},
-                                  f"Set {spec.label} to {_fmt(spec.default)}"))
+                                  f"Set {spec.label} to {fmt(spec.default)}"))
             typed[name] = spec.default
         if spec.kind not in ("int", "float"):
             continue
@@ -514,10 +211,10 @@ def _limit_errors(values: Mapping[str, Any]) -> tuple[dict[str, Any], list[Findi
         fixed = int(fixed) if spec.kind == "int" else float(fixed)
         typed[name] = fixed
         if fixed != x:
-            why = f"outside the limits {_fmt(spec.minimum)}-{_fmt(spec.maximum)}" if not lo <= x <= hi else \
+            why = f"outside the limits {fmt(spec.minimum)}-{fmt(spec.maximum)}" if not lo <= x <= hi else \
                 f"not a multiple of {spec.multiple_of}"
-            errors.append(Finding("limits", "error", name, f"{spec.label} {_fmt(value)} is {why}: the job would "
-                                  "be refused.", {name: fixed}, f"Set {spec.label} to {_fmt(fixed)}"))
+            errors.append(Finding("limits", "error", name, f"{spec.label} {fmt(value)} is {why}: the job would "
+                                  "be refused.", {name: fixed}, f"Set {spec.label} to {fmt(fixed)}"))
     return typed, errors
 
 

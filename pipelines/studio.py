@@ -115,6 +115,13 @@ class Studio:
 
         return self.runner.submit(switch, kind="load-model", owner=owner)
 
+    def usable_model(self, name: str | None = None) -> CheckpointInfo:
+        """The named model (default: the current one); BadRequest when it is unknown or cannot be loaded."""
+        info = self.find_model(name) if name else self.current_model()
+        if info.error:
+            raise BadRequest(f"{info.name} cannot be used: {info.error}")
+        return info
+
     def hint_context(self, info: CheckpointInfo | None = None) -> HintContext:
         try:
             info = info or self.current_model()
@@ -175,9 +182,7 @@ class Studio:
                        owner: str | None = None) -> Job:
         if not isinstance(params, BaseModel):
             params = self.parse_txt2img(params)
-        info = self.find_model(model) if model else self.current_model()
-        if info.error:
-            raise BadRequest(f"{info.name} cannot be used: {info.error}")
+        info = self.usable_model(model)
         self._check_size(params, info)
         if params.enable_hr and params.hr_upscaler not in LATENT_UPSCALERS:
             self._check_upscaler(params.hr_upscaler)
@@ -259,9 +264,7 @@ class Studio:
         if not isinstance(params, BaseModel):
             params = self.parse_txt2img(params)
         self._check_image(image)
-        info = self.find_model(model) if model else self.current_model()
-        if info.error:
-            raise BadRequest(f"{info.name} cannot be used: {info.error}")
+        info = self.usable_model(model)
         if params.hr_upscaler in LATENT_UPSCALERS:
             raise BadRequest("Finalizing a saved image needs a pixel upscaler (Lanczos or an ESRGAN model): latent "
                              "upscalers work on the first pass's latents, which were not kept.")
@@ -278,9 +281,7 @@ class Studio:
         if not isinstance(params, BaseModel):
             params = self.parse_img2img(params)
         self._check_image(image)
-        info = self.find_model(model) if model else self.current_model()
-        if info.error:
-            raise BadRequest(f"{info.name} cannot be used: {info.error}")
+        info = self.usable_model(model)
         if mask is not None:
             invert = params.inpainting_mask_invert == "Inpaint not masked"
             binary, _ = imageops.prepare_mask(mask, image.size, invert=invert, blur=0)
@@ -361,9 +362,7 @@ class Studio:
         if not isinstance(params, BaseModel):
             params = self.parse_sd_upscale(params)
         self._check_image(image)
-        info = self.find_model(model) if model else self.current_model()
-        if info.error:
-            raise BadRequest(f"{info.name} cannot be used: {info.error}")
+        info = self.usable_model(model)
         self._check_upscaler(params.upscaler_1)
         w, h = self._upscale_target(params, image)
         if params.tile_width > w or params.tile_height > h:
