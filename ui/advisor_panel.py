@@ -1,4 +1,4 @@
-"""The advisor beside Generate: the findings for the current settings, each with a one-click fix.
+"""The advisor under the prompts: the findings for the current settings, each with a one-click fix.
 
 Re-checked on every change of a field, the model or the sub-tab (`Studio.advise`, the same rules as
 `POST /advisor/check`). A finding shows its severity, what is wrong and why; its button applies the fix to
@@ -28,8 +28,8 @@ CSS = """
 .advice {font-size:12.5px; line-height:1.35; padding:6px 8px; border-radius:6px; border-left:4px solid var(--a-color);
   background:color-mix(in srgb, var(--a-color) 9%, transparent);}
 .advice-error {--a-color:#dc2626;} .advice-warning {--a-color:#d97706;} .advice-info {--a-color:#2563eb;}
-.advice-row {gap:2px !important;}
-.advice-fix {align-self:flex-start;}
+.advice-row {gap:8px !important; align-items:center;}
+.advice-fix {align-self:center;}
 """
 
 
@@ -37,7 +37,7 @@ CSS = """
 class AdvisorPanel:
     findings: gr.State  # [Finding.as_dict()] shown, in order
     summary: gr.HTML
-    rows: list[tuple[gr.Column, gr.HTML, gr.Button]]
+    rows: list[tuple[gr.Row, gr.HTML, gr.Button]]
     fix_all: gr.Button
 
     @property
@@ -67,14 +67,18 @@ def finding_html(f: Mapping[str, Any]) -> str:
 def build_advisor(prefix: str) -> AdvisorPanel:
     """The panel's components (call inside the column where it should appear); `wire_advisor` connects it."""
     with gr.Column(elem_classes="advisor", elem_id=f"{prefix}-advisor"):
-        summary = gr.HTML("", elem_id=f"{prefix}-advisor-summary", padding=False)
+        with gr.Row(equal_height=True):
+            summary = gr.HTML("", elem_id=f"{prefix}-advisor-summary", padding=False)
+            fix_all = gr.Button("Fix all", size="sm", visible=False, elem_id=f"{prefix}-advice-fix-all", scale=0,
+                                min_width=230)
         rows = []
         for i in range(MAX_SHOWN):
-            with gr.Column(visible=False, elem_classes="advice-row", elem_id=f"{prefix}-advice-{i}") as row:
-                text = gr.HTML("", padding=False, elem_id=f"{prefix}-advice-{i}-text")
-                fix = gr.Button("Fix", size="sm", elem_classes="advice-fix", elem_id=f"{prefix}-advice-{i}-fix")
+            with gr.Row(visible=False, equal_height=True, elem_classes="advice-row",
+                        elem_id=f"{prefix}-advice-{i}") as row:
+                text = gr.HTML("", padding=False, elem_id=f"{prefix}-advice-{i}-text", scale=4, min_width=240)
+                fix = gr.Button("Fix", size="sm", elem_classes="advice-fix", elem_id=f"{prefix}-advice-{i}-fix",
+                                scale=0, min_width=230)
             rows.append((row, text, fix))
-        fix_all = gr.Button("Fix all", size="sm", visible=False, elem_id=f"{prefix}-advice-fix-all")
     return AdvisorPanel(gr.State([]), summary, rows, fix_all)
 
 
@@ -83,7 +87,7 @@ def panel_updates(panel: AdvisorPanel, findings: list[dict[str, Any]]) -> list[A
     out: list[Any] = [findings, summary_html(findings)]
     for i, _ in enumerate(panel.rows):
         f = findings[i] if i < len(findings) else None
-        out += [gr.Column(visible=f is not None), finding_html(f) if f else "",
+        out += [gr.Row(visible=f is not None), finding_html(f) if f else "",
                 gr.Button(value=f"Fix: {f['fix_label']}" if f and f["fix"] else "Fix",
                           visible=bool(f and f["fix"]))]
     out.append(gr.Button(visible=sum(bool(f["fix"]) for f in findings) > 1))

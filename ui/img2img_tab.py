@@ -128,9 +128,9 @@ def build_img2img(studio: Studio, checkpoint: gr.Dropdown, status: gr.Markdown) 
             add("prompt")
             add("negative_prompt")
             build_prompt_helper(studio, "img2img", w["prompt"].input, w["negative_prompt"].input)
+            advice = build_advisor("img2img")
         with gr.Column(scale=1, min_width=220, elem_id="img2img-actions", elem_classes="gen-actions"):
             actions = build_actions("img2img")
-            advice = build_advisor("img2img")
     with gr.Row(elem_id="img2img-main"):
         with gr.Column(scale=1, elem_id="img2img-settings"):
             with gr.Tabs(elem_id="img2img-modes", selected="img2img") as modes:

@@ -58,10 +58,10 @@ def build_txt2img(studio: Studio, checkpoint: gr.Dropdown, status: gr.Markdown) 
             add("prompt")
             add("negative_prompt")
             build_prompt_helper(studio, "txt2img", w["prompt"].input, w["negative_prompt"].input)
+            advice = build_advisor("txt2img")
         with gr.Column(scale=1, min_width=220, elem_id="txt2img-actions", elem_classes="gen-actions"):
             actions = build_actions("txt2img")
             flow = build_workflow("txt2img")
-            advice = build_advisor("txt2img")
     with gr.Row(elem_id="txt2img-main"):
         with gr.Column(scale=1, elem_id="txt2img-settings"):
             with gr.Row():
