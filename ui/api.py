@@ -120,6 +120,18 @@ class SdUpscaleRequest(SdUpscaleParams):
     send_images: bool = True
 
 
+class HiresFixRequest(Txt2ImgParams):
+    """POST /studio/v1/hires-fix: finalize an image txt2img made, with Hires. fix's second pass over it (its first
+    pass is not run again). Send the image's own parameters (its infotext, e.g. through /sdapi/v1/png-info) with
+    the hires settings; width and height come from the image."""
+
+    model_config = ConfigDict(extra="ignore", validate_assignment=True)
+
+    image: Any = None  # base64 (a data: URL prefix is fine)
+    sd_model_checkpoint: str | None = None  # default: the current model
+    send_images: bool = True
+
+
 # A1111 fields accepted and ignored without a warning: they change nothing unless a feature we lack is on.
 _SILENT_COMMON = frozenset({
     "s_min_uncond", "s_churn", "s_tmax", "s_tmin", "s_noise", "do_not_save_samples", "do_not_save_grid",
@@ -133,6 +145,7 @@ _SILENT = {
     "extra-single-image": frozenset(),
     "extra-batch-images": frozenset(),
     "sd-upscale": frozenset({"sampler_index"}),
+    "hires-fix": frozenset({"sampler_index"}),
 }
 
 # Fields we do not implement yet: (is it in use?, what happens instead).
@@ -158,6 +171,7 @@ _UNSUPPORTED: dict[str, _Unsupported] = {
         "mask_round": (lambda v: not v, "the mask is always binarised (any painted value repaints)"),
     },
     "sd-upscale": {},
+    "hires-fix": {},
 }
 _UNSUPPORTED["extra-single-image"] = _UNSUPPORTED["extra-batch-images"] = {
     "gfpgan_visibility": (lambda v: v > 0, "face restoration is not implemented yet"),
@@ -165,7 +179,8 @@ _UNSUPPORTED["extra-single-image"] = _UNSUPPORTED["extra-batch-images"] = {
 }
 _REQUESTS: dict[str, type[BaseModel]] = {"txt2img": Txt2ImgRequest, "img2img": Img2ImgRequest,
                                          "extra-single-image": ExtrasSingleRequest,
-                                         "extra-batch-images": ExtrasBatchRequest, "sd-upscale": SdUpscaleRequest}
+                                         "extra-batch-images": ExtrasBatchRequest, "sd-upscale": SdUpscaleRequest,
+                                         "hires-fix": HiresFixRequest}
 _OVERRIDES = {"sd_model_checkpoint", "CLIP_stop_at_last_layers"}
 
 
@@ -494,6 +509,18 @@ def build_api(studio: Studio, auth: tuple[str, str] | None = None) -> APIRouter:
         params = req.model_dump(include=set(SdUpscaleParams.model_fields))
         answer = run_generation(
             lambda: studio.submit_sd_upscale(params, image, model=model, owner=client_id(request)), req, warnings)
+        answer["parameters"]["image"] = None
+        return answer
+
+    @own.post("/hires-fix", openapi_extra=doc(HiresFixRequest))
+    def hires_fix(request: Request, body: Any = Depends(json_body)) -> dict[str, Any]:
+        """Finalize a chosen image (the guided workflow's last step): answers like txt2img, image null."""
+        req, model, warnings = parse_request(body, "hires-fix")
+        image = decode_image(req.image, "image", MAX_INPUT_PIXELS)
+        model = model_name(model)
+        params = req.model_dump(include=set(Txt2ImgParams.model_fields))
+        answer = run_generation(
+            lambda: studio.submit_hires_fix(params, image, model=model, owner=client_id(request)), req, warnings)
         answer["parameters"]["image"] = None
         return answer
 

@@ -1,11 +1,17 @@
-"""`POST /advisor/check` and `GET /advisor/rules` over HTTP on the real server (tiny SD 1.5 and SDXL models)."""
+"""Guided generation over HTTP on the real server (tiny SD 1.5 and SDXL models): `POST /advisor/check`,
+`GET /advisor/rules`, and finalizing a chosen image with `POST /studio/v1/hires-fix`."""
 
 from __future__ import annotations
 
+import base64
+import io
 import shutil
 
+import numpy as np
 import pytest
 import requests
+
+from PIL import Image
 
 from tests.conftest import Server
 
@@ -85,3 +91,28 @@ def test_rules_are_listed_with_examples(server):
         mode = r["modes"][0]
         found = check(server, {"mode": mode, "settings": r["example"], "model": "tiny-sd15"}).json()
         assert r["id"] in {f["rule"] for f in found["findings"]}, (r["id"], found)
+
+
+def test_finalize_a_chosen_image_over_the_api(server):
+    """txt2img, then Hires. fix's second pass over the returned image: the same pixels as txt2img with Hires. fix
+    on for that seed, at a fraction of the steps."""
+    params = {"prompt": "a lighthouse", "steps": 6, "seed": 21, "sampler_name": "Euler", "cfg_scale": 7}
+    hires = {"hr_upscaler": "Lanczos", "hr_scale": 2, "denoising_strength": 0.5}
+    r = requests.post(server.url + "/sdapi/v1/txt2img", json=params, timeout=T)
+    assert r.status_code == 200, r.text
+    chosen = r.json()["images"][0]
+
+    f = requests.post(server.url + "/studio/v1/hires-fix", json={**params, **hires, "image": chosen}, timeout=T)
+    assert f.status_code == 200, f.text
+    final = Image.open(io.BytesIO(base64.b64decode(f.json()["images"][0])))
+    assert final.size == (128, 128) and f.json()["parameters"]["image"] is None
+    assert "Hires upscale: 2" in final.info["parameters"] and "Seed: 21" in final.info["parameters"]
+
+    full = requests.post(server.url + "/sdapi/v1/txt2img", json={**params, **hires, "enable_hr": True}, timeout=T)
+    whole = Image.open(io.BytesIO(base64.b64decode(full.json()["images"][0])))
+    assert np.array_equal(np.asarray(whole), np.asarray(final))
+
+    for body, needle in (({**params, "hr_upscaler": "Latent", "image": chosen}, "pixel upscaler"),
+                         ({**params, **hires}, "image")):
+        bad = requests.post(server.url + "/studio/v1/hires-fix", json=body, timeout=T)
+        assert 400 <= bad.status_code < 500 and needle in bad.json()["detail"], bad.text
