@@ -4,7 +4,7 @@ The guided path runs through the app's engine and job queue: 4 drafts at draft s
 draft's seed at full steps, then Hires. fix's second pass over the refined image (no first pass again). The
 naive path renders the same 4 candidates at full steps with Hires. fix on, twice: through the app, and as plain
 diffusers calls (StableDiffusionPipeline, then StableDiffusionImg2ImgPipeline over each Lanczos-upscaled image,
-the same second pass) measured in the same run. Reports wall seconds and denoising steps of each, and the
+the same second pass) measured in the same run, in the same job worker thread as the app's jobs. Reports wall seconds and denoising steps of each, and the
 ratios; the median of --runs, interleaved.
 
     python bench/bench_workflow.py                                  # tiny model, CPU
@@ -102,7 +102,10 @@ def main() -> None:
     img2img = StableDiffusionImg2ImgPipeline.from_pipe(plain)
     img2img.set_progress_bar_config(disable=True)
 
-    def naive_plain() -> tuple[float, int]:
+    def naive_plain() -> tuple[float, int]:  # in the job worker thread, as the app's jobs (docs/benchmarks.md)
+        return job(lambda c: plain_calls())
+
+    def plain_calls() -> tuple[float, int]:
         devices.synchronize(hw.device)
         t = time.perf_counter()
         steps = workflow.refine_steps(ctx)
