@@ -69,7 +69,7 @@ def _settings(values: dict) -> str:
 def render_advice(ctx: HintContext) -> str:
     """The advisor's rules: what each checks, the study's reason, an example and the finding it gives."""
     lines = ["## Advisor rules", "",
-             "The advisor (under the prompts, and `POST /advisor/check`) checks the settings against these rules and "
+             "The advisor (above the results in txt2img and img2img, and `POST /advisor/check`) checks the settings against these rules and "
              "the selected model. Every finding has a one-click fix. Severities: ⛔ error (the job would be "
              "refused), ⚠️ warning (likely a wasted render), 💡 note (could be better).", "",
              "Every parameter's bands above are rules too (`band:<name>`): a value in an avoid band is a warning, in "

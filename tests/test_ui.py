@@ -18,6 +18,7 @@ from tests.conftest import ROOT, Server
 
 playwright = pytest.importorskip("playwright.sync_api")
 expect = playwright.expect
+expect.set_options(timeout=15_000)  # a loaded 2-core machine renders the page slowly; conditions, not sleeps
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -64,7 +65,7 @@ def page(server, browser):
     pg = context.new_page()
     pg.set_default_timeout(20_000)
     pg.goto(server.url)
-    expect(pg.locator("#txt2img-generate")).to_be_visible()
+    expect(pg.locator("#txt2img-generate")).to_be_visible(timeout=60_000)
     expect(pg.locator("#checkpoint input")).to_have_value(re.compile("tiny-sd15"))
     yield pg
     context.close()

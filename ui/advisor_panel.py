@@ -1,4 +1,5 @@
-"""The advisor under the prompts: the findings for the current settings, each with a one-click fix.
+"""The advisor, at the top of the output column (its height changes as findings come and go, and there it moves
+no input the user is working on): the findings for the current settings, each with a one-click fix.
 
 Re-checked on every change of a field, the model or the sub-tab (`Studio.advise`, the same rules as
 `POST /advisor/check`). A finding shows its severity, what is wrong and why; its button applies the fix to

@@ -128,7 +128,6 @@ def build_img2img(studio: Studio, checkpoint: gr.Dropdown, status: gr.Markdown) 
             add("prompt")
             add("negative_prompt")
             build_prompt_helper(studio, "img2img", w["prompt"].input, w["negative_prompt"].input)
-            advice = build_advisor("img2img")
         with gr.Column(scale=1, min_width=220, elem_id="img2img-actions", elem_classes="gen-actions"):
             actions = build_actions("img2img")
     with gr.Row(elem_id="img2img-main"):
@@ -191,6 +190,7 @@ def build_img2img(studio: Studio, checkpoint: gr.Dropdown, status: gr.Markdown) 
                 for name in [n for n in ("clip_skip", *INPAINT_FIELDS) if n not in w]:
                     add(name)  # clip skip, then any parameter added to the specs later
         with gr.Column(scale=1, elem_id="img2img-output"):
+            advice = build_advisor("img2img")  # here, changes in its height move no input
             out = build_output("img2img")
 
     names = list(INPAINT_FIELDS)

@@ -58,7 +58,6 @@ def build_txt2img(studio: Studio, checkpoint: gr.Dropdown, status: gr.Markdown) 
             add("prompt")
             add("negative_prompt")
             build_prompt_helper(studio, "txt2img", w["prompt"].input, w["negative_prompt"].input)
-            advice = build_advisor("txt2img")
         with gr.Column(scale=1, min_width=220, elem_id="txt2img-actions", elem_classes="gen-actions"):
             actions = build_actions("txt2img")
             flow = build_workflow("txt2img")
@@ -103,6 +102,7 @@ def build_txt2img(studio: Studio, checkpoint: gr.Dropdown, status: gr.Markdown) 
                 for name in [n for n in ("clip_skip", *TXT2IMG_FIELDS) if n not in w]:
                     add(name)  # clip skip, then any parameter added to the specs later
         with gr.Column(scale=1, elem_id="txt2img-output"):
+            advice = build_advisor("txt2img")  # here, changes in its height move no input
             out = build_output("txt2img")
 
     names = list(TXT2IMG_FIELDS)
