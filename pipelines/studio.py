@@ -229,9 +229,7 @@ class Studio:
     def _sweep_cell(self, plan: Any, cell: Any) -> tuple[BaseModel, CheckpointInfo]:
         try:
             params = self.parse_txt2img(cell.params)
-            info = self.find_model(cell.checkpoint)
-            if info.error:
-                raise BadRequest(f"{info.name} cannot be used: {info.error}")
+            info = self.usable_model(cell.checkpoint)
             self._check_size(params, info)
         except BadRequest as e:
             raise BadRequest(f"{plan.describe(cell)}: {e}") from None
