@@ -35,7 +35,8 @@ from pipelines.infotext import parse_infotext  # noqa: E402
 from pipelines.jobs import JobRunner  # noqa: E402
 from pipelines.manager import ModelManager  # noqa: E402
 from pipelines.outputs import OutputWriter  # noqa: E402
-from pipelines.params import Txt2ImgParams, defaults, plain_prompt  # noqa: E402
+from pipelines.params import Txt2ImgParams, defaults  # noqa: E402
+from pipelines.prompt_rules import clip_token_counter  # noqa: E402
 from pipelines.spec import HintContext  # noqa: E402
 
 PROMPT, NEGATIVE = "a lighthouse on a cliff at sunset, oil painting", "blurry, low quality"
@@ -131,11 +132,7 @@ def main() -> None:
     runner.stop()
 
     # the advisor on every field change: median latency of a full check with the CLIP token count
-    from transformers import CLIPTokenizer
-
-    tok = CLIPTokenizer.from_pretrained(Path(__file__).resolve().parents[1] / "pipelines" / "configs" /
-                                        "clip-tokenizer", model_max_length=10**6)
-    count = lambda text: len(tok(plain_prompt(text), add_special_tokens=False).input_ids)  # noqa: E731
+    count = clip_token_counter()
     settings = {**base, "cfg_scale": 20, "negative_prompt": "blue jacket", "prompt": "a man in a denim jacket"}
     lat = []
     for _ in range(200):

@@ -6,10 +6,24 @@ Pure Python: no torch.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Callable
 
 from pipelines.findings import CHUNK_TOKENS, Finding, Situation
+from pipelines.params import plain_prompt
 from pipelines.prompt_builder import NEGATIVE_PRESETS
+
+CLIP_TOKENIZER = Path(__file__).parent / "configs" / "clip-tokenizer"  # the SD 1.x/SDXL CLIP vocabulary
+
+
+def clip_token_counter() -> Callable[[str], int]:
+    """Exact CLIP token counts of prompts, emphasis syntax left out, with the shipped tokenizer (plain Python:
+    loading it imports no torch, and takes about a second)."""
+    from transformers import CLIPTokenizer
+
+    tokenizer = CLIPTokenizer.from_pretrained(CLIP_TOKENIZER, model_max_length=10**6)
+    return lambda text: len(tokenizer(plain_prompt(text), add_special_tokens=False).input_ids)
+
 
 _WORD = re.compile(r"[a-z0-9']+")
 # Modifiers of a negative phrase that make it a quality guard rather than a statement about the subject.

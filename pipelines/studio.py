@@ -10,7 +10,7 @@ import dataclasses
 import logging
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from pydantic import BaseModel, ValidationError
 
@@ -19,7 +19,8 @@ from pipelines.control_service import ControlError, ControlNets
 from pipelines.discovery import CheckpointInfo
 from pipelines.jobs import Job, JobRunner
 from pipelines.params import (LATENT_UPSCALERS, ExtrasParams, HintContext, Img2ImgParams, SdUpscaleParams,
-                              Txt2ImgParams, plain_prompt)
+                              Txt2ImgParams)
+from pipelines.prompt_rules import clip_token_counter
 from pipelines.prompt_builder import StyleStore
 from pipelines.settings import Settings
 
@@ -30,7 +31,6 @@ log = logging.getLogger("studio")
 
 
 MAX_INPUT_PIXELS = 4096 * 4096  # uploads beyond this are refused with a message, not processed
-CLIP_TOKENIZER = Path(__file__).parent / "configs" / "clip-tokenizer"  # the SD 1.x/SDXL CLIP vocabulary
 
 
 class BadRequest(ValueError):
@@ -58,7 +58,7 @@ class Studio:
         self._lock = threading.RLock()
         self._models: list[CheckpointInfo] = []
         self._current: str | None = None
-        self._tokenizer: Any = None  # CLIP tokenizer for the advisor's token counts, built on first use
+        self._count_tokens: Callable[[str], int] | None = None  # the advisor's CLIP token counter, on first use
         self._options: dict[str, Any] = {"CLIP_stop_at_last_layers": 1, "samples_format": "png",
                                           "outdir_samples": str(settings.outputs_dir)}
         self.refresh_models()
@@ -144,12 +144,10 @@ class Studio:
     def count_tokens(self, text: str) -> int:
         """CLIP tokens of a prompt without its emphasis syntax (the shipped tokenizer, loaded on first use)."""
         with self._lock:
-            if self._tokenizer is None:
-                from transformers import CLIPTokenizer  # no torch: the tokenizer is plain Python
-
-                self._tokenizer = CLIPTokenizer.from_pretrained(CLIP_TOKENIZER, model_max_length=10**6)
-            tokenizer = self._tokenizer
-        return len(tokenizer(plain_prompt(text), add_special_tokens=False).input_ids)
+            if self._count_tokens is None:
+                self._count_tokens = clip_token_counter()
+            count = self._count_tokens
+        return count(text)
 
     # -- generation ------------------------------------------------------------------------------
     @staticmethod

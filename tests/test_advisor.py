@@ -21,13 +21,9 @@ PROMPT = "a lighthouse on a cliff at sunset, oil painting, highly detailed, gold
 
 @pytest.fixture(scope="module")
 def clip_count():
-    from transformers import CLIPTokenizer
+    from pipelines.prompt_rules import clip_token_counter
 
-    from pipelines.params import plain_prompt
-    from pipelines.studio import CLIP_TOKENIZER
-
-    tok = CLIPTokenizer.from_pretrained(CLIP_TOKENIZER, model_max_length=10**6)
-    return lambda text: len(tok(plain_prompt(text), add_special_tokens=False).input_ids)
+    return clip_token_counter()
 
 
 def rules_fired(values, ctx=SD15, count=None) -> dict[str, advisor.Finding]:
