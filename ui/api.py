@@ -497,32 +497,30 @@ def build_api(studio: Studio, auth: tuple[str, str] | None = None) -> APIRouter:
         encoded, info = extras(request, "extra-batch-images", req, images, warnings)
         return {"html_info": info, "images": encoded}
 
+    def one_image(request: Request, body: Any, mode: str, fields: Any, submit: Callable[..., Any]) -> dict[str, Any]:
+        """A studio route over one uploaded `image` (sd-upscale, hires-fix): validated by `parse_request(body,
+        mode)`, `fields` passed to `submit(params, image, model=, owner=)`; answers like img2img with the image left
+        out of `parameters`."""
+        req, model, warnings = parse_request(body, mode)
+        image = decode_image(req.image, "image", MAX_INPUT_PIXELS)
+        for w in warnings:
+            log.warning("%s: %s", mode, w)
+        model = model_name(model)
+        params = req.model_dump(include=set(fields))
+        answer = run_generation(lambda: submit(params, image, model=model, owner=client_id(request)), req, warnings)
+        answer["parameters"]["image"] = None
+        return answer
+
     @own.post("/sd-upscale", openapi_extra=doc(SdUpscaleRequest))
     def sd_upscale(request: Request, body: Any = Depends(json_body)) -> dict[str, Any]:
         """The tiled SD upscale (A1111's "SD upscale" / "Ultimate SD upscale" img2img scripts, with named
         fields instead of script_args). Answers like img2img; `parameters` echoes the request, image null."""
-        req, model, warnings = parse_request(body, "sd-upscale")
-        image = decode_image(req.image, "image", MAX_INPUT_PIXELS)
-        for w in warnings:
-            log.warning("sd-upscale: %s", w)
-        model = model_name(model)
-        params = req.model_dump(include=set(SdUpscaleParams.model_fields))
-        answer = run_generation(
-            lambda: studio.submit_sd_upscale(params, image, model=model, owner=client_id(request)), req, warnings)
-        answer["parameters"]["image"] = None
-        return answer
+        return one_image(request, body, "sd-upscale", SdUpscaleParams.model_fields, studio.submit_sd_upscale)
 
     @own.post("/hires-fix", openapi_extra=doc(HiresFixRequest))
     def hires_fix(request: Request, body: Any = Depends(json_body)) -> dict[str, Any]:
         """Finalize a chosen image (the guided workflow's last step): answers like txt2img, image null."""
-        req, model, warnings = parse_request(body, "hires-fix")
-        image = decode_image(req.image, "image", MAX_INPUT_PIXELS)
-        model = model_name(model)
-        params = req.model_dump(include=set(Txt2ImgParams.model_fields))
-        answer = run_generation(
-            lambda: studio.submit_hires_fix(params, image, model=model, owner=client_id(request)), req, warnings)
-        answer["parameters"]["image"] = None
-        return answer
+        return one_image(request, body, "hires-fix", Txt2ImgParams.model_fields, studio.submit_hires_fix)
 
     root = APIRouter()
     root.include_router(api)

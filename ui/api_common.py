@@ -125,11 +125,12 @@ async def json_body(request: Request) -> Any:
         raise ApiError(422, "JSONDecodeError", f"body: malformed JSON ({e})") from None
 
 
-def submit_job(submit: Callable[[], Any]) -> Any:
-    """Call a Studio submit_* function: a full queue answers 429, input it refuses 422 with its reason."""
+def submit_job(submit: Callable[[], Any], status: int = 422, error: str = "BadRequest") -> Any:
+    """Call a Studio submit_* function: a full queue answers 429, input it refuses `status` (422 by default)
+    with its reason."""
     try:
         return submit()
     except QueueFull as e:
         raise ApiError(429, "QueueFull", str(e)) from None
     except BadRequest as e:
-        raise ApiError(422, "BadRequest", str(e)) from None
+        raise ApiError(status, error, str(e)) from None

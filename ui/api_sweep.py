@@ -18,11 +18,11 @@ from typing import Any, Callable
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from pipelines.jobs import EventKind, QueueFull
+from pipelines.jobs import EventKind
 from pipelines.studio import BadRequest, Studio, describe_validation
 from pipelines.sweep import SweepOptions, axis_type
 from pipelines.sweep_run import sweep_info
-from ui.api_common import ApiError, Route, client_id, encode_png, json_body, wait_job
+from ui.api_common import ApiError, Route, client_id, encode_png, json_body, submit_job, wait_job
 
 SCRIPT_NAMES = frozenset({"x/y/z plot", "xyz plot", "x/y/z_plot", "xyz_plot"})
 # txt2img request body -> (request, txt2img params dict, model name or None, warnings); ui/api.py supplies it
@@ -62,12 +62,8 @@ def script_axes(args: Any) -> tuple[list[tuple[Any, Any]], SweepOptions, bool]:
 
 def submit_sweep(studio: Studio, params: dict[str, Any], axes: Any, *, model: str | None, owner: str,
                  options: SweepOptions) -> Any:
-    try:
-        return studio.submit_sweep(params, axes, model=model, owner=owner, options=options)
-    except QueueFull as e:
-        raise ApiError(429, "QueueFull", str(e)) from None
-    except BadRequest as e:
-        raise ApiError(400, "BadSweep", str(e)) from None
+    return submit_job(lambda: studio.submit_sweep(params, axes, model=model, owner=owner, options=options), 400,
+                      "BadSweep")
 
 
 def outcome(events: list[Any]) -> tuple[list[tuple[Any, dict]], list[tuple[Any, dict]], Any]:
