@@ -25,7 +25,7 @@ from pipelines.spec import HintContext
 from pipelines.studio import BadRequest, Studio, describe_validation
 from ui.generation import image_input, message_html, open_image, typed
 from ui.topbar import current_name, hint_context
-from ui.widgets import QUIET, ParamWidget, bind_hints, hint_html, param_widget
+from ui.widgets import QUEUED, QUIET, ParamWidget, bind_hints, hint_html, param_widget
 
 UNIT_INPUTS = ("image", *CONTROL_PARAMS)  # per unit, the values `ControlPanel.units` reads, in `inputs` order
 THRESHOLDS = ("threshold_a", "threshold_b")
@@ -35,7 +35,6 @@ THRESHOLDS = ("threshold_a", "threshold_b")
 # Unit.thresholds); an event reading a slider before its new value lands would fail Gradio's range check.
 LINKED = {"module": ("model",), "model": ("module",), "threshold_a": ("module",), "threshold_b": ("module",)}
 RESTORED_NOTE = "ControlNet units restored: upload their control images"
-QUEUED = {**QUIET, "queue": True}  # toasts (gr.Warning / gr.Info) only reach the page from queued events
 
 CSS = """
 .cn-panel .tab-container {margin-bottom:2px;}

@@ -17,8 +17,8 @@ from ui.pnginfo_tab import build_pnginfo, txt2img_values
 from ui.topbar import build_topbar
 from ui.txt2img_tab import build_txt2img
 from ui.upscale_tab import Upscale, build_upscale
+from ui.widgets import QUEUED
 
-QUEUED = {**widgets.QUIET, "queue": True}  # the send-to handlers may toast (gr.Warning/gr.Info need the queue)
 
 CSS = "\n".join([widgets.CSS, generation.CSS, txt2img_tab.CSS, img2img_tab.CSS, controlnet_panel.CSS,
                  advisor_panel.CSS, workflow_panel.CSS, """

@@ -17,9 +17,7 @@ import gradio as gr
 from pipelines.prompt_builder import (NEGATIVE_PRESET_WHY, NEGATIVE_PRESETS, PART_NAMES, PROMPT_PARTS, Style,
                                       UnknownStyle, apply_styles, compose)
 from pipelines.studio import Studio
-from ui.widgets import QUIET
-
-QUEUED = {**QUIET, "queue": True}  # handlers that toast (gr.Warning / gr.Info need the queue)
+from ui.widgets import QUEUED, QUIET
 
 
 @dataclass

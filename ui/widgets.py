@@ -19,6 +19,7 @@ VERDICT_ICON = {"best": "✔", "ok": "●", "caution": "▲", "avoid": "✖"}
 # verdicts that look at other fields too: a size at both sides, hires fix's final size at the first pass's
 LINKED = {"width": ("height", "hr_scale"), "height": ("width", "hr_scale"), "hr_scale": ("width", "height")}
 QUIET = dict(queue=False, show_progress="hidden", api_visibility="private")
+QUEUED = {**QUIET, "queue": True}  # handlers that toast: gr.Warning / gr.Info / gr.Error only reach queued events
 
 CSS = """
 .verdict {display:flex; flex-wrap:wrap; align-items:baseline; gap:2px 8px; font-size:12.5px; line-height:1.35;

@@ -21,10 +21,9 @@ from pipelines.jobs import Job
 from pipelines.studio import BadRequest, Studio
 from ui.generation import STREAMED, Actions, Output, open_image, picked, streamed, to_request
 from ui.topbar import hint_context
-from ui.widgets import QUIET
+from ui.widgets import QUEUED, QUIET
 
 FINALIZE = ("Hires. fix", "Tiled upscale")
-QUEUED = {**QUIET, "queue": True}  # gr.Error toasts need the queue
 
 CSS = """
 .workflow {gap:6px !important; padding:8px; border:1px solid var(--border-color-primary); border-radius:8px;}
