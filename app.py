@@ -43,7 +43,11 @@ def build_app(settings: Settings):
     manager = ModelManager(device=hw.device, device_budget=device_budget, cpu_budget=ram_budget)
     engine = Engine(hw, manager, OutputWriter(settings.outputs_dir), config_root=settings.cache_dir / "configs",
                     hash_cache=settings.cache_dir / "hashes.json", rng=settings.rng, models_dir=settings.models_dir,
-                    preview_every=settings.preview_every, hub_endpoint=settings.hub_endpoint)
+                    preview_every=settings.preview_every, hub_endpoint=settings.hub_endpoint,
+                    memory_mode=settings.memory if settings.memory != "auto" else "high", oom_retry=settings.oom_retry,
+                    channels_last=settings.channels_last if settings.channels_last is not None
+                    else hw.device.type == "cuda",
+                    compile_unet=settings.compile, preview_decoder=settings.preview_decoder)
     runner = JobRunner(max_queued_per_owner=settings.max_queued_per_client).start()
     studio = Studio(settings, runner, engine, hardware=hw.describe())
     log.info("device: %s", hw.describe())

@@ -116,7 +116,9 @@ class Engine:
 
     def __init__(self, hardware: Hardware, manager: ModelManager, writer: OutputWriter, *, config_root: Path,
                  hash_cache: Path | None = None, rng: str = "cpu", preview_every: int = 5,
-                 models_dir: Path = Path("models"), hub_endpoint: str | None = None):
+                 models_dir: Path = Path("models"), hub_endpoint: str | None = None, memory_mode: str = "high",
+                 oom_retry: bool = True, channels_last: bool = False, compile_unet: bool = False,
+                 preview_decoder: str = "auto"):
         self.hw = hardware
         self.models_dir = Path(models_dir)
         self.hash_cache = hash_cache
@@ -126,6 +128,11 @@ class Engine:
         self.rng = rng
         self.preview_every = preview_every
         self.hub_endpoint = hub_endpoint  # annotator downloads; None = offline
+        self.memory_mode = memory_mode  # pipelines/memory.py: high | normal | low | minimal
+        self.oom_retry = oom_retry  # retry once in the next lower memory mode after an out-of-memory error
+        self.channels_last = channels_last
+        self.compile_unet = compile_unet
+        self.preview_decoder = preview_decoder  # auto | taesd | latent
 
     # -- components ----------------------------------------------------------------------------
     @staticmethod

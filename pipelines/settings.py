@@ -36,6 +36,13 @@ class Settings:
     controlnet_hub: tuple[str, ...] = ()  # ControlNet hub ids offered besides models/ControlNet
     hub_endpoint: str | None = "https://huggingface.co"  # annotator downloads; None = offline
     styles_file: Path = Path("styles.csv")  # saved prompt styles, A1111's format (its file sits in the webui root)
+    memory: str = "auto"  # auto | high | normal | low | minimal (pipelines/memory.py)
+    oom_retry: bool = True  # after an out-of-memory error, retry once in the next lower memory mode
+    channels_last: bool | None = None  # None = auto (on for CUDA)
+    compile: bool = False  # torch.compile the UNet (opt-in; the first job pays the warm-up)
+    preview_decoder: str = "auto"  # auto | taesd | latent: how live previews are decoded
+    api_auth: tuple[str, str] | None = None  # login for the REST API only (default: --auth protects both)
+    max_upload_mb: int = 50  # largest request body / uploaded file
 
     @property
     def controlnet_dir(self) -> Path:
@@ -92,6 +99,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ControlNet hub id offered besides models/ControlNet, downloaded on first use (repeatable)")
     p.add_argument("--styles-file", type=Path, default=Settings.styles_file,
                    help="saved prompt styles, A1111's styles.csv format (default: styles.csv in the working folder)")
+    p.add_argument("--memory", choices=["auto", "high", "normal", "low", "minimal"], default=Settings.memory,
+                   help="memory mode: high = everything resident; normal = + VAE tiling for large images; low = model "
+                        "CPU offload + VAE tiling/slicing; minimal = sequential offload + attention slicing "
+                        "(default auto: picked from free device memory)")
+    p.add_argument("--no-oom-retry", dest="oom_retry", action="store_false",
+                   help="on out-of-memory, fail with a message instead of retrying once in the next lower memory mode")
+    p.add_argument("--channels-last", dest="channels_last", action=argparse.BooleanOptionalAction, default=None,
+                   help="UNet in channels-last memory format (default: on for CUDA, off elsewhere)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the UNet: faster steps after a warm-up paid by the first job of each size")
+    p.add_argument("--preview-decoder", choices=["auto", "taesd", "latent"], default=Settings.preview_decoder,
+                   help="live previews: taesd = tiny VAE decoder from models/VAE-approx; latent = cheap linear "
+                        "approximation (default auto: TAESD when its weights are there)")
+    p.add_argument("--api-auth", type=_auth, default=None, metavar="USER:PASS",
+                   help="login for the REST API (default: the --auth login, if any)")
+    p.add_argument("--max-upload-mb", type=int, default=Settings.max_upload_mb,
+                   help="largest request body or uploaded file in MB (default: 50)")
     p.add_argument("--offline", action="store_true",
                    help="never download (annotator weights must be in models/annotators); also set by HF_HUB_OFFLINE=1")
     return p
@@ -112,4 +136,6 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         hub_models=tuple(a.hub_models) if a.hub_models is not None else DEFAULT_HUB_MODELS,
         ckpt=a.ckpt, preview_every=a.preview_every, max_queued_per_client=a.max_queued_per_client,
         controlnet_hub=tuple(a.controlnet_hub), hub_endpoint=hub_endpoint(a.offline), styles_file=a.styles_file,
+        memory=a.memory, oom_retry=a.oom_retry, channels_last=a.channels_last, compile=a.compile,
+        preview_decoder=a.preview_decoder, api_auth=a.api_auth, max_upload_mb=a.max_upload_mb,
     )
