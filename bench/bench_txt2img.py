@@ -23,29 +23,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.common import build_sd15_random  # noqa: E402
 from pipelines import devices, discovery  # noqa: E402
 from pipelines.generate import Engine, build_pipeline  # noqa: E402
 from pipelines.jobs import JobRunner  # noqa: E402
 from pipelines.manager import ModelManager  # noqa: E402
 from pipelines.outputs import OutputWriter  # noqa: E402
 from pipelines.params import Txt2ImgParams  # noqa: E402
-
-CONFIGS = Path(__file__).resolve().parents[1] / "pipelines" / "configs"
-
-
-def build_sd15_random(path: Path) -> Path:
-    """Full-size SD 1.5 architecture with random weights, from the shipped configs (timing equals real weights)."""
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-
-    unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(CONFIGS / "sd15" / "unet"))
-    vae = AutoencoderKL.from_config(AutoencoderKL.load_config(CONFIGS / "sd15" / "vae"))
-    te = CLIPTextModel(CLIPTextConfig.from_pretrained(CONFIGS / "sd15" / "text_encoder"))
-    tok = CLIPTokenizer.from_pretrained(CONFIGS / "clip-tokenizer", model_max_length=77)
-    sched = DDIMScheduler.from_config(DDIMScheduler.load_config(CONFIGS / "sd15" / "scheduler"))
-    StableDiffusionPipeline(unet=unet, vae=vae, text_encoder=te, tokenizer=tok, scheduler=sched, safety_checker=None,
-                            feature_extractor=None, requires_safety_checker=False).save_pretrained(path)
-    return path
 
 
 def main() -> None:
