@@ -22,7 +22,7 @@ def build_app(settings: Settings):
     import gradio as gr
     from fastapi import FastAPI
 
-    from pipelines import devices
+    from pipelines import devices, memory
     from pipelines.generate import Engine
     from pipelines.jobs import JobRunner
     from pipelines.manager import ModelManager
@@ -30,9 +30,13 @@ def build_app(settings: Settings):
     from pipelines.studio import Studio
     from ui.api import build_api
     from ui.layout import CSS, build_ui
+    from ui.limits import install_limits
 
     settings.checkpoints_dir.mkdir(parents=True, exist_ok=True)
     settings.outputs_dir.mkdir(parents=True, exist_ok=True)
+    writer = OutputWriter(settings.outputs_dir)
+    if stale := writer.clean_stale():  # hidden partial files a crash or kill -9 left behind
+        log.info("removed %d stale temporary file(s) from %s", stale, settings.outputs_dir)
     hw = devices.resolve(settings.device, settings.precision, settings.attention)
     gib, ram = 2**30, devices.system_ram()
     ram_budget = int(settings.ram_budget_gb * gib) if settings.ram_budget_gb else int(ram * 0.4)
@@ -41,10 +45,12 @@ def build_app(settings: Settings):
     else:
         device_budget = int(settings.vram_budget_gb * gib) if settings.vram_budget_gb else int(hw.total_memory * 0.85)
     manager = ModelManager(device=hw.device, device_budget=device_budget, cpu_budget=ram_budget)
-    engine = Engine(hw, manager, OutputWriter(settings.outputs_dir), config_root=settings.cache_dir / "configs",
+    mode, why = memory.pick_mode(settings.memory, hw)
+    log.info("memory mode: %s (%s): %s", mode, why, memory.DESCRIPTIONS[mode])
+    engine = Engine(hw, manager, writer, config_root=settings.cache_dir / "configs",
                     hash_cache=settings.cache_dir / "hashes.json", rng=settings.rng, models_dir=settings.models_dir,
                     preview_every=settings.preview_every, hub_endpoint=settings.hub_endpoint,
-                    memory_mode=settings.memory if settings.memory != "auto" else "high", oom_retry=settings.oom_retry,
+                    memory_mode=mode, oom_retry=settings.oom_retry,
                     channels_last=settings.channels_last if settings.channels_last is not None
                     else hw.device.type == "cuda",
                     compile_unet=settings.compile, preview_decoder=settings.preview_decoder)
@@ -55,11 +61,12 @@ def build_app(settings: Settings):
     app = FastAPI(title="Stable Diffusion studio", docs_url="/docs" if settings.api else None)
     app.state.studio = studio
     if settings.api:
-        app.include_router(build_api(studio, auth=settings.auth))
+        app.include_router(build_api(studio, auth=settings.api_auth or settings.auth))
     if not settings.nowebui:
         app = gr.mount_gradio_app(app, build_ui(studio), path="/", auth=settings.auth, ssr_mode=False,
-                                  max_file_size="50mb", css=CSS)
+                                  max_file_size=f"{settings.max_upload_mb}mb", css=CSS)
     app.router.add_event_handler("shutdown", runner.stop)
+    install_limits(app, settings.max_upload_mb * 2**20)
     return app
 
 
@@ -72,7 +79,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     where = f"http://{settings.host}:{settings.port}"
     print(f"Serving {'API only' if settings.nowebui else 'web UI'} on {where}"
           + (f" (API: {where}/sdapi/v1, docs {where}/docs)" if settings.api else ""), flush=True)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning")
+    # A request waiting on a queued job would hold shutdown until the whole queue drained: give open requests
+    # a few seconds, then the app shuts down (its shutdown handler cancels the jobs; saved images stay).
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning", timeout_graceful_shutdown=5)
 
 
 if __name__ == "__main__":

@@ -114,6 +114,11 @@ def find_model_upscalers(models_dir: Path) -> list[ModelUpscaler]:
     return sorted(found.values(), key=lambda u: u.name.lower())
 
 
+class NotAnUpscaler(ValueError):
+    """A model file that cannot be used as an upscaler (code in its pickle, unreadable, another kind of model):
+    the user's file is at fault, not the app (the API answers 422, not 500)."""
+
+
 def _unpickle_reason(error: Exception) -> str:
     """The informative line of torch's long 'Weights only load failed' message."""
     boilerplate = ("Weights only load failed", "Please file an issue", "Check the documentation")
@@ -126,7 +131,7 @@ def load_state_dict(path: Path) -> dict:
     """Tensors of a model file without running code: safetensors, or a pickle restricted to plain weights.
 
     (spandrel's own `load_from_file` uses a restricted unpickler too, but tries `torch.jit.load` first on
-    `.pt` files; we never do.) Raises ValueError naming the file.
+    `.pt` files; we never do.) Raises NotAnUpscaler (a ValueError) naming the file.
     """
     import pickle
 
@@ -141,19 +146,19 @@ def load_state_dict(path: Path) -> dict:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        raise ValueError(f"{path.name} is not an upscaler model (refused to unpickle anything but plain "
-                         f"weights: {_unpickle_reason(e)})") from e
+        raise NotAnUpscaler(f"{path.name} is not an upscaler model (refused to unpickle anything but plain "
+                            f"weights: {_unpickle_reason(e)})") from e
     except Exception as e:
-        raise ValueError(f"{path.name} is not an upscaler model (unreadable: {_unpickle_reason(e)})") from e
+        raise NotAnUpscaler(f"{path.name} is not an upscaler model (unreadable: {_unpickle_reason(e)})") from e
     if not isinstance(state, dict):
-        raise ValueError(f"{path.name} is not an upscaler model (holds a {type(state).__name__}, not weights)")
+        raise NotAnUpscaler(f"{path.name} is not an upscaler model (holds a {type(state).__name__}, not weights)")
     return state
 
 
 def load_descriptor(path: Path) -> Any:
     """The spandrel `ImageModelDescriptor` of a super-resolution model file, on the CPU, in eval mode.
 
-    Raises ValueError("<file> is not an upscaler model (<reason>)") for anything else."""
+    Raises NotAnUpscaler("<file> is not an upscaler model (<reason>)"), a ValueError, for anything else."""
     from spandrel import ImageModelDescriptor, ModelLoader, UnsupportedModelError
 
     path = Path(path)
@@ -161,12 +166,12 @@ def load_descriptor(path: Path) -> Any:
     try:
         descriptor = ModelLoader().load_from_state_dict(state)
     except UnsupportedModelError as e:
-        raise ValueError(f"{path.name} is not an upscaler model (unknown architecture)") from e
+        raise NotAnUpscaler(f"{path.name} is not an upscaler model (unknown architecture)") from e
     except Exception as e:  # an architecture matched the keys but the weights do not fit it
-        raise ValueError(f"{path.name} is not an upscaler model ({type(e).__name__}: {e})") from e
+        raise NotAnUpscaler(f"{path.name} is not an upscaler model ({type(e).__name__}: {e})") from e
     if not isinstance(descriptor, ImageModelDescriptor) or descriptor.purpose != "SR":
-        raise ValueError(f"{path.name} is not an upscaler model ({descriptor.architecture.name} "
-                         f"{descriptor.purpose} model, not super-resolution)")
+        raise NotAnUpscaler(f"{path.name} is not an upscaler model ({descriptor.architecture.name} "
+                            f"{descriptor.purpose} model, not super-resolution)")
     return descriptor.eval()
 
 

@@ -167,6 +167,6 @@ def _loader(engine: "Engine", ctx: "JobContext", info: ControlNetInfo) -> Callab
         ctx.progress(0, 1, label=f"loading ControlNet {info.name}")
         net = load_controlnet(info, dtype=engine.hw.dtype, config_root=engine.config_root,
                               progress=engine.download_progress(ctx))
-        return net.to(engine.hw.device).eval()
+        return engine.prepare_denoiser(net.to(engine.hw.device).eval())  # channels-last / compile, once
 
     return load

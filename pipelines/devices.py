@@ -33,6 +33,13 @@ def system_ram() -> int:
 
 
 def resolve(device: str = "auto", precision: str = "auto", attention: str = "auto") -> Hardware:
+    """The device, weights dtype and attention kernels for --device / --precision / --attention.
+
+    Precision "auto" is fp16 on CUDA and MPS, fp32 on the CPU. fp16 stays the CUDA default even where the GPU
+    has bf16: SD checkpoints and their VAEs are published and tuned for fp16 (fp16-fixed VAEs, fp16 LoRAs), and
+    bf16 keeps 8 mantissa bits against fp16's 11, which shows as banding and small colour shifts in the VAE
+    decode; fp16's narrower range is handled where it bites (the VAE NaN guard in generate.py). bf16 is there
+    on request (--precision bf16, also on the CPU, where torch runs it and it halves memory); fp32 as well."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
@@ -87,8 +94,25 @@ def synchronize(device: torch.device) -> None:
 
 
 def free_memory() -> None:
+    """Collect garbage, release cached CUDA blocks, and give freed heap pages back to the OS."""
     import gc
 
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+    trim_heap()
+
+
+def trim_heap() -> None:
+    """glibc keeps freed memory in its malloc arenas, so without this the process's RSS stays at its high-water
+    mark after a model is dropped and can creep up with every model switch. No-op off Linux/glibc."""
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        trim = ctypes.CDLL(None).malloc_trim  # glibc only (musl has none)
+    except (OSError, AttributeError):
+        return
+    trim(0)

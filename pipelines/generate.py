@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from extensions.base import ExtensionContext
-from pipelines import control, discovery, infotext, prompts, samplers
+from pipelines import control, discovery, fastpath, infotext, memory, previews, prompts, samplers
 from pipelines.control import ControlRequest
 from pipelines.devices import Hardware, apply_attention, free_memory
 from pipelines.discovery import CheckpointInfo
@@ -35,13 +35,6 @@ log = logging.getLogger("studio.generate")
 VERSION = "studio-0.1"
 HIRES_KEYS = frozenset([n for n, spec in PARAMS.items() if spec.group == "hires"] + ["denoising_strength"])
 COMPONENT_FIELDS = ("unet", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "scheduler_config")
-
-# Linear latent -> RGB factors for cheap live previews (no VAE decode), per latent space.
-_PREVIEW_FACTORS = {
-    "sd": [[0.298, 0.207, 0.208], [0.187, 0.286, 0.173], [-0.158, 0.189, 0.264], [-0.184, -0.271, -0.473]],
-    "sdxl": [[0.3448, 0.4168, 0.4395], [-0.1953, -0.0290, 0.0250], [0.1074, 0.0886, -0.0163],
-             [-0.3730, -0.2499, -0.2088]],
-}
 
 
 class OutOfMemory(RuntimeError):
@@ -104,21 +97,14 @@ def slerp(t: float, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (torch.sin((1 - t) * omega) * a + torch.sin(t * omega) * b) / torch.sin(omega)
 
 
-def latent_preview(latents: torch.Tensor, sdxl: bool, size: tuple[int, int]) -> Image.Image:
-    factors = torch.tensor(_PREVIEW_FACTORS["sdxl" if sdxl else "sd"], dtype=torch.float32)
-    rgb = torch.einsum("lhw,lr->hwr", latents[0].float().cpu(), factors)
-    arr = ((rgb + 1) / 2).clamp(0, 1).mul(255).byte().numpy()
-    return Image.fromarray(arr).resize(size, Image.Resampling.NEAREST)
-
-
 class Engine:
     """Device-side work. Owned by the job worker thread; the UI and API reach it through jobs only."""
 
     def __init__(self, hardware: Hardware, manager: ModelManager, writer: OutputWriter, *, config_root: Path,
                  hash_cache: Path | None = None, rng: str = "cpu", preview_every: int = 5,
                  models_dir: Path = Path("models"), hub_endpoint: str | None = None, memory_mode: str = "high",
-                 oom_retry: bool = True, channels_last: bool = False, compile_unet: bool = False,
-                 preview_decoder: str = "auto"):
+                 oom_retry: bool = False, channels_last: bool = False, compile_unet: bool = False,
+                 preview_decoder: str = "auto", compile_backend: str = "inductor"):
         self.hw = hardware
         self.models_dir = Path(models_dir)
         self.hash_cache = hash_cache
@@ -129,10 +115,14 @@ class Engine:
         self.preview_every = preview_every
         self.hub_endpoint = hub_endpoint  # annotator downloads; None = offline
         self.memory_mode = memory_mode  # pipelines/memory.py: high | normal | low | minimal
+        self.active_mode = memory_mode  # the running (or last) job's mode: reset per job, lowered by an OOM retry
         self.oom_retry = oom_retry  # retry once in the next lower memory mode after an out-of-memory error
-        self.channels_last = channels_last
+        self._offload: memory.OffloadChain | None = None  # the job's offload hooks when its models live in RAM
+        self.channels_last = channels_last  # pipelines/fastpath.py, applied as a UNet/ControlNet is loaded
         self.compile_unet = compile_unet
-        self.preview_decoder = preview_decoder  # auto | taesd | latent
+        self.compile_backend = compile_backend  # torch.compile backend (tests use a cheaper one; no setting)
+        self.preview_decoder = preview_decoder  # auto | taesd | latent (pipelines/previews.py)
+        self.warned: set[str] = set()  # warnings logged once per process (e.g. missing TAESD weights)
 
     # -- components ----------------------------------------------------------------------------
     @staticmethod
@@ -158,10 +148,29 @@ class Engine:
             discovery.ensure_hash(info, self.hash_cache)  # A1111 "Model hash", cached after the first time
             for m in (c.unet, c.vae):
                 apply_attention(m, self.hw.attention)
+            self.prepare_denoiser(c.unet)
             return {f"{ident}::{f}": getattr(c, f) for f in COMPONENT_FIELDS}
 
-        with self.manager.use(keys, load) as objs:
-            yield Components(**{f: objs[f"{ident}::{f}"] for f in COMPONENT_FIELDS}, family=info.family)
+        self.active_mode = self.memory_mode  # a job starts in the configured mode (an OOM retry may lower it)
+        offload = memory.offloads(self.active_mode) and self.hw.device.type != "cpu"
+        with self.manager.use(keys, load, place="cpu" if offload else "device") as objs:
+            comps = Components(**{f: objs[f"{ident}::{f}"] for f in COMPONENT_FIELDS}, family=info.family)
+            if not offload:
+                yield comps
+                return
+            chain = memory.OffloadChain([comps.text_encoder, comps.text_encoder_2, comps.unet, comps.vae],
+                                        self.hw.device)
+            with chain.active():  # models stay in RAM: hooks bring each one to the device while it runs
+                self._offload = chain
+                try:
+                    yield comps
+                finally:
+                    self._offload = None
+
+    def prepare_denoiser(self, model: torch.nn.Module) -> torch.nn.Module:
+        """Channels-last / torch.compile for a UNet or ControlNet, once per module (pipelines/fastpath.py)."""
+        return fastpath.prepare_unet(model, channels_last=self.channels_last, compile=self.compile_unet,
+                                     backend=self.compile_backend)
 
     @contextmanager
     def cached(self, key: str, load: Any) -> Iterator[Any]:
@@ -217,7 +226,8 @@ class Engine:
         subseed = resolve_seed(p["subseed"]) if "subseed" in p else seed  # variation seeds: txt2img only
         p.update(seed=seed, subseed=subseed, scheduler=samplers.resolve_schedule(p["sampler_name"], p["scheduler"]))
         plan.resolve(p, info)
-        result = GenerationResult(parameters=p, model=info.model_name, warnings=list(plan.warnings))
+        # the plan's list itself: what the passes note later (a VAE decoded in fp32, compile warm-up) reaches it
+        result = GenerationResult(parameters=p, model=info.model_name, warnings=plan.warnings)
         total_images = p["n_iter"] * p["batch_size"]
         ctx.check()
 
@@ -244,8 +254,8 @@ class Engine:
                 try:
                     images = plan.shortcut(p)
                     if images is None:
-                        images = self._run_batch(ctx, comps, plan, p, embeds, seeds, subseeds, it * steps,
-                                                 steps_total)
+                        images = self._batch_with_retry(ctx, comps, plan, p, embeds, seeds, subseeds, it * steps,
+                                                        steps_total, result)
                         result.denoising_steps += steps * len(seeds)
                 except Skipped:
                     ctx.clear_skip()
@@ -304,6 +314,30 @@ class Engine:
         dev = "cpu" if self.rng == "cpu" else self.hw.device
         return [torch.Generator(dev).manual_seed(s) for s in seeds]
 
+    def _batch_with_retry(self, ctx: JobContext, comps: Components, plan: "Plan", p: dict, embeds: dict,
+                          seeds: list[int], subseeds: list[int], done_before: int, steps_total: int,
+                          result: GenerationResult) -> list[Image.Image]:
+        """One batch; after running out of device memory, once more in the next lower memory mode (when allowed).
+        The job's later batches keep the lower mode; the seeds stay the same, so no image is lost or doubled."""
+        retried = False
+        while True:
+            try:
+                return self._run_batch(ctx, comps, plan, p, embeds, seeds, subseeds, done_before, steps_total)
+            except RuntimeError as e:  # OutOfMemory from denoise, or e.g. a hires pass' VAE decode running out
+                if not is_oom(e):
+                    raise
+            # leaving the handler dropped the traceback: the failed batch's latents and pipeline went with it
+            failed = self.active_mode
+            free_memory()
+            self.manager.free()  # unpinned cached models leave the device
+            lower = memory.lower(failed) if self.oom_retry and not retried else None
+            if lower is None:
+                raise OutOfMemory(memory.oom_message((p["width"], p["height"]), len(seeds), failed, retried))
+            note = f"Out of memory in {failed} mode at {p['width']}x{p['height']}: retried in {lower} mode"
+            log.warning(note)
+            result.warnings.append(note)
+            self.active_mode, retried = lower, True
+
     def _run_batch(self, ctx: JobContext, comps: Components, plan: "Plan", p: dict, embeds: dict, seeds: list[int],
                    subseeds: list[int], done_before: int, steps_total: int) -> list[Image.Image]:
         label = f"batch {done_before // max(plan.steps(p), 1) + 1}/{p['n_iter']}"
@@ -315,10 +349,13 @@ class Engine:
 
     def denoise(self, ctx: JobContext, comps: Components, kind: str, p: dict, embeds: dict, seeds: list[int],
                 extra: dict[str, Any], *, done_before: int, pass_steps: int, steps_total: int, label: str,
-                control: "control.Control | None" = None, hires: bool = False) -> Any:
-        """One pipeline call over a batch (sampler, steps, CFG and size from `p`); returns the pipeline's images
-        (PIL, or latents when `extra` asks for output_type="latent"). With `control`, the ControlNet variant of
-        the pipeline runs with the units' maps fitted to this pass."""
+                control: "control.Control | None" = None, hires: bool = False,
+                notes: list[str] | None = None) -> Any:
+        """One pipeline call over a batch (sampler, steps, CFG and size from `p`); returns PIL images, or latents
+        when `extra` asks for output_type="latent". The pipeline stops at the latents either way and `decode`
+        makes the images (its fp16 NaN guard). With `control`, the ControlNet variant of the pipeline runs with
+        the units' maps fitted to this pass. Warnings for the job's result (a float32 re-decode, the compile
+        warm-up) go to `notes`."""
         w, h, sdxl = p["width"], p["height"], comps.text_encoder_2 is not None
         scheduler = samplers.make_scheduler(p["sampler_name"], p["scheduler"], comps.scheduler_config, seed=seeds)
         stack = None
@@ -327,18 +364,26 @@ class Engine:
             extra = dict(extra, **args)
             if "masked_image_latents" in extra:  # the ControlNet inpaint pipelines start from pixels only
                 extra.pop("masked_image_latents")
-                extra["image"] = self.decode(comps, extra["image"])
+                extra["image"] = self.decode(comps, extra["image"], notes)
         pipe = build_pipeline(comps, scheduler, kind, controlnet=stack)
         order = getattr(scheduler, "order", 1)  # 2nd-order samplers (Heun, DPM2) call back ~twice per step
         per_pass = max(pass_steps, 1)
+        # A compiled UNet/ControlNet compiles again for each new input shape: say so before the slow first step.
+        nets = [comps.unet, *(u.net for u in control.units)] if control is not None else [comps.unet]
+        unet_batch = len(seeds) * (2 if p["cfg_scale"] > 1 else 1)
+        warm = fastpath.Warmup.begin(nets, (w, h, unet_batch, embeds["prompt_embeds"].shape[1]))
+        if warm is not None:
+            ctx.progress(done_before, steps_total, label="compiling UNet (first step)…")
 
         def on_step(pipe_: Any, i: int, t: Any, kw: dict) -> dict:
             ctx.check()
             if ctx.skip_requested():
                 raise Skipped()
+            if warm is not None:
+                warm.step()
             ctx.progress(done_before + min(-(-(i + 1) // order), per_pass), steps_total, label=label)
             if self.preview_every and (i + 1) % self.preview_every == 0:
-                ctx.preview(latent_preview(kw["latents"], sdxl, (w, h)), step=i + 1)
+                ctx.preview(preview(kw["latents"]), step=i + 1)
             return kw
 
         call: dict[str, Any] = dict(
@@ -346,30 +391,94 @@ class Engine:
             num_images_per_prompt=len(seeds), callback_on_step_end=on_step,
             callback_on_step_end_tensor_inputs=["latents"], output_type="pil", **embeds)
         call.update(extra)  # the plan may override e.g. num_inference_steps
+        want_latents = call["output_type"] == "latent"
+        call["output_type"] = "latent"
+        mode = self.active_mode
         try:
-            with torch.inference_mode():
-                return pipe(**call).images
-        except torch.OutOfMemoryError as e:
-            del pipe, call, extra, stack
-            free_memory()
-            raise OutOfMemory(
-                f"Out of device memory at {w}x{h}, batch size {len(seeds)}: lower the size or batch size. "
-                "Memory was freed; images finished so far are saved.") from e
+            with self._memory_mode(pipe, mode, (w, h)), self._previewer(sdxl, (w, h)) as preview, \
+                    torch.inference_mode():
+                latents = pipe(**call).images
+                if warm is not None and (note := warm.report((w, h))):
+                    self.note(note, notes)
+                if want_latents:
+                    return latents
+                return self.decode(comps, latents, notes, watermark=getattr(pipe, "watermark", None))
+        except RuntimeError as e:  # torch.OutOfMemoryError, or MPS' / cuDNN's out-of-memory RuntimeErrors
+            if not is_oom(e):
+                raise
+        # Outside the handler the error's traceback is gone, and with it the failed call's frames and tensors.
+        del pipe, call, extra, stack
+        free_memory()
+        raise OutOfMemory(memory.oom_message((w, h), len(seeds), mode, retried=False))
 
-    def decode(self, comps: Components, latents: torch.Tensor) -> list[Image.Image]:
-        """Latents (scaled) -> PIL images with the checkpoint's VAE."""
+    def _memory_mode(self, pipe: Any, mode: str, size: tuple[int, int]):
+        """pipelines/memory.py's mode for one pipeline call (undone after it)."""
+        if memory.offloads(mode) and self.hw.device.type == "cpu" and "cpu-offload" not in self.warned:
+            self.warned.add("cpu-offload")
+            log.info("memory mode %s on a CPU device: no offloading (RAM is the device), only slicing and tiling",
+                     mode)
+        return memory.applied(pipe, mode, self.hw.device, size, chain=self._offload)
+
+    def _previewer(self, sdxl: bool, size: tuple[int, int]):
+        """The live-preview decoder for one pass (TAESD from the component cache, or the latent approximation)."""
+        return previews.previewer(self.preview_decoder if self.preview_every else "latent", self.models_dir, sdxl,
+                                  size, dtype=self.hw.dtype, cache=self.cached, warned=self.warned)
+
+    def decode(self, comps: Components, latents: torch.Tensor, notes: list[str] | None = None, *,
+               watermark: Any = None) -> list[Image.Image]:
+        """Latents (scaled, as the pipelines hold them) -> PIL images, decoded as the pipeline itself would, byte
+        for byte: SDXL upcasts an fp16 VAE whose config says force_upcast, and denormalizes with latents_mean /
+        latents_std when its config has them (StableDiffusionXLPipeline.__call__); SD 1.x/2.x decode in the VAE's
+        dtype. NaN guard: an fp16 VAE that overflows gives NaN/Inf (a black image); then the batch is decoded
+        again in float32 and a warning goes to `notes`. `watermark`: the SDXL pipeline's, when it has one."""
         from diffusers.image_processor import VaeImageProcessor
 
-        vae = comps.vae
-        with torch.inference_mode():
-            pixels = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample
+        vae, sdxl = comps.vae, comps.text_encoder_2 is not None
+        dtype = torch.float32 if sdxl and vae.dtype == torch.float16 and vae.config.force_upcast else vae.dtype
+        pixels = vae_decode(vae, latents, dtype, sdxl)
+        if dtype != torch.float32 and not torch.isfinite(pixels).all():
+            pixels = vae_decode(vae, latents, torch.float32, sdxl)
+            self.note(f"VAE produced NaNs in {str(dtype).removeprefix('torch.')}: decoded in float32; use an "
+                      "fp16-fixed VAE (e.g. sdxl-vae-fp16-fix) to avoid the slower decode", notes)
+        if watermark is not None:
+            pixels = watermark.apply_watermark(pixels)
         return VaeImageProcessor().postprocess(pixels, output_type="pil")
+
+    @staticmethod
+    def note(message: str, notes: list[str] | None) -> None:
+        """A warning for the job's result (once per job) and the log."""
+        if notes is not None:
+            if message in notes:
+                return
+            notes.append(message)
+        log.warning(message)
 
     def extension_context(self, ctx: JobContext) -> ExtensionContext:
         """What an extension may use from this job: device, progress/cancel hooks, the component cache."""
 
         return ExtensionContext(device=self.hw.device, dtype=self.hw.dtype, hooks=ctx, cache=self.cached,
                                 models_dir=self.models_dir, hub_endpoint=self.hub_endpoint)
+
+
+def vae_decode(vae: Any, latents: torch.Tensor, dtype: torch.dtype, sdxl: bool) -> torch.Tensor:
+    """One VAE decode of scaled latents in `dtype` (pixels in [-1, 1]). The cached, shared VAE is cast for the call
+    and back after it, as diffusers' SDXL upcast does, so the model manager's byte count stays right."""
+    was = vae.dtype
+    try:
+        if dtype != was:
+            vae.to(dtype)
+        z, cfg = latents.to(dtype), vae.config
+        if sdxl and getattr(cfg, "latents_mean", None) is not None and getattr(cfg, "latents_std", None) is not None:
+            mean = torch.tensor(cfg.latents_mean).view(1, -1, 1, 1).to(z.device, z.dtype)
+            std = torch.tensor(cfg.latents_std).view(1, -1, 1, 1).to(z.device, z.dtype)
+            z = z * std / cfg.scaling_factor + mean
+        else:
+            z = z / cfg.scaling_factor
+        with torch.inference_mode():
+            return vae.decode(z, return_dict=False)[0]
+    finally:
+        if vae.dtype != was:
+            vae.to(was)
 
 
 class Plan:
@@ -420,7 +529,7 @@ class Plan:
         kind, extra = self.call(engine, comps, p, seeds, subseeds)
         return engine.denoise(ctx, comps, kind, p, embeds, seeds, extra, done_before=done_before,
                               pass_steps=self.first_pass_steps(p), steps_total=steps_total, label=label,
-                              control=self.control)
+                              control=self.control, notes=self.warnings)
 
     def after(self, engine: Engine, ctx: JobContext, comps: Components, p: dict, embeds: dict, output: Any,
               seeds: list[int], *, done_before: int, steps_total: int, label: str) -> list[Image.Image]:

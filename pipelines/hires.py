@@ -84,7 +84,7 @@ class HiresPlan(Txt2ImgPlan):
         ctx.check()
         if self.latent:
             if p["hr_keep_first_pass"]:
-                self.keep += list(zip(engine.decode(comps, output), seeds))
+                self.keep += list(zip(engine.decode(comps, output, self.warnings), seeds))
             image: Any = upscale_latents(output, (tw, th), p["hr_upscaler"])
         else:
             if p["hr_keep_first_pass"]:
@@ -110,14 +110,14 @@ class HiresPlan(Txt2ImgPlan):
             n += 1
         kind = "inpaint" if comps.unet.config.in_channels == 9 else "img2img"
         if kind == "inpaint" and self.latent:  # 9-channel UNets condition on pixels: decode first
-            image = engine.decode(comps, image)
+            image = engine.decode(comps, image, self.warnings)
         extra: dict[str, Any] = dict(image=image, strength=p["denoising_strength"], num_inference_steps=n,
                                      generator=engine.generators([s + 0x41D5 for s in seeds]))
         if kind == "inpaint":
             extra["mask_image"] = Image.new("L", (tw, th), 255)
         return engine.denoise(ctx, comps, kind, p2, embeds2, seeds, extra, done_before=done_before,
                               pass_steps=self.second_pass_steps(p), steps_total=steps_total,
-                              label=f"{label}: hires pass", control=self.control, hires=True)
+                              label=f"{label}: hires pass", control=self.control, hires=True, notes=self.warnings)
 
 
 class HiresOnImagePlan(HiresPlan):

@@ -77,6 +77,7 @@ class Job:
         self.exception: BaseException | None = None
         self.last_progress: JobEvent | None = None
         self.last_preview: Any = None
+        self._position: int | None = None  # the last queue position announced (QUEUED event)
         self._events: queue.Queue[JobEvent] = queue.Queue()
         self._cancel = threading.Event()
         self._skip = threading.Event()
@@ -191,10 +192,9 @@ class JobRunner:
                     raise QueueFull(f"{waiting} jobs already waiting for this client; wait for them to finish")
             job = Job(next(self._ids), fn, kind, owner)
             self._pending.append(job)
-            position = len(self._pending) - 1 + (1 if self._current is not None else 0)
-            job.emit(JobEvent(EventKind.QUEUED, job.id, position=position))
+            self._announce_positions()
             self._lock.notify_all()
-        log.info("job %d (%s) queued at position %d", job.id, kind, position)
+        log.info("job %d (%s) queued at position %d", job.id, kind, job._position)
         return job
 
     def current(self) -> Job | None:
@@ -213,9 +213,31 @@ class JobRunner:
             except ValueError:
                 return None
 
+    def queue(self) -> list[tuple[Job, int]]:
+        """One consistent snapshot of every job the worker still holds, in running order, with its position
+        (0 = running, or next when the worker is idle; a queued job's position = the jobs ahead of it)."""
+        with self._lock:
+            head = [self._current] if self._current is not None else []
+            return [(job, i) for i, job in enumerate([*head, *self._pending])]
+
+    def _announce_positions(self) -> None:
+        """Send each waiting job its position when it changed (caller holds the lock). A job's positions thus
+        start at the number of jobs ahead of it at submit and go down by one as each of those ends or is
+        cancelled, never repeated and never up (a job starting ahead keeps the count: it is still ahead)."""
+        ahead = 1 if self._current is not None else 0
+        for i, waiting in enumerate(self._pending):
+            if waiting._position != i + ahead:
+                waiting._position = i + ahead
+                waiting.emit(JobEvent(EventKind.QUEUED, waiting.id, position=i + ahead))
+
     def interrupt(self, job: Job | None = None, owner: str | None = None) -> bool:
-        """Cancel `job` (queued or running), or else the running job (if `owner` given, only its own)."""
-        target = job or self._current
+        """Cancel `job` (queued or running; if `owner` is given, only when it is that owner's). Without `job`:
+        the running job; or, given `owner`, that owner's running job, else the first of its queued jobs (the one
+        the owner has waited for longest). False when there is nothing of that owner's to cancel."""
+        target = job
+        if target is None:
+            mine = [j for j, _ in self.queue() if not j.done and (owner is None or j.owner == owner)]
+            target = mine[0] if mine and (owner is not None or mine[0] is self._current) else None
         if target is None or target.done or (owner is not None and target.owner != owner):
             return False
         target._cancel.set()
@@ -223,8 +245,7 @@ class JobRunner:
             queued = target in self._pending
             if queued:  # never started: end it now instead of when it reaches the worker
                 self._pending.remove(target)
-                for i, waiting in enumerate(self._pending):
-                    waiting.emit(JobEvent(EventKind.QUEUED, waiting.id, position=i + (self._current is not None)))
+                self._announce_positions()
         if queued:
             self._end(target, "cancelled", EventKind.CANCELLED, message="cancelled while queued")
         return True
@@ -246,8 +267,7 @@ class JobRunner:
                     return
                 job = self._pending.popleft()
                 self._current = job
-                for i, waiting in enumerate(self._pending):
-                    waiting.emit(JobEvent(EventKind.QUEUED, waiting.id, position=i + 1))
+                self._announce_positions()
             try:
                 self._run(job)
             finally:

@@ -2,9 +2,11 @@
 
 `OutputWriter(outputs_dir).save(...)` writes `outputs_dir/<mode>/YYYY-MM-DD/NNNNN-SEED.png` with the infotext
 in a PNG "parameters" text chunk. NNNNN is one more than the highest 5-digit prefix in the folder. Writes are
-atomic (hidden `.NNNNN-SEED.png.tmp` in the same folder, fsync, `os.replace`). Numbers are handed out under
-the writer's lock and remembered per folder, so threads sharing a writer never get the same number; the
-temporary file is created with O_EXCL and counts as taken, which also keeps separate writers apart.
+atomic (hidden `.NNNNN-SEED.png.tmp` in the same folder, fsync, `os.replace`), so a crash or a kill never
+leaves a partial file under a final name; `clean_stale()` (called at start-up) removes the hidden leftovers.
+Numbers are handed out under the writer's lock and remembered per folder, so threads sharing a writer never get
+the same number; the temporary file is created with O_EXCL and counts as taken, which also keeps separate
+writers apart.
 Pure Python + PIL, no torch.
 """
 
@@ -14,6 +16,7 @@ import io
 import os
 import re
 import threading
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -25,6 +28,7 @@ from pipelines.infotext import parse_infotext
 
 _MODE_RE = re.compile(r"[a-z0-9_-]+")
 _NUMBER_RE = re.compile(r"^\.?(\d{5})-")
+_TMP_RE = re.compile(r"^\.\d{5}-[0-9a-z-]*\.png\.tmp$")  # what `_reserve` creates
 _EXIF_IFD = 0x8769
 _USER_COMMENT = 0x9286
 
@@ -71,6 +75,24 @@ class OutputWriter:
             raise
         _fsync_dir(folder)
         return final
+
+    def clean_stale(self, older_than_s: float = 60.0) -> int:
+        """Remove temporary files a crash or kill left behind (hidden `.NNNNN-SEED*.png.tmp` below the outputs
+        folder, last written over `older_than_s` ago: a younger one may belong to a writer still at work).
+        Returns how many were removed. Final names are never touched: a partial file never had one."""
+        cutoff, removed = time.time() - older_than_s, 0
+        if not self.outputs_dir.is_dir():
+            return 0
+        for path in self.outputs_dir.rglob(".*.png.tmp"):
+            if not _TMP_RE.match(path.name):
+                continue
+            try:
+                if path.is_file() and not path.is_symlink() and path.stat().st_mtime < cutoff:
+                    path.unlink()
+                    removed += 1
+            except OSError:  # gone meanwhile, or not ours to remove
+                continue
+        return removed
 
     def _reserve(self, folder: Path, seed: str) -> tuple[int, Path, Path]:
         """Pick the next number and create its temporary file exclusively (holding the lock)."""

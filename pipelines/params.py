@@ -628,6 +628,8 @@ class _ParamsBase(BaseModel):
         data = dict(data)
         for name, value in data.items():
             spec = PARAMS.get(name)
+            if spec is not None and spec.kind == "choice" and not isinstance(value, (str, int, type(None))):
+                raise ValueError(f"{name}: expected a name, got {type(value).__name__}")  # before any .strip()
             if spec is not None and spec.kind == "choice" and isinstance(value, (bool, int)) and spec.choices:
                 options = spec.choices()
                 if not 0 <= int(value) < len(options):

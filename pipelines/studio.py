@@ -344,8 +344,10 @@ class Studio:
         for _, image in images:
             self._check_image(image)
             self._upscale_target(params, image)
-        used = {params.upscaler_1, params.upscaler_2 if params.extras_upscaler_2_visibility > 0 else None}
-        for name in used - {None, "", "None"}:
+        used = {params.upscaler_1}  # "" too is checked (refused): only "None" means no upscaler
+        if params.extras_upscaler_2_visibility > 0 and params.upscaler_2:  # the job skips an empty upscaler 2
+            used.add(params.upscaler_2)
+        for name in used - {"None"}:
             self._check_upscaler(name)
         from pipelines import upscale
 
@@ -411,27 +413,60 @@ class Studio:
                     self._options[k] = v
         return job
 
-    def progress(self) -> dict[str, Any]:
-        job = self.runner.current()
-        if job is not None and job.done:  # ended, the worker is only clearing up: idle for clients
-            job = None
-        state = {"skipped": False, "interrupted": False, "job": "", "job_count": len(self.runner.pending()),
+    def progress(self, owner: str | None = None) -> dict[str, Any]:
+        """A1111's progress answer, about `owner`'s job: its running one, else the first it has queued (progress 0,
+        textinfo "Queued: N job(s) ahead"). A caller with no job sees the running job (A1111 clients poll from
+        another connection than the one generating), but a job's preview image goes to its owner only (and to
+        callers that give no owner: in-process ones). `queue_position`: the jobs ahead of the described job (0 =
+        running), None when it is not the caller's own. `state.job_count`: the jobs running or queued, all clients'."""
+        queue = [(job, pos) for job, pos in self.runner.queue() if not job.done]
+        mine = [(job, pos) for job, pos in queue if owner is None or job.owner == owner]
+        running = [(job, pos) for job, pos in queue if job.status == "running"]
+        job, position = (mine or running or [(None, None)])[0]
+        state = {"skipped": False, "interrupted": False, "job": "", "job_count": len(queue),
                  "job_timestamp": "0", "job_no": 0, "sampling_step": 0, "sampling_steps": 0}
+        answer = {"progress": 0.0, "eta_relative": 0.0, "state": state, "current_image": None, "textinfo": None,
+                  "queue_position": position if mine else None}
         if job is None:
-            return {"progress": 0.0, "eta_relative": 0.0, "state": state, "current_image": None, "textinfo": None}
+            return answer
+        state.update(job=f"job {job.id}", interrupted=job._cancel.is_set(), skipped=job._skip.is_set())
+        if job.status != "running":  # queued: nothing to show yet
+            answer["textinfo"] = f"Queued: {position} job(s) ahead" if position else "Queued: next in line"
+            return answer
         ev = job.last_progress
         step, total = (ev.step or 0, ev.total or 1) if ev else (0, 1)
-        state.update(job=f"job {job.id}", job_count=state["job_count"] + 1, sampling_step=step, sampling_steps=total,
-                     interrupted=job._cancel.is_set(), skipped=job._skip.is_set())
-        return {"progress": step / total if total else 0.0, "eta_relative": (ev.eta_s or 0.0) if ev else 0.0,
-                "state": state, "current_image": job.last_preview, "textinfo": ev.label if ev else None}
+        state.update(sampling_step=step, sampling_steps=total)
+        return {**answer, "progress": step / total if total else 0.0, "eta_relative": (ev.eta_s or 0.0) if ev else 0.0,
+                "current_image": job.last_preview if mine else None, "textinfo": ev.label if ev else None}
+
+    def queue_of(self, owner: str | None) -> dict[str, Any]:
+        """`owner`'s jobs still running or queued (id, kind, status, position = jobs ahead, 0 = running) and the
+        length of the whole queue; nothing about other clients' jobs."""
+        queue = [(job, pos) for job, pos in self.runner.queue() if not job.done]
+        return {"queue_length": len(queue),
+                "jobs": [{"id": job.id, "kind": job.kind, "status": job.status, "position": pos,
+                          "queued_at": job.created, "started_at": job.started}
+                         for job, pos in queue if job.owner == owner]}
+
+    def cancel(self, job_id: int, owner: str | None) -> bool:
+        """Cancel `owner`'s job `job_id` (queued or running); False when it has no such job still running or queued."""
+        for job, _ in self.runner.queue():
+            if job.id == job_id and job.owner == owner:
+                return self.runner.interrupt(job, owner=owner)
+        return False
 
     @staticmethod
     def png_info(image: Any) -> dict[str, Any]:
         return outputs.read_png_info(image)
 
-    def memory(self) -> dict[str, int]:
-        return self.engine.manager.usage()
+    def memory(self) -> dict[str, Any]:
+        """A1111's /sdapi/v1/memory ({"ram": ..., "cuda": ...}) plus the memory mode ("mode": the running or last
+        job's, "mode_configured", "mode_setting" as given on the command line) and the model cache ("models")."""
+        from pipelines import memory  # torch: lazily
+
+        eng = self.engine
+        return {**memory.usage(eng.hw.device), "mode": eng.active_mode, "mode_configured": eng.memory_mode,
+                "mode_setting": self.settings.memory, "models": eng.manager.usage()}
 
     @property
     def outputs_dir(self) -> Path:

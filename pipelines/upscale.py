@@ -117,7 +117,8 @@ def sd_upscale(engine: "Engine", ctx: "JobContext", params: Any, info: Checkpoin
             k = done["regions"]
             out = engine.denoise(ctx, comps, kind, tp, embeds, [tile_seed], extra, done_before=done["steps"],
                                  pass_steps=per, steps_total=steps_total,
-                                 label=f"{'tile' if k < n['tiles'] else 'seam'} {k + 1}/{regions}")
+                                 label=f"{'tile' if k < n['tiles'] else 'seam'} {k + 1}/{regions}",
+                                 notes=result.warnings)  # NaN-guard / compile warm-up notes reach the job
             done["regions"] += 1
             done["steps"] += per
             return plan.finish(out)[0].resize(region.size, Image.Resampling.LANCZOS)

@@ -16,8 +16,10 @@ import json
 import logging
 import re
 import secrets
-from typing import Any, Callable
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator, Callable
 
+import anyio.to_thread
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from pydantic import BaseModel, ConfigDict, Field
@@ -265,8 +267,10 @@ def apply_request_styles(studio: Studio, req: Any, params: dict[str, Any]) -> No
 def run_generation(submit: Callable[[], Any], req: Any, warnings: list[str]) -> dict[str, Any]:
     """Submit a generation job (txt2img, img2img, inpaint, sd-upscale), wait for it and shape A1111's answer:
     {"images": [base64 PNG with its parameters chunk], "parameters": request, "info": JSON string}. The info
-    holds `warnings`: the request's and the engine's (e.g. a resized mask)."""
-    events = wait_job(submit_job(submit))
+    holds `warnings`: the request's and the engine's (e.g. a resized mask), and `job_id`: the job's id in the queue
+    (GET /studio/v1/queue; ids grow in arrival order)."""
+    job = submit_job(submit)
+    events = wait_job(job)
     last = events[-1]
     if last.kind is EventKind.FINISHED:
         result = last.result
@@ -287,7 +291,7 @@ def run_generation(submit: Callable[[], Any], req: Any, warnings: list[str]) -> 
                 "denoising_strength": getattr(req, "denoising_strength", 0), "interrupted": True}
     if images and info.get("width") is None:  # jobs whose parameters have no size (sd-upscale)
         info.update(width=images[0].width, height=images[0].height)
-    info["warnings"] = warnings
+    info.update(warnings=warnings, job_id=job.id)
     return {"images": [encode_png(im, t) for im, t in zip(images, texts)] if req.send_images else [],
             "parameters": req.model_dump(), "info": json.dumps(info)}
 
@@ -318,6 +322,19 @@ def _native_scale(name: str) -> int | None:
 
 # ----------------------------------------------------------------------------------------------
 # Endpoints
+
+
+WAITING_THREADS = 1000  # requests that may wait for their jobs at once (Starlette's default pool: 40)
+
+
+@asynccontextmanager
+async def _waiting_threads(app: Any) -> AsyncIterator[None]:
+    """The routes are plain functions, run in Starlette's worker threads, and a generation request holds its
+    thread while its job waits in the queue and runs. With the default 40 threads the 41st waiting request would
+    not even be queued until one ended, and /progress, /interrupt and the queue listing would stall meanwhile.
+    A waiting thread is idle (it blocks on its job's events), so allow many."""
+    anyio.to_thread.current_default_thread_limiter().total_tokens = WAITING_THREADS
+    yield
 
 
 def build_api(studio: Studio, auth: tuple[str, str] | None = None) -> APIRouter:
@@ -426,20 +443,46 @@ def build_api(studio: Studio, auth: tuple[str, str] | None = None) -> APIRouter:
             wait_job(job)  # the previous model stays selected when this load fails
         return True
 
+    # -- the queue: each client (`client_id`: X-Client-Id header, else host) sees and stops its own jobs --------
     @api.get("/progress")
-    def progress(skip_current_image: bool = False) -> dict[str, Any]:
-        p = studio.progress()
+    def progress(request: Request, skip_current_image: bool = False) -> dict[str, Any]:
+        """A1111's answer about the caller's job: running (progress, ETA, live preview) or queued (progress 0,
+        textinfo "Queued: N job(s) ahead", `queue_position` N). A caller with no job sees the running job, without
+        its preview (that goes to its owner only), and `queue_position` null. `state.job_count`: all jobs waiting
+        or running."""
+        p = studio.progress(client_id(request))
         image = p.get("current_image")
         p["current_image"] = encode_png(image) if image is not None and not skip_current_image else None
         return p
 
     @api.post("/interrupt")
-    def interrupt() -> dict[str, bool]:
-        return {"interrupted": studio.interrupt()}
+    def interrupt(request: Request) -> dict[str, bool]:
+        """Stop the caller's running job (the images finished so far are answered to its request, as in A1111);
+        when it has none running, cancel the first of its queued jobs. Other clients' jobs are never touched: a
+        caller with nothing to stop gets {"interrupted": false} (still 200, as A1111's answer to an idle server).
+        One call stops one job; DELETE /studio/v1/queue/{id} cancels a given one."""
+        return {"interrupted": studio.interrupt(client_id(request))}
 
     @api.post("/skip")
-    def skip() -> dict[str, bool]:
-        return {"skipped": studio.skip()}
+    def skip(request: Request) -> dict[str, bool]:
+        """Abandon the current image of the caller's running job and go on with its next one; {"skipped": false}
+        when the caller has no job running (queued jobs have nothing to skip)."""
+        return {"skipped": studio.skip(client_id(request))}
+
+    @own.get("/queue")
+    def queue(request: Request) -> dict[str, Any]:
+        """The caller's jobs still running or queued, in running order: {"queue_length": all clients' jobs,
+        "jobs": [{"id", "kind", "status": "running" | "queued", "position": jobs ahead (0 = running),
+        "queued_at", "started_at"}]}. Nothing about other clients' jobs beyond their number."""
+        return studio.queue_of(client_id(request))
+
+    @own.delete("/queue/{job_id}")
+    def cancel_job(request: Request, job_id: int) -> dict[str, bool]:
+        """Cancel one of the caller's jobs, queued or running (a running one answers its request with the images
+        finished so far). 404 when the caller has no such job still queued or running."""
+        if not studio.cancel(job_id, client_id(request)):
+            raise ApiError(404, "NotFound", f"job {job_id}: no such job of yours is queued or running")
+        return {"interrupted": True}
 
     @api.post("/png-info")
     def png_info(body: Any = Depends(json_body)) -> dict[str, Any]:
@@ -522,7 +565,7 @@ def build_api(studio: Studio, auth: tuple[str, str] | None = None) -> APIRouter:
         """Finalize a chosen image (the guided workflow's last step): answers like txt2img, image null."""
         return one_image(request, body, "hires-fix", Txt2ImgParams.model_fields, studio.submit_hires_fix)
 
-    root = APIRouter()
+    root = APIRouter(lifespan=_waiting_threads)
     root.include_router(api)
     root.include_router(own)
     root.include_router(build_controlnet_api(studio, deps))

@@ -7,6 +7,8 @@ import base64
 import binascii
 import io
 import json
+import math
+import re
 from typing import Any, Callable
 
 from fastapi import Request
@@ -63,6 +65,9 @@ def decode_image(data: Any, field: str = "image", max_pixels: int | None = None)
     text = data.strip()
     if text.startswith("data:"):
         text = text.partition(",")[2]
+    if ":" in text or "\\" in text:  # never in base64: a URL ("file://", "http://") or a Windows path
+        raise ApiError(400, "BadImage", f"{field}: expected base64 image data, not a URL or a file path (the API "
+                                        "reads no files and fetches no URLs)")
     try:
         raw = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError) as e:
@@ -95,7 +100,7 @@ def job_error(job: Any) -> ApiError:
         return ApiError(422, "BadRequest", message)
     if type(exc).__name__ == "AnnotatorMissing":  # preprocessor weights neither on disk nor downloadable
         return ApiError(424, "AnnotatorMissing", message)
-    if type(exc).__name__ == "LoadError" or job.kind == "load-model":
+    if type(exc).__name__ in ("LoadError", "NotAnUpscaler") or job.kind == "load-model":  # a bad model file
         return ApiError(422, "ModelLoadError", message)
     return ApiError(500, type(exc).__name__ if exc else "JobFailed", message)
 
@@ -114,15 +119,65 @@ def wait_job(job: Any) -> list[Any]:
 
 
 def client_id(request: Request) -> str:
-    return request.headers.get("x-client-id") or (request.client.host if request.client else "unknown")
+    """Who is asking, for the job queue: each client has its own cap on queued jobs, and its interrupt, skip,
+    progress and queue listing are about its own jobs only.
+
+    An `X-Client-Id` header names the client (any string up to 128 characters; scripts sharing one machine
+    send one each to be told apart); without it, the client is its host address (behind a reverse proxy on
+    the same machine, uvicorn takes it from X-Forwarded-For). The HTTP login is not used: there is one
+    login, shared by everyone, so it tells no clients apart. This identifies, it does not authenticate: a
+    client that sends another's id acts as that client (protect the server with --auth or --api-auth)."""
+    named = request.headers.get("x-client-id", "").strip()
+    if named:
+        return "client:" + named[:128]
+    return "host:" + (request.client.host if request.client else "unknown")
 
 
 async def json_body(request: Request) -> Any:
+    """The request body as JSON, whatever the content type says. 422 naming the problem when it is not JSON (NaN
+    and Infinity included: they are not JSON numbers), is nested too deeply to read, or holds a string that is
+    not valid Unicode (a lone surrogate escape such as "\\ud800", which no tokenizer or PNG chunk can take)."""
     raw = await request.body()
     try:
-        return json.loads(raw or b"null")
+        body = json.loads(raw or b"null", parse_constant=_not_a_number, parse_float=_finite)
     except ValueError as e:
         raise ApiError(422, "JSONDecodeError", f"body: malformed JSON ({e})") from None
+    except RecursionError:
+        raise ApiError(422, "JSONDecodeError", "body: nested too deeply") from None
+    if _SURROGATE_ESCAPE.search(raw):
+        _check_unicode(body)
+    return body
+
+
+def _not_a_number(token: str) -> float:
+    raise ValueError(f"{token} is not a JSON number")  # Python's json reads NaN and Infinity; JSON has neither
+
+
+def _finite(token: str) -> float:
+    value = float(token)
+    if not math.isfinite(value):
+        raise ValueError(f"{token[:40]} is too large for a number")
+    return value
+
+
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _check_unicode(body: Any) -> None:
+    stack: list[tuple[str, Any]] = [("body", body)]
+    while stack:
+        where, value = stack.pop()
+        if isinstance(value, dict):
+            stack.extend((f"{where}.{k}", v) for k, v in value.items())
+            stack.extend((f"{where} key", k) for k in value)
+        elif isinstance(value, list):
+            stack.extend((f"{where}[{i}]", v) for i, v in enumerate(value))
+        elif isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ApiError(422, "InvalidUnicode", f"{where[:200]}: not valid Unicode (a lone surrogate "
+                                                      "escape such as \\ud800)") from None
 
 
 def submit_job(submit: Callable[[], Any], status: int = 422, error: str = "BadRequest") -> Any:

@@ -46,12 +46,31 @@ def _size(n: int) -> str:
     return f"{n / 2**30:.1f} GB" if n >= 2**30 else f"{n / 2**20:.0f} MB"
 
 
+def mode_text(mem: dict[str, Any]) -> str:
+    """"memory normal (auto)"; after an out-of-memory retry lowered the last job: "(lowered from high)"."""
+    how = "auto" if mem["mode_setting"] == "auto" else "set"
+    if mem["mode"] != mem["mode_configured"]:
+        how = f"lowered from {mem['mode_configured']} after out of memory"
+    return f"memory {mem['mode']} ({how})"
+
+
+def device_use_text(mem: dict[str, Any]) -> str:
+    """GPU: allocated (reserved) and free device memory; CPU: this process' resident RAM."""
+    cuda = mem.get("cuda") or {}
+    if "system" in cuda:
+        return (f"GPU {_size(cuda['allocated']['current'])} in use ({_size(cuda['reserved']['current'])} "
+                f"reserved), {_size(cuda['system']['free'])} of {_size(cuda['system']['total'])} free")
+    return f"process RAM {_size(mem['ram']['used'])}"
+
+
 def status_text(studio: Studio, note: str = "") -> str:
     try:
         mem = studio.memory()
-        memory = f"models: {_size(mem['device_bytes'])} of {_size(mem['device_budget'])} on device"
-        if mem.get("cpu_bytes"):
-            memory += f", {_size(mem['cpu_bytes'])} of {_size(mem['cpu_budget'])} offloaded to RAM"
+        models = mem["models"]
+        memory = f"models: {_size(models['device_bytes'])} of {_size(models['device_budget'])} on device"
+        if models.get("cpu_bytes"):
+            memory += f", {_size(models['cpu_bytes'])} of {_size(models['cpu_budget'])} offloaded to RAM"
+        memory = f"{mode_text(mem)} · {device_use_text(mem)} · {memory}"
     except Exception:  # status must never break the page
         memory = "memory: n/a"
     queued = len(studio.runner.pending()) + (studio.runner.current() is not None)
