@@ -214,11 +214,13 @@ class JobRunner:
                 return None
 
     def queue(self) -> list[tuple[Job, int]]:
-        """One consistent snapshot of every job the worker still holds, in running order, with its position
-        (0 = running, or next when the worker is idle; a queued job's position = the jobs ahead of it)."""
+        """One consistent snapshot of every job the worker still holds and that has not ended, in running order,
+        with its position (0 = running, or next when the worker is idle; a queued job's position = the jobs
+        ahead of it, counted as `_announce_positions` counts them). A running job that has just ended, while
+        the worker clears up, is left out (its position still counts for the others)."""
         with self._lock:
             head = [self._current] if self._current is not None else []
-            return [(job, i) for i, job in enumerate([*head, *self._pending])]
+            return [(job, i) for i, job in enumerate([*head, *self._pending]) if not job.done]
 
     def _announce_positions(self) -> None:
         """Send each waiting job its position when it changed (caller holds the lock). A job's positions thus
@@ -236,7 +238,7 @@ class JobRunner:
         the owner has waited for longest). False when there is nothing of that owner's to cancel."""
         target = job
         if target is None:
-            mine = [j for j, _ in self.queue() if not j.done and (owner is None or j.owner == owner)]
+            mine = [j for j, _ in self.queue() if owner is None or j.owner == owner]
             target = mine[0] if mine and (owner is not None or mine[0] is self._current) else None
         if target is None or target.done or (owner is not None and target.owner != owner):
             return False

@@ -419,7 +419,7 @@ class Studio:
         another connection than the one generating), but a job's preview image goes to its owner only (and to
         callers that give no owner: in-process ones). `queue_position`: the jobs ahead of the described job (0 =
         running), None when it is not the caller's own. `state.job_count`: the jobs running or queued, all clients'."""
-        queue = [(job, pos) for job, pos in self.runner.queue() if not job.done]
+        queue = self.runner.queue()
         mine = [(job, pos) for job, pos in queue if owner is None or job.owner == owner]
         running = [(job, pos) for job, pos in queue if job.status == "running"]
         job, position = (mine or running or [(None, None)])[0]
@@ -442,7 +442,7 @@ class Studio:
     def queue_of(self, owner: str | None) -> dict[str, Any]:
         """`owner`'s jobs still running or queued (id, kind, status, position = jobs ahead, 0 = running) and the
         length of the whole queue; nothing about other clients' jobs."""
-        queue = [(job, pos) for job, pos in self.runner.queue() if not job.done]
+        queue = self.runner.queue()
         return {"queue_length": len(queue),
                 "jobs": [{"id": job.id, "kind": job.kind, "status": job.status, "position": pos,
                           "queued_at": job.created, "started_at": job.started}
