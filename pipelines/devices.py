@@ -87,6 +87,14 @@ def apply_attention(module: torch.nn.Module, attention: str) -> None:
         module.enable_xformers_memory_efficient_attention()
 
 
+def module_device(obj: object) -> torch.device | None:
+    """The device of a module's first parameter; None for a module without parameters, or not a module."""
+    if isinstance(obj, torch.nn.Module):
+        for t in obj.parameters():
+            return t.device
+    return None
+
+
 def synchronize(device: torch.device) -> None:
     """Wait for the device's queued work (CUDA kernels run asynchronously; timings need this)."""
     if device.type == "cuda":

@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 
-from pipelines.devices import free_memory
+from pipelines.devices import free_memory, module_device
 
 log = logging.getLogger("studio.manager")
 
@@ -125,7 +125,7 @@ class ModelManager:
                     if k not in loaded:
                         raise KeyError(f"loader returned no '{k}'")
                     obj = loaded[k]
-                    on_cpu = _device_of(obj) in (None, torch.device("cpu"))
+                    on_cpu = module_device(obj) in (None, torch.device("cpu"))
                     # just read from disk: "staged" counts against no budget until placed below
                     e = _Entry(k, obj, nbytes(obj), "device" if self.single_tier or not on_cpu else "staged")
                     self._entries[k] = e
@@ -221,13 +221,6 @@ class ModelManager:
         if self._garbage:
             self._garbage = False
             free_memory()
-
-
-def _device_of(obj: Any) -> torch.device | None:
-    if isinstance(obj, torch.nn.Module):
-        for t in obj.parameters():
-            return t.device
-    return None
 
 
 def _move(obj: Any, device: torch.device) -> None:

@@ -31,6 +31,8 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
+from pipelines.devices import module_device
+
 log = logging.getLogger("studio.memory")
 
 MODES = ("high", "normal", "low", "minimal")  # most resident (fastest) first
@@ -150,12 +152,6 @@ class OffloadChain:
             self.remove()
 
 
-def _module_device(m: torch.nn.Module) -> torch.device | None:
-    for t in m.parameters():
-        return t.device
-    return None
-
-
 @contextmanager
 def applied(pipe: Any, mode: str, device: torch.device | str, size: tuple[int, int], *,
             offload: bool | None = None, chain: OffloadChain | None = None) -> Iterator[list[str]]:
@@ -173,12 +169,12 @@ def applied(pipe: Any, mode: str, device: torch.device | str, size: tuple[int, i
             if mode == "minimal" and chain is not None and chain.installed:
                 chain.remove()  # everything back in RAM, hooks off: sequential offload needs bare modules
                 undo.callback(chain.install)  # runs last
-            where = {n: _module_device(m) for n, m in modules.items()}
+            where = {n: module_device(m) for n, m in modules.items()}
 
             def restore() -> None:
                 pipe.remove_all_hooks()  # sequential offload's hooks put the weights back where they were
                 for n, m in modules.items():
-                    if where[n] is not None and _module_device(m) != where[n]:
+                    if where[n] is not None and module_device(m) != where[n]:
                         m.to(where[n])  # where the manager believes it is
 
             if mode == "low" and chain is not None and chain.installed:
