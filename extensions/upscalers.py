@@ -21,6 +21,7 @@ from typing import Any
 from PIL import Image
 
 from extensions.base import ExtensionContext, NoHooks, Upscaler
+from extensions.weights import read_weights
 
 MODEL_FOLDERS = ("ESRGAN", "RealESRGAN", "SwinIR", "DAT")
 MODEL_SUFFIXES = (".pth", ".pt", ".safetensors", ".ckpt")
@@ -135,16 +136,9 @@ def load_state_dict(path: Path) -> dict:
     """
     import pickle
 
-    import torch
-
     path = Path(path)
     try:
-        if path.suffix.lower() == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path), device="cpu")
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+        state = read_weights(path)
     except pickle.UnpicklingError as e:
         raise NotAnUpscaler(f"{path.name} is not an upscaler model (refused to unpickle anything but plain "
                             f"weights: {_unpickle_reason(e)})") from e

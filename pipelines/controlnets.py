@@ -15,7 +15,6 @@ import json
 import logging
 import re
 import time
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -148,11 +147,9 @@ def find(infos: Sequence[ControlNetInfo], key: str) -> ControlNetInfo | None:
 def _read_state_dict(path: Path, dtype) -> dict:
     """The ControlNet tensors of a single file (prefix dropped), in `dtype`; pickles with weights_only=True."""
     import torch
-    from safetensors.torch import load_file
-    if path.suffix.lower() == ".safetensors":
-        obj = load_file(str(path))
-    else:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+
+    from extensions.weights import read_weights
+    obj = read_weights(path)
     while isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     tensors = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)} if isinstance(obj, dict) else {}

@@ -24,6 +24,8 @@ from typing import Any, Callable, ContextManager, Iterator
 import torch
 from PIL import Image
 
+from extensions.weights import read_weights
+
 log = logging.getLogger("studio.previews")
 
 VAE_APPROX = "VAE-approx"
@@ -101,13 +103,7 @@ def load_taesd(path: Path, dtype: torch.dtype) -> torch.nn.Module:
     with torch.inference_mode(False):  # loaded from a step callback: ordinary tensors, not inference ones
         if path.is_dir():
             return AutoencoderTiny.from_pretrained(str(path), torch_dtype=dtype).eval()
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            raw = load_file(str(path))
-        else:
-            raw = torch.load(str(path), map_location="cpu", weights_only=True)
-        sd = decoder_state_dict(raw)
+        sd = decoder_state_dict(read_weights(path))
         # the encoder is never used for previews: the smallest one the config allows
         tiny = AutoencoderTiny(**decoder_config(sd), encoder_block_out_channels=(1,), num_encoder_blocks=(1,))
         tiny.decoder.load_state_dict(sd)
