@@ -328,8 +328,7 @@ class Engine:
                     raise
             # leaving the handler dropped the traceback: the failed batch's latents and pipeline went with it
             failed = self.active_mode
-            free_memory()
-            self.manager.free()  # unpinned cached models leave the device
+            self.manager.free()  # unpinned cached models leave the device; ends with gc + empty_cache
             lower = memory.lower(failed) if self.oom_retry and not retried else None
             if lower is None:
                 raise OutOfMemory(memory.oom_message((p["width"], p["height"]), len(seeds), failed, retried))
