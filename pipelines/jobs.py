@@ -105,6 +105,29 @@ class Job:
             if ev.kind in TERMINAL:
                 return
 
+    def batches(self, every: float) -> Iterator[list[JobEvent]]:
+        """The events in groups, in order, at most one group per `every` seconds: for a consumer that redraws
+        once per group (a browser). A fast GPU reports 20-100 steps a second; a page redrawing on each one
+        falls behind until it stops answering clicks, Interrupt included. Blocks for the next event, waits out
+        the rest of `every` since the previous group (cut short when the job ends), then takes everything that
+        arrived meanwhile. The last group ends with the terminal event."""
+        previous = float("-inf")
+        while True:
+            group = [self._events.get()]
+            if group[-1].kind not in TERMINAL:
+                rest = previous + every - time.monotonic()
+                if rest > 0:
+                    self._done.wait(rest)
+                while group[-1].kind not in TERMINAL:
+                    try:
+                        group.append(self._events.get_nowait())
+                    except queue.Empty:
+                        break
+            previous = time.monotonic()
+            yield group
+            if group[-1].kind in TERMINAL:
+                return
+
     def wait(self, timeout: float | None = None) -> Any:
         """Block until the job ends; return its result, or raise Cancelled / RuntimeError."""
         if not self._done.wait(timeout):

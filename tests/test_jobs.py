@@ -64,6 +64,30 @@ def test_progress_events_have_rate_and_eta(runner):
     assert kinds[-1].kind is EventKind.FINISHED and kinds[-1].result == 10
 
 
+def test_batches_group_fast_events_for_a_slow_page(runner):
+    job = runner.submit(stepper(60, 0.005))  # ~200 progress events a second
+    t0 = time.monotonic()
+    groups, times = [], []
+    for group in job.batches(0.1):
+        groups.append(group)
+        times.append(time.monotonic())
+    flat = [e for g in groups for e in g]
+    steps = [e.step for e in flat if e.kind is EventKind.PROGRESS]
+    assert steps == list(range(1, 61))  # nothing lost, order kept
+    assert flat[-1].kind is EventKind.FINISHED and all(e.kind is not EventKind.FINISHED for e in flat[:-1])
+    assert len(groups) < 15  # ~0.3 s of work in groups at least 0.1 s apart, not 60+ updates
+    assert all(b - a >= 0.09 for a, b in zip(times, times[1:-1]))
+    assert times[-1] - t0 < 2
+
+
+def test_batches_do_not_hold_back_the_end(runner):
+    job = runner.submit(stepper(3, 0.01))
+    t0 = time.monotonic()
+    groups = list(job.batches(30))  # a long interval: the job's end cuts the wait short
+    assert time.monotonic() - t0 < 5
+    assert groups[-1][-1].kind is EventKind.FINISHED and groups[-1][-1].result == 3
+
+
 def test_interrupt_stops_within_a_step(runner):
     job = runner.submit(stepper(1000, 0.01))
     while job.last_progress is None:

@@ -37,7 +37,7 @@ def test_second_session_waits_in_line_and_interrupts_only_its_own_job(browser, s
         expect(b.locator("#txt2img-progress [data-state=failed]")).to_contain_text("0 image(s) kept")
         expect(a.locator("#txt2img-gallery img").first).to_be_visible(timeout=GENERATION_TIMEOUT)  # A runs on
         expect(a.locator("#txt2img-progress")).to_contain_text(re.compile(r"Step \d+/800"))
-        a.locator("#txt2img-interrupt").click()
+        a.locator("#txt2img-interrupt").click(no_wait_after=True)
         expect(a.locator("#txt2img-progress [data-state=failed]")).to_contain_text(
             re.compile(r"Interrupted .*: [1-9]\d* image\(s\) kept"), timeout=30_000)
 

@@ -103,7 +103,7 @@ def test_sweep_interrupt_keeps_finished_cells(page, server):
     expect(page.locator("#txt2img-progress")).to_contain_text(re.compile(r"cell \d+/40 · step \d+/30"),
                                                               timeout=GENERATION_TIMEOUT)
     expect(page.locator("#txt2img-gallery img").first).to_be_visible(timeout=GENERATION_TIMEOUT)
-    page.locator("#txt2img-interrupt").click()
+    page.locator("#txt2img-interrupt").click(no_wait_after=True)  # a busy page: no navigation to wait for
     failed = page.locator("#txt2img-progress [data-state=failed]")
     expect(failed).to_contain_text(re.compile(r"Interrupted .*: \d+ image\(s\) kept"), timeout=30_000)
     kept = int(re.search(r"(\d+) image\(s\) kept", failed.inner_text()).group(1))
