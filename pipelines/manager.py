@@ -3,7 +3,10 @@
 Entries are single components keyed by "<checkpoint identity>::<component>", so every mode (txt2img,
 img2img, inpaint, ControlNet) builds its pipeline over the very same modules. Memory is governed by two
 budgets in bytes: the least recently used components leave the device for CPU RAM, and leave CPU RAM
-for good once that budget is spent. A component pinned by a running job is never moved or dropped.
+for good once that budget is spent. The keys loaded by one `load()` form a group (a checkpoint's components):
+a group missing any member is read from disk whole on its next use, so dropping one member drops its unpinned
+siblings too instead of leaving them to hold memory until then. Moving to CPU RAM stays per component.
+A component pinned by a running job is never moved or dropped.
 Every load, hit, move and drop is logged with its timing and kept in `history`.
 """
 
@@ -38,6 +41,7 @@ class _Entry:
     where: str  # "device", "cpu", or "staged" (loaded, not yet placed)
     pins: int = 0
     last_used: float = 0.0
+    group: tuple[str, ...] = ()  # the keys loaded together with this one (see _drop_group)
 
 
 class ModelManager:
@@ -127,7 +131,8 @@ class ModelManager:
                     obj = loaded[k]
                     on_cpu = module_device(obj) in (None, torch.device("cpu"))
                     # just read from disk: "staged" counts against no budget until placed below
-                    e = _Entry(k, obj, nbytes(obj), "device" if self.single_tier or not on_cpu else "staged")
+                    e = _Entry(k, obj, nbytes(obj), "device" if self.single_tier or not on_cpu else "staged",
+                               group=tuple(keys))
                     self._entries[k] = e
                     self._record("load", k, seconds, e.nbytes)
             now = time.monotonic()
@@ -180,7 +185,7 @@ class ModelManager:
             if tier == "device" and not self.single_tier and victim.nbytes <= self.cpu_budget:
                 self._to_cpu(victim)
             else:
-                self._drop(victim, "drop")
+                self._drop_group(victim)
             if self._used(tier) + need > budget:
                 continue
             self._collect()  # the device memory must really be free before what needs it moves in
@@ -201,13 +206,22 @@ class ModelManager:
 
     def _to_cpu(self, e: _Entry) -> None:
         self._make_room("cpu", e.nbytes)
+        if self._entries.get(e.key) is not e:
+            return  # making room dropped a member of its group, and so this one with it
         if e.nbytes > self.cpu_budget - self._used("cpu"):
-            return self._drop(e, "drop")
+            return self._drop_group(e)
         t0 = time.perf_counter()
         _move(e.obj, torch.device("cpu"))
         e.where = "cpu"
         self._record("to-cpu", e.key, time.perf_counter() - t0, e.nbytes)
         self._garbage = True
+
+    def _drop_group(self, e: _Entry) -> None:
+        """Evict `e` for good, with the unpinned members of its group wherever they are."""
+        siblings = [s for s in self._entries.values() if s is not e and s.group == e.group and len(e.group) > 1
+                    and not s.pins]
+        for victim in [e, *siblings]:
+            self._drop(victim, "drop")
 
     def _drop(self, e: _Entry, action: str) -> None:
         del self._entries[e.key]

@@ -112,3 +112,53 @@ def test_failed_load_leaves_no_entry_and_free_releases():
         pass
     assert m.free(drop=True) == nbytes(module(2))
     assert m.cached() == []
+
+
+def test_a_checkpoint_is_dropped_whole_not_in_part():
+    # single tier, room for two 4+1 MiB checkpoints: a third evicts the least recently used one entirely
+    m = ModelManager(device="cpu", device_budget=11 * MIB, cpu_budget=0)
+    calls = []
+    sizes = {"unet": 4, "vae": 1}
+    for name in ["a", "b", "c"]:
+        with m.use([f"{name}::unet", f"{name}::vae"], loader(calls, name, sizes)):
+            pass
+    assert sorted(m.cached()) == ["b::unet", "b::vae", "c::unet", "c::vae"]  # no orphaned a::vae
+    dropped = [h["key"] for h in m.history if h["action"] == "drop"]
+    assert sorted(dropped) == ["a::unet", "a::vae"]
+
+
+def test_group_drop_spares_pinned_members_and_other_groups():
+    m = ModelManager(device="cpu", device_budget=8 * MIB, cpu_budget=0)
+    calls = []
+    with m.use(["a::unet", "a::vae"], loader(calls, "a", {"unet": 4, "vae": 1})):
+        pass
+    with m.use(["x::one"], loader(calls, "x", {"one": 1})):
+        pass
+    with m.use(["a::vae"], loader(calls, "a", {"vae": 1})):  # a job holds a's VAE
+        with m.use(["b::unet"], loader(calls, "b", {"unet": 4})):  # needs room: a's UNet is the oldest
+            assert m.where("a::unet") is None
+            assert m.where("a::vae") == "device"  # pinned: stays although its group was dropped
+            assert m.where("x::one") == "device"  # another group, and room was made without it
+    assert calls == ["a", "x", "b"]
+
+
+def test_two_tiers_dropping_from_ram_takes_the_device_siblings_too():
+    # a's UNet goes to CPU RAM (4 MiB there), its VAE stays on the device and is used again; when the RAM copy
+    # must go, the VAE leaves the device with it: the next use of a reads the checkpoint from disk anyway
+    m = ModelManager(device="cpu", device_budget=10 * MIB, cpu_budget=4 * MIB, two_tier=True)
+    calls = []
+    with m.use(["a::unet", "a::vae"], loader(calls, "a", {"unet": 4, "vae": 1})):
+        pass
+    for name in ["b", "c"]:
+        with m.use([f"{name}::unet"], loader(calls, name, {"unet": 4})):
+            pass
+    assert m.where("a::unet") == "cpu" and m.where("a::vae") == "device"
+    with m.use(["a::vae"], loader(calls, "a", {"vae": 1})):
+        pass  # a's VAE is now the most recently used entry on the device
+    with m.use(["d::unet"], loader(calls, "d", {"unet": 4})):
+        pass  # b moves to RAM, pushing a's UNet out of it
+    assert m.where("a::unet") is None and m.where("a::vae") is None
+    assert m.where("b::unet") == "cpu" and m.where("c::unet") == "device" and m.where("d::unet") == "device"
+    with m.use(["a::unet", "a::vae"], loader(calls, "a", {"unet": 4, "vae": 1})):
+        pass
+    assert calls == ["a", "b", "c", "d", "a"]
