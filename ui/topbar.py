@@ -73,7 +73,7 @@ def status_text(studio: Studio, note: str = "") -> str:
         memory = f"{mode_text(mem)} · {device_use_text(mem)} · {memory}"
     except Exception:  # status must never break the page
         memory = "memory: n/a"
-    queued = len(studio.runner.pending()) + (studio.runner.current() is not None)
+    queued = len(studio.runner.queue())  # running or waiting; a job that has just ended is not counted
     parts = [f"🖥️ {studio.hardware or 'device'}", memory, f"jobs: {queued}" if queued else "idle"]
     return " · ".join(parts + ([note] if note else []))
 
