@@ -22,10 +22,10 @@ def build_app(settings: Settings):
     import gradio as gr
     from fastapi import FastAPI
 
-    from pipelines import devices, memory
-    from pipelines.generate import Engine
+    from pipelines.engine import devices, memory
+    from pipelines.engine.generate import Engine
+    from pipelines.engine.manager import ModelManager
     from pipelines.jobs import JobRunner
-    from pipelines.manager import ModelManager
     from pipelines.outputs import OutputWriter
     from pipelines.studio import Studio
     from ui.api import build_api

@@ -54,14 +54,18 @@ from PIL import Image, ImageDraw, ImageFilter
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipelines import control, controlnets, devices, discovery  # noqa: E402
-from pipelines.control import ControlRequest  # noqa: E402
-from pipelines.control_params import ControlUnit  # noqa: E402
-from pipelines.generate import Engine  # noqa: E402
+from pipelines import controlnets, discovery
+from pipelines.engine import (
+    control,  # noqa: E402
+    devices,
+)
+from pipelines.engine.control import ControlRequest  # noqa: E402
+from pipelines.engine.generate import Engine  # noqa: E402
+from pipelines.engine.manager import ModelManager  # noqa: E402
 from pipelines.jobs import JobRunner  # noqa: E402
-from pipelines.manager import ModelManager  # noqa: E402
 from pipelines.outputs import OutputWriter  # noqa: E402
-from pipelines.params import Txt2ImgParams  # noqa: E402
+from pipelines.params.control import ControlUnit  # noqa: E402
+from pipelines.params.specs import Txt2ImgParams  # noqa: E402
 from pipelines.settings import Settings  # noqa: E402
 
 CONFIGS = ROOT / "pipelines" / "configs"
@@ -234,8 +238,12 @@ def main() -> None:
     cold_s = time.perf_counter() - t0
 
     # -- plain diffusers over the very same modules ------------------------------------------------------
-    from diffusers import (EulerDiscreteScheduler, MultiControlNetModel, StableDiffusionControlNetPipeline,
-                           StableDiffusionPipeline)
+    from diffusers import (
+        EulerDiscreteScheduler,
+        MultiControlNetModel,
+        StableDiffusionControlNetPipeline,
+        StableDiffusionPipeline,
+    )
 
     def not_loaded() -> None:
         raise RuntimeError("expected the app's cached ControlNet")

@@ -42,12 +42,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import ARCHS, build_model  # noqa: E402
-from pipelines import devices, discovery  # noqa: E402
-from pipelines.generate import Engine  # noqa: E402
+from pipelines import discovery
+from pipelines.engine import devices  # noqa: E402
+from pipelines.engine.generate import Engine  # noqa: E402
+from pipelines.engine.manager import ModelManager, nbytes  # noqa: E402
 from pipelines.jobs import JobRunner  # noqa: E402
-from pipelines.manager import ModelManager, nbytes  # noqa: E402
 from pipelines.outputs import OutputWriter  # noqa: E402
-from pipelines.params import Txt2ImgParams  # noqa: E402
+from pipelines.params.specs import Txt2ImgParams  # noqa: E402
 
 PROMPT, NEGATIVE, CFG, SEED = "a red cube on a wooden table, studio light", "blurry, low quality", 7.0, 1
 

@@ -25,13 +25,14 @@ def run_variant(args: argparse.Namespace) -> dict:
     import torch
     from PIL import Image
 
-    from pipelines import devices, discovery
-    from pipelines.generate import Engine
+    from pipelines import discovery
+    from pipelines.engine import devices
+    from pipelines.engine.generate import Engine
+    from pipelines.engine.manager import ModelManager
+    from pipelines.engine.upscale import sd_upscale
     from pipelines.jobs import JobRunner
-    from pipelines.manager import ModelManager
     from pipelines.outputs import OutputWriter
-    from pipelines.params import Img2ImgParams, SdUpscaleParams
-    from pipelines.upscale import sd_upscale
+    from pipelines.params.specs import Img2ImgParams, SdUpscaleParams
 
     work = Path(args.work)
     info = next(i for i in discovery.scan(work / "models") if i.name == "model")

@@ -24,12 +24,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import build_sd15_random  # noqa: E402
-from pipelines import devices, discovery  # noqa: E402
-from pipelines.generate import Engine, build_pipeline  # noqa: E402
+from pipelines import discovery
+from pipelines.engine import devices  # noqa: E402
+from pipelines.engine.generate import Engine, build_pipeline  # noqa: E402
+from pipelines.engine.manager import ModelManager  # noqa: E402
 from pipelines.jobs import JobRunner  # noqa: E402
-from pipelines.manager import ModelManager  # noqa: E402
 from pipelines.outputs import OutputWriter  # noqa: E402
-from pipelines.params import Txt2ImgParams  # noqa: E402
+from pipelines.params.specs import Txt2ImgParams  # noqa: E402
 
 
 def main() -> None:

@@ -4,8 +4,8 @@ The guided path runs through the app's engine and job queue: 4 drafts at draft s
 draft's seed at full steps, then Hires. fix's second pass over the refined image (no first pass again). The
 naive path renders the same 4 candidates at full steps with Hires. fix on, twice: through the app, and as plain
 diffusers calls (StableDiffusionPipeline, then StableDiffusionImg2ImgPipeline over each Lanczos-upscaled image,
-the same second pass) measured in the same run, in the same job worker thread as the app's jobs. Reports wall seconds and denoising steps of each, and the
-ratios; the median of --runs, interleaved.
+the same second pass) measured in the same run, in the same job worker thread as the app's jobs. Reports wall
+seconds and denoising steps of each, and the ratios; the median of --runs, interleaved.
 
     python bench/bench_workflow.py                                  # tiny model, CPU
     python bench/bench_workflow.py --arch sd15 --size 256 --runs 1  # SD1.5 architecture, random weights
@@ -29,15 +29,18 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.bench_txt2img import build_sd15_random  # noqa: E402
-from pipelines import advisor, devices, discovery, workflow  # noqa: E402
-from pipelines.generate import Engine  # noqa: E402
-from pipelines.infotext import parse_infotext  # noqa: E402
+from pipelines import discovery
+from pipelines.advisor import rules as advisor  # noqa: E402
+from pipelines.advisor import workflow
+from pipelines.advisor.prompt_rules import clip_token_counter  # noqa: E402
+from pipelines.engine import devices
+from pipelines.engine.generate import Engine  # noqa: E402
+from pipelines.engine.manager import ModelManager  # noqa: E402
 from pipelines.jobs import JobRunner  # noqa: E402
-from pipelines.manager import ModelManager  # noqa: E402
 from pipelines.outputs import OutputWriter  # noqa: E402
-from pipelines.params import Txt2ImgParams, defaults  # noqa: E402
-from pipelines.prompt_rules import clip_token_counter  # noqa: E402
-from pipelines.spec import HintContext  # noqa: E402
+from pipelines.params.infotext import parse_infotext  # noqa: E402
+from pipelines.params.spec import HintContext  # noqa: E402
+from pipelines.params.specs import Txt2ImgParams, defaults  # noqa: E402
 
 PROMPT, NEGATIVE = "a lighthouse on a cliff at sunset, oil painting", "blurry, low quality"
 HIRES = {"hr_upscaler": "Lanczos", "hr_scale": 2.0, "denoising_strength": workflow.FINAL_DENOISE}

@@ -27,7 +27,7 @@ def build_random(family: str, path: Path, *, dtype: torch.dtype = torch.float32,
     import diffusers
     import transformers
 
-    from pipelines.loading import materialize_config
+    from pipelines.engine.loading import materialize_config
 
     path = Path(path)
     config = materialize_config(family, path.parent / ".bench-configs")

@@ -12,14 +12,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from pipelines import controlnets
-from pipelines.control_params import ControlUnit
 from pipelines.controlnets import ControlNetInfo
 from pipelines.discovery import CheckpointInfo
 from pipelines.jobs import Job, JobRunner
+from pipelines.params.control import ControlUnit
 
 if TYPE_CHECKING:
-    from pipelines.control import ControlRequest
-    from pipelines.generate import Engine
+    from pipelines.engine.control import ControlRequest
+    from pipelines.engine.generate import Engine
 
 FAMILY_NAMES = {"sd15": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL"}
 
@@ -106,7 +106,7 @@ class ControlNets:
     # -- checks ----------------------------------------------------------------------------------
     def requests(self, units: Sequence[Any], checkpoint: CheckpointInfo, *, has_input: bool) -> list["ControlRequest"]:
         """The enabled units as engine requests; ControlError names the unit and what to fix."""
-        from pipelines.control import ControlRequest
+        from pipelines.engine.control import ControlRequest
 
         out = []
         for i, unit in enumerate(units):
@@ -162,7 +162,7 @@ class ControlNets:
         self.check_annotators(unit.module, "Preview")
 
         def run(ctx: Any) -> list[Any]:
-            from pipelines.control import detect_map
+            from pipelines.engine.control import detect_map
 
             maps = []
             for n, image in enumerate(images):

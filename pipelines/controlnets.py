@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from .discovery import read_header, walk_models
+from pipelines.discovery import read_header, walk_models
 
 log = logging.getLogger("studio.controlnets")
 
@@ -239,7 +239,7 @@ def _load_file(path: Path, dtype, family: str | None = None):
 def _load_folder(folder: Path, dtype, family: str | None = None):
     from diffusers import ControlNetModel
 
-    from .loading import _weights_variant
+    from pipelines.engine.loading import _weights_variant
     return ControlNetModel.from_pretrained(str(folder), torch_dtype=dtype, variant=_weights_variant(folder, dtype),
                                            local_files_only=True)
 
@@ -265,7 +265,7 @@ def load_controlnet(info: ControlNetInfo, *, dtype, config_root: Path, progress:
                     hub_cache: Path | None = None):
     """Load `info` as a ControlNetModel in `dtype` on the CPU, eval mode; files and folders never touch the network.
     (`config_root`: kept for symmetry with `loading.load_components`; the shipped JSON configs are read directly.)"""
-    from .loading import LoadError, _short_reason
+    from pipelines.engine.loading import LoadError, _short_reason
     start = time.perf_counter()
     (report := progress or (lambda *a: None))("loading ControlNet", 0, 1)
     try:

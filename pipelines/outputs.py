@@ -24,7 +24,7 @@ from typing import Any
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from pipelines.infotext import parse_infotext
+from pipelines.params.infotext import parse_infotext
 
 _MODE_RE = re.compile(r"[a-z0-9_-]+")
 _NUMBER_RE = re.compile(r"^\.?(\d{5})-")

@@ -14,18 +14,25 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from pydantic import BaseModel, ValidationError
 
-from pipelines import advisor, discovery, imageops, outputs
+from pipelines import discovery, imageops, outputs
+from pipelines.advisor import rules as advisor
+from pipelines.advisor.prompt_builder import StyleStore
+from pipelines.advisor.prompt_rules import clip_token_counter
 from pipelines.control_service import ControlError, ControlNets
 from pipelines.discovery import CheckpointInfo
 from pipelines.jobs import Job, JobRunner
-from pipelines.params import (LATENT_UPSCALERS, ExtrasParams, HintContext, Img2ImgParams, SdUpscaleParams,
-                              Txt2ImgParams)
-from pipelines.prompt_rules import clip_token_counter
-from pipelines.prompt_builder import StyleStore
+from pipelines.params.specs import (
+    LATENT_UPSCALERS,
+    ExtrasParams,
+    HintContext,
+    Img2ImgParams,
+    SdUpscaleParams,
+    Txt2ImgParams,
+)
 from pipelines.settings import Settings
 
 if TYPE_CHECKING:
-    from pipelines.generate import Engine
+    from pipelines.engine.generate import Engine
 
 log = logging.getLogger("studio")
 
@@ -196,7 +203,7 @@ class Studio:
 
     def sweep_choices(self, axis: str) -> list[str]:
         """Every value of a choice axis (sampler, checkpoint...); [] for other axes."""
-        from pipelines import sweep
+        from pipelines.sweep import plan as sweep
 
         try:
             return sweep.choices_of(sweep.axis_type(axis), self.sweep_lists())
@@ -209,7 +216,7 @@ class Studio:
         {"type", "values"} dicts, X first), every cell checked; BadRequest naming the axis, value or cell."""
         import random
 
-        from pipelines import sweep
+        from pipelines.sweep import plan as sweep
 
         if not isinstance(params, BaseModel):
             params = self.parse_txt2img(params)
@@ -249,7 +256,7 @@ class Studio:
             except BadRequest as e:
                 raise BadRequest(f"{plan.describe(cell)}: {e}") from None
             jobs.append((p, info, controls))
-        from pipelines.sweep_run import run_sweep
+        from pipelines.sweep.run import run_sweep
 
         return self.runner.submit(lambda ctx: run_sweep(self.engine, ctx, plan, jobs), kind="sweep", owner=owner)
 
@@ -327,7 +334,7 @@ class Studio:
             raise BadRequest(f"{e}. Put ESRGAN-family models into {self.settings.models_dir / 'ESRGAN'}.") from None
 
     def _upscale_target(self, params: BaseModel, image: Any) -> tuple[int, int]:
-        from pipelines.upscale import check_target
+        from pipelines.engine.upscale import check_target
 
         try:
             return check_target(image.size, params.model_dump())
@@ -349,7 +356,7 @@ class Studio:
             used.add(params.upscaler_2)
         for name in used - {"None"}:
             self._check_upscaler(name)
-        from pipelines import upscale
+        from pipelines.engine import upscale
 
         return self.runner.submit(lambda ctx: upscale.extras(self.engine, ctx, images, params), kind="extras",
                                   owner=owner)
@@ -366,7 +373,7 @@ class Studio:
         if params.tile_width > w or params.tile_height > h:
             raise BadRequest(f"A {params.tile_width}x{params.tile_height} tile is larger than the {w}x{h} result: "
                              "use smaller tiles, a bigger scale, or plain img2img.")
-        from pipelines import upscale
+        from pipelines.engine import upscale
 
         return self.runner.submit(lambda ctx: upscale.sd_upscale(self.engine, ctx, params, info, image),
                                   kind="sd-upscale", owner=owner)
@@ -462,7 +469,7 @@ class Studio:
     def memory(self) -> dict[str, Any]:
         """A1111's /sdapi/v1/memory ({"ram": ..., "cuda": ...}) plus the memory mode ("mode": the running or last
         job's, "mode_configured", "mode_setting" as given on the command line) and the model cache ("models")."""
-        from pipelines import memory  # torch: lazily
+        from pipelines.engine import memory  # torch: lazily
 
         eng = self.engine
         return {**memory.usage(eng.hw.device), "mode": eng.active_mode, "mode_configured": eng.memory_mode,

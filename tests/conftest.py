@@ -15,6 +15,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in the tests may reach a model hub
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+# The engine tests' device and precision: the CPU here and in CI; bench/gpu_check.py sets cuda + fp16.
+TEST_DEVICE = os.environ.get("STUDIO_TEST_DEVICE", "cpu")
+TEST_PRECISION = os.environ.get("STUDIO_TEST_PRECISION", "auto")
 
 
 @pytest.fixture(scope="session")
@@ -49,10 +52,11 @@ def no_network(monkeypatch):
 @pytest.fixture(scope="module")
 def world(tiny_store, tmp_path_factory):
     """The real engine (CPU) and job runner over a models dir with the tiny sd15, sdxl and inpainting models."""
-    from pipelines import devices, discovery
-    from pipelines.generate import Engine
+    from pipelines import discovery
+    from pipelines.engine import devices
+    from pipelines.engine.generate import Engine
+    from pipelines.engine.manager import ModelManager
     from pipelines.jobs import JobRunner
-    from pipelines.manager import ModelManager
     from pipelines.outputs import OutputWriter
 
     root = tmp_path_factory.mktemp("engine")
@@ -60,7 +64,7 @@ def world(tiny_store, tmp_path_factory):
     for name in ("tiny-sd15", "tiny-sdxl", "tiny-sd15-inpainting"):
         shutil.copytree(tiny_store / name, ckpts / name)
     infos = {i.name: i for i in discovery.scan(root / "models")}
-    hw = devices.resolve("cpu")
+    hw = devices.resolve(TEST_DEVICE, TEST_PRECISION)
     manager = ModelManager(device=hw.device, device_budget=2**30, cpu_budget=0)
     engine = Engine(hw, manager, OutputWriter(root / "outputs"), config_root=root / "models" / ".cache" / "configs",
                     hash_cache=root / "models" / ".cache" / "hashes.json", preview_every=1)

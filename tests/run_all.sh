@@ -8,4 +8,5 @@ if ! command -v chromium >/dev/null 2>&1 && [ ! -x /usr/bin/chromium ]; then
   $SUDO apt-get update -qq && $SUDO apt-get install -y -qq chromium >/dev/null
 fi
 python -m pip install -q -r requirements.txt -r tests/requirements.txt
+python -m ruff check .
 python -m pytest -q -p no:cacheprovider "$@" tests

@@ -7,11 +7,11 @@ import dataclasses
 
 import pytest
 
-from pipelines import advisor
-from pipelines.advisor import RULES, apply_fixes, check, contradictions
-from pipelines.params import PARAMS
-from pipelines.prompt_builder import NEGATIVE_PRESETS
-from pipelines.spec import HintContext
+from pipelines.advisor import rules as advisor
+from pipelines.advisor.prompt_builder import NEGATIVE_PRESETS
+from pipelines.advisor.rules import RULES, apply_fixes, check, contradictions
+from pipelines.params.spec import HintContext
+from pipelines.params.specs import PARAMS
 
 SD15 = HintContext(family="sd15", native=512)
 SDXL = HintContext(family="sdxl", native=1024)
@@ -21,7 +21,7 @@ PROMPT = "a lighthouse on a cliff at sunset, oil painting, highly detailed, gold
 
 @pytest.fixture(scope="module")
 def clip_count():
-    from pipelines.prompt_rules import clip_token_counter
+    from pipelines.advisor.prompt_rules import clip_token_counter
 
     return clip_token_counter()
 

@@ -26,7 +26,7 @@ import requests
 from PIL import Image
 
 from pipelines import imageops
-from pipelines.params import PARAMS
+from pipelines.params.specs import PARAMS
 from tests.conftest import ROOT, Server
 
 API = "/sdapi/v1"

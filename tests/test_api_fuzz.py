@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from pipelines.control_params import ControlUnit
+from pipelines.params.control import ControlUnit
 from tests.conftest import Server
 from tests.tiny_models import build_controlnet
 from ui.api import ExtrasSingleRequest, Img2ImgRequest, Txt2ImgRequest

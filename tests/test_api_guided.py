@@ -10,7 +10,6 @@ import shutil
 import numpy as np
 import pytest
 import requests
-
 from PIL import Image
 
 from tests.conftest import Server

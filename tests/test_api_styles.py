@@ -10,7 +10,7 @@ import os
 import pytest
 import requests
 
-from pipelines.prompt_builder import Style, write_styles
+from pipelines.advisor.prompt_builder import Style, write_styles
 from tests.conftest import Server
 from tests.test_api import b64, pattern
 

@@ -12,8 +12,8 @@ import pytest
 import requests
 from PIL import Image
 
-from pipelines import grid
-from pipelines.sweep import a1111_labels
+from pipelines.sweep import grid
+from pipelines.sweep.plan import a1111_labels
 from tests.conftest import Server
 
 T = 300  # seconds per HTTP call

@@ -17,7 +17,7 @@ import pytest
 import requests
 from PIL import Image
 
-from pipelines.params import LATENT_UPSCALERS
+from pipelines.params.specs import LATENT_UPSCALERS
 from tests.conftest import Server
 from tests.test_api import AUTH, T, _fake_error, b64, decode, get, pattern, post
 from tests.tiny_upscalers import esrgan_state_dict, save_pth

@@ -8,10 +8,10 @@ import torch
 from PIL import Image, ImageDraw
 
 from pipelines import controlnets
-from pipelines.control import ControlRequest, ControlStack
-from pipelines.control_params import ControlUnit, parse_unit_infotext, units_from_infotext
-from pipelines.infotext import parse_infotext
-from pipelines.params import Img2ImgParams, Txt2ImgParams
+from pipelines.engine.control import ControlRequest, ControlStack
+from pipelines.params.control import ControlUnit, parse_unit_infotext, units_from_infotext
+from pipelines.params.infotext import parse_infotext
+from pipelines.params.specs import Img2ImgParams, Txt2ImgParams
 from tests.tiny_models import build_controlnet
 
 
@@ -188,8 +188,8 @@ def test_changing_units_loads_each_controlnet_once_and_never_reloads_the_checkpo
 
 
 def test_unit_hints_depend_on_the_preprocessor():
-    from pipelines.control_params import CONTROL_PARAMS as C
-    from pipelines.spec import HintContext
+    from pipelines.params.control import CONTROL_PARAMS as C
+    from pipelines.params.spec import HintContext
 
     ctx = HintContext()
     assert C["model"].hint("None", ctx, {"module": "canny"}).verdict == "avoid"

@@ -19,9 +19,17 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from pipelines.controlnets import (ControlNetInfo, base_family, compatible, find, infer_config, legacy_hash,
-                                   load_controlnet, scan)
-from pipelines.loading import LoadError
+from pipelines.controlnets import (
+    ControlNetInfo,
+    base_family,
+    compatible,
+    find,
+    infer_config,
+    legacy_hash,
+    load_controlnet,
+    scan,
+)
+from pipelines.engine.loading import LoadError
 from tests.tiny_models import build_controlnet, to_original_layout
 
 ROOT = Path(__file__).resolve().parents[1]

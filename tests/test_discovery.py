@@ -251,7 +251,7 @@ def test_discovery_does_not_import_torch():
 
 
 def test_load_tiny_folders(infos, tmp_path, no_network):
-    from pipelines.loading import load_components
+    from pipelines.engine.loading import load_components
 
     seen = []
     sd15 = load_components(infos["tiny-sd15"], dtype=torch.float32, config_root=tmp_path,
@@ -269,7 +269,7 @@ def test_load_tiny_folders(infos, tmp_path, no_network):
 
 
 def test_load_cached_hub_snapshot_offline(models, tmp_path, no_network):
-    from pipelines.loading import load_components
+    from pipelines.engine.loading import load_components
 
     _fake_hf_cache(tmp_path, "tiny/inpaint", models / "Stable-diffusion" / "tiny-sd15-inpaint")
     [info] = scan(tmp_path / "no-models", ["tiny/inpaint"], hub_cache=tmp_path)

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines import devices, fastpath, previews
-from pipelines.generate import Engine, build_pipeline, vae_decode
+from pipelines.engine import devices, fastpath, previews
+from pipelines.engine.generate import Engine, build_pipeline, vae_decode
+from pipelines.engine.manager import ModelManager
 from pipelines.jobs import EventKind
-from pipelines.manager import ModelManager
 from pipelines.outputs import OutputWriter
-from pipelines.params import Txt2ImgParams
+from pipelines.params.specs import Txt2ImgParams
 
 NAN_NOTE = "VAE produced NaNs in float16: decoded in float32"
 
@@ -209,7 +209,7 @@ def test_fp16_vae_overflow_is_decoded_again_in_float32_with_a_warning(world, tmp
 def test_own_decode_is_byte_identical_to_the_pipelines_in_fp16(world, tmp_path, model):
     """SDXL's fp16 VAE (force_upcast in its config) decodes in float32 inside the pipeline; SD 1.x decodes in
     float16: Engine.decode does the same, so taking the decode out of the pipeline changes no pixel."""
-    from pipelines import samplers
+    from pipelines.params import samplers
 
     engine = make_engine(world, tmp_path, precision="fp16")
     with engine.components(world["infos"][model]) as comps:

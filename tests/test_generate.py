@@ -5,10 +5,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipelines import discovery, samplers
+from pipelines import discovery
 from pipelines.jobs import Cancelled, EventKind
 from pipelines.outputs import read_png_info
-from pipelines.params import Txt2ImgParams
+from pipelines.params import samplers
+from pipelines.params.specs import Txt2ImgParams
 
 
 def run(world, model="tiny-sd15", **params):

@@ -3,10 +3,10 @@
 import pytest
 from PIL import Image
 
-from pipelines.hires import target_size
+from pipelines.engine.hires import target_size
 from pipelines.jobs import EventKind
 from pipelines.outputs import read_png_info
-from pipelines.params import LATENT_UPSCALERS, Txt2ImgParams
+from pipelines.params.specs import LATENT_UPSCALERS, Txt2ImgParams
 
 
 def run(world, **params):

@@ -6,8 +6,8 @@ import torch
 from PIL import Image, ImageDraw
 
 from pipelines import imageops
-from pipelines.img2img import Img2ImgPlan
-from pipelines.params import Img2ImgParams
+from pipelines.engine.img2img import Img2ImgPlan
+from pipelines.params.specs import Img2ImgParams
 from pipelines.settings import Settings
 from pipelines.studio import BadRequest, Studio
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from pipelines.infotext import build_infotext, parse_infotext
 from pipelines.outputs import OutputWriter, read_png_info, save_png
+from pipelines.params.infotext import build_infotext, parse_infotext
 
 NOW = datetime(2024, 5, 17, 12, 0, 0)
 

@@ -5,7 +5,7 @@ import threading
 import pytest
 import torch
 
-from pipelines.manager import ModelManager, nbytes
+from pipelines.engine.manager import ModelManager, nbytes
 
 MIB = 2**20
 

@@ -10,14 +10,15 @@ import pytest
 import torch
 from PIL import Image
 
-from pipelines import devices, discovery, memory
-from pipelines import generate as generate_mod
-from pipelines.generate import Engine, build_pipeline
+from pipelines import discovery
+from pipelines.engine import devices, memory
+from pipelines.engine import generate as generate_mod
+from pipelines.engine.generate import Engine, build_pipeline
+from pipelines.engine.manager import ModelManager
 from pipelines.jobs import EventKind, JobRunner
-from pipelines.manager import ModelManager
 from pipelines.outputs import OutputWriter, read_png_info
-from pipelines.params import Txt2ImgParams
-from pipelines.samplers import make_scheduler
+from pipelines.params.samplers import make_scheduler
+from pipelines.params.specs import Txt2ImgParams
 
 GIB = 2**30
 

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.params import PARAMS, TXT2IMG_FIELDS, HintContext, Txt2ImgParams, defaults
-from pipelines.params_doc import render_markdown
+from pipelines.params.doc import render_markdown
+from pipelines.params.specs import PARAMS, TXT2IMG_FIELDS, HintContext, Txt2ImgParams, defaults
 from pipelines.studio import BadRequest, Studio
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -87,6 +87,6 @@ def test_readable_error_messages():
 
 def test_generated_docs_are_current():
     doc = (ROOT / "docs" / "parameters.md").read_text()
-    assert doc == render_markdown(), "run: python -m pipelines.params_doc > docs/parameters.md"
+    assert doc == render_markdown(), "run: python -m pipelines.params.doc > docs/parameters.md"
     for p in PARAMS.values():
         assert f"(`{p.name}`)" in doc

@@ -9,9 +9,19 @@ import threading
 
 import pytest
 
-from pipelines.prompt_builder import (NEGATIVE_PRESETS, PART_NAMES, PROMPT_PARTS, Style, StyleStore, UnknownStyle,
-                                      apply_style, apply_styles, compose, read_styles, write_styles)
-
+from pipelines.advisor.prompt_builder import (
+    NEGATIVE_PRESETS,
+    PART_NAMES,
+    PROMPT_PARTS,
+    Style,
+    StyleStore,
+    UnknownStyle,
+    apply_style,
+    apply_styles,
+    compose,
+    read_styles,
+    write_styles,
+)
 
 # -- composing ------------------------------------------------------------------------------------
 

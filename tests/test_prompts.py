@@ -1,4 +1,4 @@
-"""pipelines.prompts on tiny real models: A1111 parsing, 75-token chunking, clip skip, emphasis, pipeline use."""
+"""pipelines.engine.prompts on tiny real models: A1111 parsing, 75-token chunking, clip skip, emphasis, pipeline use."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines.prompts import count_tokens, encode_prompts, parse_prompt_attention, prompt_chunks
+from pipelines.engine.prompts import count_tokens, encode_prompts, parse_prompt_attention, prompt_chunks
 from tests.tiny_models import build_sd15, build_sdxl
 
 WORDS = ["red", "cat", "sky", "blue", "house", "tree", "dog", "sun"]  # one CLIP token each

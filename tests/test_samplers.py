@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipelines import samplers
+from pipelines.params import samplers
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = [  # numpy 2 / torch interop notes raised thousands of times inside diffusers' schedulers
@@ -94,7 +94,7 @@ def test_names_are_the_a1111_ones():
 
 
 def test_import_does_not_load_torch_or_diffusers():
-    code = "import sys, pipelines.samplers; print(sorted({'torch', 'diffusers'} & set(sys.modules)))"
+    code = "import sys, pipelines.params.samplers; print(sorted({'torch', 'diffusers'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 

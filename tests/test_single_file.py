@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from pipelines.discovery import CheckpointInfo, scan
-from pipelines.loading import LoadError, hub_allow_patterns, load_components, materialize_config
+from pipelines.engine.loading import LoadError, hub_allow_patterns, load_components, materialize_config
 
 LAYOUT = Path(__file__).resolve().parent / "data" / "sd15-ldm-layout.json"
 CONV_IN = "model.diffusion_model.input_blocks.0.0.weight"

@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines import grid, sweep
 from pipelines.jobs import Cancelled, EventKind
 from pipelines.outputs import read_png_info
-from pipelines.params import defaults
+from pipelines.params.specs import defaults
 from pipelines.settings import Settings
 from pipelines.studio import BadRequest, Studio
+from pipelines.sweep import grid
+from pipelines.sweep import plan as sweep
 from tests.tiny_models import build_controlnet
 
 BASE = dict(prompt="a red cube on a table", negative_prompt="blurry", steps=2, seed=5, width=64, height=64)

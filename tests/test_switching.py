@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipelines import devices
-from pipelines.generate import Engine
+from pipelines.engine import devices
+from pipelines.engine.generate import Engine
+from pipelines.engine.manager import ModelManager, nbytes
 from pipelines.jobs import JobRunner
-from pipelines.manager import ModelManager, nbytes
 from pipelines.outputs import OutputWriter
 from pipelines.settings import Settings
 from pipelines.studio import Studio
@@ -54,7 +54,7 @@ def models(tiny_store, tmp_path_factory) -> Path:
 def checkpoint_bytes(models) -> int:
     """Bytes one tiny checkpoint takes in the cache (both have the same architecture)."""
     from pipelines.discovery import scan
-    from pipelines.loading import load_components
+    from pipelines.engine.loading import load_components
 
     info = next(i for i in scan(models) if i.name == "tiny-a")
     c = load_components(info, dtype=torch.float32, config_root=models / ".cache" / "configs")

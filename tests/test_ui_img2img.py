@@ -12,9 +12,8 @@ import pytest
 from PIL import Image
 
 from pipelines import imageops
-from tests.test_ui import browser, page, server  # noqa: F401  (shared fixtures: one server for this module)
 from tests import test_ui as ui
-from tests.test_ui import GENERATION_TIMEOUT, expect
+from tests.test_ui import GENERATION_TIMEOUT, browser, expect, page, server  # noqa: F401  (shared fixtures: one server for this module)
 from ui.img2img_tab import BRUSH_SIZE
 
 W, H = 192, 128  # test input; the tiny model's native size is 64

@@ -8,9 +8,9 @@ import shutil
 
 import pytest
 
-from pipelines.prompt_builder import NEGATIVE_PRESETS, Style, read_styles, write_styles
-from tests.conftest import Server
+from pipelines.advisor.prompt_builder import NEGATIVE_PRESETS, Style, read_styles, write_styles
 from tests import test_ui
+from tests.conftest import Server
 from tests.test_ui import GENERATION_TIMEOUT, expect
 
 browser, page = test_ui.browser, test_ui.page  # the shared fixtures (one Chromium, a fresh page per test)

@@ -9,8 +9,8 @@ import shutil
 import pytest
 from PIL import Image
 
-from tests.conftest import Server
 from tests import test_ui as ui
+from tests.conftest import Server
 from tests.test_ui import GENERATION_TIMEOUT, expect
 
 browser, page = ui.browser, ui.page  # the shared browser fixtures

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import Server
 from tests import test_ui as ui
+from tests.conftest import Server
 from tests.test_ui import GENERATION_TIMEOUT, browser, expect, page  # noqa: F401  (shared fixtures)
 from tests.tiny_upscalers import esrgan_state_dict, save_pth
 

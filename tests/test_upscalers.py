@@ -14,8 +14,15 @@ import torch
 from PIL import Image
 
 from extensions.base import ExtensionContext
-from extensions.upscalers import (ModelUpscaler, all_upscalers, find_model_upscalers, get_upscaler,
-                                  load_descriptor, tile_starts, upscale_tiled)
+from extensions.upscalers import (
+    ModelUpscaler,
+    all_upscalers,
+    find_model_upscalers,
+    get_upscaler,
+    load_descriptor,
+    tile_starts,
+    upscale_tiled,
+)
 from tests import tiny_upscalers as tiny
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines import cost, workflow
-from pipelines.infotext import parse_infotext
-from pipelines.params import TXT2IMG_FIELDS, Txt2ImgParams, defaults
-from pipelines.spec import HintContext
-from pipelines.workflow import Ledger
+from pipelines.advisor import workflow
+from pipelines.advisor.workflow import Ledger
+from pipelines.params import cost
+from pipelines.params.infotext import parse_infotext
+from pipelines.params.spec import HintContext
+from pipelines.params.specs import TXT2IMG_FIELDS, Txt2ImgParams, defaults
 
 SD15 = HintContext(family="sd15", native=512)
 TINY = HintContext(family="sd15", native=64)

@@ -24,16 +24,15 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipelines import samplers
+from pipelines.advisor.prompt_builder import UnknownStyle, apply_styles
 from pipelines.jobs import EventKind
-from pipelines.params import LATENT_UPSCALERS, PARAMS, ExtrasParams, Img2ImgParams, SdUpscaleParams, Txt2ImgParams
-from pipelines.prompt_builder import UnknownStyle, apply_styles
+from pipelines.params import samplers
+from pipelines.params.specs import LATENT_UPSCALERS, PARAMS, ExtrasParams, Img2ImgParams, SdUpscaleParams, Txt2ImgParams
 from pipelines.studio import MAX_INPUT_PIXELS, BadRequest, Studio
 from ui.api_advisor import build_advisor_api
+from ui.api_common import ApiError, Route, client_id, decode_image, encode_png, json_body, submit_job, wait_job  # noqa: F401  (ApiError and encode_png are imported from here by tests)
 from ui.api_controlnet import build_controlnet_api, detected_maps, units_from_request
 from ui.api_sweep import build_sweep_api, is_xyz, run_xyz
-from ui.api_common import (  # noqa: F401  (ApiError and encode_png are imported from here by tests)
-    ApiError, Route, client_id, decode_image, encode_png, json_body, submit_job, wait_job)
 
 log = logging.getLogger("studio.api")
 

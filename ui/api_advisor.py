@@ -13,7 +13,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends
 
-from pipelines import advisor
+from pipelines.advisor import rules as advisor
 from pipelines.studio import BadRequest, Studio
 from ui.api_common import ApiError, Route, json_body
 

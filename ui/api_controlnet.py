@@ -13,7 +13,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 
-from pipelines.control_params import MAX_UNITS
+from pipelines.params.control import MAX_UNITS
 from pipelines.studio import MAX_INPUT_PIXELS, Studio
 from ui.api_common import ApiError, Route, client_id, decode_image, encode_png, json_body, submit_job, wait_job
 

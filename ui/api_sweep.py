@@ -20,8 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pipelines.jobs import EventKind
 from pipelines.studio import BadRequest, Studio, describe_validation
-from pipelines.sweep import SweepOptions, axis_type
-from pipelines.sweep_run import sweep_info
+from pipelines.sweep.plan import SweepOptions, axis_type
+from pipelines.sweep.run import sweep_info
 from ui.api_common import ApiError, Route, client_id, encode_png, json_body, submit_job, wait_job
 
 SCRIPT_NAMES = frozenset({"x/y/z plot", "xyz plot", "x/y/z_plot", "xyz_plot"})

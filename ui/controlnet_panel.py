@@ -19,9 +19,9 @@ from PIL import Image
 from pydantic import ValidationError
 
 from extensions.preprocessors import CONTROL_TYPES, for_type, registry
-from pipelines.control_params import CONTROL_PARAMS, MAX_UNITS, ControlUnit, units_from_infotext
 from pipelines.jobs import EventKind
-from pipelines.spec import HintContext
+from pipelines.params.control import CONTROL_PARAMS, MAX_UNITS, ControlUnit, units_from_infotext
+from pipelines.params.spec import HintContext
 from pipelines.studio import BadRequest, Studio, describe_validation
 from ui.generation import image_input, message_html, open_image, typed
 from ui.topbar import current_name, hint_context

@@ -21,7 +21,7 @@ from PIL import Image
 
 from pipelines.imageops import to_rgb
 from pipelines.jobs import EventKind, Job, QueueFull
-from pipelines.params import PARAMS
+from pipelines.params.specs import PARAMS
 from pipelines.studio import MAX_INPUT_PIXELS, BadRequest, Studio
 from ui.topbar import status_text
 from ui.widgets import QUIET

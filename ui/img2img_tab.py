@@ -23,12 +23,22 @@ from PIL import Image, ImageChops
 
 from pipelines import imageops
 from pipelines.jobs import Job
-from pipelines.params import INPAINT_FIELDS, PARAMS, TXT2IMG_FIELDS
+from pipelines.params.specs import INPAINT_FIELDS, PARAMS, TXT2IMG_FIELDS
 from pipelines.studio import MAX_INPUT_PIXELS, BadRequest, Studio
 from ui.advisor_panel import build_advisor, wire_advisor
 from ui.controlnet_panel import ControlPanel, build_controlnet
-from ui.generation import (Output, build_actions, build_output, image_input, message_html, open_image,
-                           seed_buttons, to_request, wire_generation, wire_seed_buttons)
+from ui.generation import (
+    Output,
+    build_actions,
+    build_output,
+    image_input,
+    message_html,
+    open_image,
+    seed_buttons,
+    to_request,
+    wire_generation,
+    wire_seed_buttons,
+)
 from ui.prompt_helper import build_prompt_helper
 from ui.topbar import current_name, hint_context
 from ui.widgets import QUIET, ParamWidget, bind_hints, param_widget

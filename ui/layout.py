@@ -7,7 +7,7 @@ from typing import Any, Callable, Mapping
 
 import gradio as gr
 
-from pipelines.infotext import parse_infotext
+from pipelines.params.infotext import parse_infotext
 from pipelines.studio import Studio
 from ui import advisor_panel, controlnet_panel, generation, img2img_tab, txt2img_tab, widgets, workflow_panel
 from ui.generation import Output, picked
@@ -18,7 +18,6 @@ from ui.topbar import build_topbar
 from ui.txt2img_tab import build_txt2img
 from ui.upscale_tab import Upscale, build_upscale
 from ui.widgets import QUEUED
-
 
 CSS = "\n".join([widgets.CSS, generation.CSS, txt2img_tab.CSS, img2img_tab.CSS, controlnet_panel.CSS,
                  advisor_panel.CSS, workflow_panel.CSS, """

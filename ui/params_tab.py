@@ -1,7 +1,7 @@
 """Parameters tab: the reference of every parameter (limits, default, bands with verdict and why), the guided
 workflow and the advisor's rules (each with an example and the finding it gives).
 
-Rendered by `pipelines.params_doc` from PARAMS — the same specs that build the inputs, judge them live and
+Rendered by `pipelines.params.doc` from PARAMS — the same specs that build the inputs, judge them live and
 validate requests — for the model selected in the top bar, and re-rendered when it changes.
 """
 
@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import gradio as gr
 
-from pipelines.params import PARAMS, HintContext
-from pipelines.params_doc import render_advice, render_param, render_workflow
+from pipelines.params.doc import render_advice, render_param, render_workflow
+from pipelines.params.specs import PARAMS, HintContext
 from pipelines.studio import Studio
 from ui.topbar import current_name, hint_context
 from ui.widgets import LINKED, QUIET

@@ -9,7 +9,7 @@ from typing import Any, Mapping
 import gradio as gr
 from PIL import Image
 
-from pipelines.params import PARAMS, TXT2IMG_FIELDS
+from pipelines.params.specs import PARAMS, TXT2IMG_FIELDS
 from pipelines.studio import Studio
 from ui.generation import image_input
 from ui.widgets import QUIET

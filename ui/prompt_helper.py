@@ -14,8 +14,16 @@ from typing import Any
 
 import gradio as gr
 
-from pipelines.prompt_builder import (NEGATIVE_PRESET_WHY, NEGATIVE_PRESETS, PART_NAMES, PROMPT_PARTS, Style,
-                                      UnknownStyle, apply_styles, compose)
+from pipelines.advisor.prompt_builder import (
+    NEGATIVE_PRESET_WHY,
+    NEGATIVE_PRESETS,
+    PART_NAMES,
+    PROMPT_PARTS,
+    Style,
+    UnknownStyle,
+    apply_styles,
+    compose,
+)
 from pipelines.studio import Studio
 from ui.widgets import QUEUED, QUIET
 

@@ -17,9 +17,9 @@ from typing import Any, Mapping, Sequence
 import gradio as gr
 
 from pipelines.jobs import Job
-from pipelines.params import PARAMS
+from pipelines.params.specs import PARAMS
 from pipelines.studio import BadRequest, Studio
-from pipelines.sweep import AXES, AXIS_LETTERS, SweepOptions, axis_type
+from pipelines.sweep.plan import AXES, AXIS_LETTERS, SweepOptions, axis_type
 from ui.controlnet_panel import ControlPanel
 from ui.generation import STREAMED, Actions, Output, streamed, to_request
 from ui.widgets import QUIET

@@ -10,7 +10,7 @@ import gradio as gr
 
 from pipelines.discovery import FAMILIES, CheckpointInfo
 from pipelines.jobs import EventKind
-from pipelines.params import HintContext
+from pipelines.params.specs import HintContext
 from pipelines.studio import BadRequest, Studio
 from ui.widgets import QUIET
 

@@ -13,12 +13,20 @@ from typing import Any
 import gradio as gr
 
 from pipelines.jobs import Job
-from pipelines.params import LATENT_UPSCALERS, TXT2IMG_FIELDS
+from pipelines.params.specs import LATENT_UPSCALERS, TXT2IMG_FIELDS
 from pipelines.studio import Studio
 from ui.advisor_panel import AdvisorPanel, build_advisor, wire_advisor
 from ui.controlnet_panel import ControlPanel, build_controlnet
-from ui.generation import (Actions, Output, build_actions, build_output, seed_buttons, to_request, wire_generation,
-                           wire_seed_buttons)
+from ui.generation import (
+    Actions,
+    Output,
+    build_actions,
+    build_output,
+    seed_buttons,
+    to_request,
+    wire_generation,
+    wire_seed_buttons,
+)
 from ui.prompt_helper import build_prompt_helper
 from ui.sweep_panel import build_sweep
 from ui.topbar import current_name, hint_context

@@ -11,10 +11,19 @@ from typing import Any
 
 import gradio as gr
 
-from pipelines.params import EXTRAS_FIELDS, SD_UPSCALE_FIELDS
+from pipelines.params.specs import EXTRAS_FIELDS, SD_UPSCALE_FIELDS
 from pipelines.studio import BadRequest, Studio
-from ui.generation import (Output, build_actions, build_output, image_input, open_image, seed_buttons, to_request,
-                           wire_generation, wire_seed_buttons)
+from ui.generation import (
+    Output,
+    build_actions,
+    build_output,
+    image_input,
+    open_image,
+    seed_buttons,
+    to_request,
+    wire_generation,
+    wire_seed_buttons,
+)
 from ui.topbar import current_name, hint_context
 from ui.widgets import QUIET, ParamWidget, bind_hints, param_widget
 

@@ -13,7 +13,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import gradio as gr
 
-from pipelines.params import PARAMS, HintContext, ParamSpec
+from pipelines.params.specs import PARAMS, HintContext, ParamSpec
 
 VERDICT_ICON = {"best": "✔", "ok": "●", "caution": "▲", "avoid": "✖"}
 # verdicts that look at other fields too: a size at both sides, hires fix's final size at the first pass's

@@ -4,7 +4,7 @@ spent per stage against the naive way ("everything at full quality").
 Draft and Refine set the fields (visible, so the user sees what changed) and then generate through the tab's
 own submit; Finalize runs the picked image through Hires. fix's second pass (`Studio.submit_hires_fix`) or the
 tiled SD upscale, with the parameters stored in that image. Every job streams into the tab's output panel;
-when one finishes, its denoising steps go into the session's ledger (`pipelines.workflow.Ledger`).
+when one finishes, its denoising steps go into the session's ledger (`pipelines.advisor.workflow.Ledger`).
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from typing import Any, Callable, Mapping, Sequence
 
 import gradio as gr
 
-from pipelines import workflow
-from pipelines.infotext import parse_infotext
+from pipelines.advisor import workflow
 from pipelines.jobs import Job
+from pipelines.params.infotext import parse_infotext
 from pipelines.studio import BadRequest, Studio
 from ui.generation import STREAMED, Actions, Output, open_image, picked, streamed, to_request
 from ui.topbar import hint_context

@@ -21,15 +21,17 @@ import torch
 from PIL import Image
 
 from extensions.base import ExtensionContext
-from pipelines import control, discovery, fastpath, infotext, memory, previews, prompts, samplers
-from pipelines.control import ControlRequest
-from pipelines.devices import Hardware, apply_attention, free_memory
+from pipelines import discovery
 from pipelines.discovery import CheckpointInfo
+from pipelines.engine import control, fastpath, memory, previews, prompts
+from pipelines.engine.control import ControlRequest
+from pipelines.engine.devices import Hardware, apply_attention, free_memory
+from pipelines.engine.loading import Components, load_components
+from pipelines.engine.manager import ModelManager
 from pipelines.jobs import Cancelled, JobContext, Skipped
-from pipelines.loading import Components, load_components
-from pipelines.manager import ModelManager
 from pipelines.outputs import OutputWriter
-from pipelines.params import PARAMS, SEED_MAX
+from pipelines.params import infotext, samplers
+from pipelines.params.specs import PARAMS, SEED_MAX
 
 log = logging.getLogger("studio.generate")
 VERSION = "studio-0.1"
@@ -199,20 +201,20 @@ class Engine:
     def txt2img(self, ctx: JobContext, params: Any, info: CheckpointInfo,
                 controls: list[ControlRequest] = ()) -> GenerationResult:
         if params.enable_hr:
-            from pipelines.hires import HiresPlan  # hires.py builds on this module
+            from pipelines.engine.hires import HiresPlan  # hires.py builds on this module
 
             return self.generate(ctx, params, info, HiresPlan(), controls)
         return self.generate(ctx, params, info, Txt2ImgPlan(), controls)
 
     def hires_fix(self, ctx: JobContext, params: Any, info: CheckpointInfo, image: Image.Image) -> GenerationResult:
         """Hires. fix's second pass over `image`, an image txt2img already made with `params` (its first pass)."""
-        from pipelines.hires import HiresOnImagePlan
+        from pipelines.engine.hires import HiresOnImagePlan
 
         return self.generate(ctx, params, info, HiresOnImagePlan(image))
 
     def img2img(self, ctx: JobContext, params: Any, info: CheckpointInfo, image: Image.Image,
                 mask: Image.Image | None = None, controls: list[ControlRequest] = ()) -> GenerationResult:
-        from pipelines.img2img import Img2ImgPlan  # img2img.py builds on this module
+        from pipelines.engine.img2img import Img2ImgPlan  # img2img.py builds on this module
 
         return self.generate(ctx, params, info, Img2ImgPlan(image, mask), controls)
 

@@ -2,7 +2,7 @@
 
 `build_plan` turns up to three (type, values) axes (types and value syntax: `pipelines/sweep_axes.py`) and the
 base txt2img values into a `SweepPlan`: the parsed values, every cell's parameters in run order (the costliest
-axis to change, the checkpoint, changes least often, as in A1111) and its cost counted with `pipelines.cost`.
+axis to change, the checkpoint, changes least often, as in A1111) and its cost counted with `pipelines.params.cost`.
 Random seeds are fixed once for the whole sweep unless asked otherwise (A1111's "Keep -1 for seeds").
 Pure Python: no torch. Errors are `ValueError`s naming the axis and the bad value; the studio turns them into
 BadRequest. `pipelines/sweep_run.py` runs a plan.
@@ -14,10 +14,22 @@ import random
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
-from pipelines import cost
-from pipelines.params import SEED_MAX
-from pipelines.sweep_axes import (A1111_AXES, AXES, AxisType, Lists, a1111_labels, apply, axis_type, choices_of,
-                                  expand_numbers, fmt, parse_values, split_values)
+from pipelines.params import cost
+from pipelines.params.specs import SEED_MAX
+from pipelines.sweep.axes import (
+    A1111_AXES,
+    AXES,
+    AxisType,
+    Lists,
+    a1111_labels,
+    apply,
+    axis_type,
+    choices_of,
+    expand_numbers,
+    fmt,
+    parse_values,
+    split_values,
+)
 
 __all__ = ["A1111_AXES", "AXES", "AXIS_LETTERS", "MAX_CELLS", "Axis", "AxisType", "Cell", "SweepCost",
            "SweepOptions", "SweepPlan", "a1111_labels", "axis_type", "build_plan", "choices_of", "expand_numbers",
@@ -69,7 +81,7 @@ class Cell:
 class SweepCost:
     cells: int
     images: int
-    steps: int  # denoising steps, pipelines.cost's count
+    steps: int  # denoising steps, pipelines.params.cost's count
     checkpoints: int  # distinct checkpoints
     switches: int  # checkpoint loads the sweep causes (0: it runs on the selected one)
 

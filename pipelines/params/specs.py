@@ -12,9 +12,9 @@ from typing import Any, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
-from pipelines import samplers
-from pipelines.control_params import ControlUnit
-from pipelines.spec import Band, Bands, HintContext, JudgeFn, ParamSpec, pydantic_field
+from pipelines.params import samplers
+from pipelines.params.control import ControlUnit
+from pipelines.params.spec import Band, Bands, HintContext, JudgeFn, ParamSpec, pydantic_field
 
 SEED_MAX = 2**32 - 1
 

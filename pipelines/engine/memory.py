@@ -31,7 +31,7 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
-from pipelines.devices import module_device
+from pipelines.engine.devices import module_device
 
 log = logging.getLogger("studio.memory")
 

@@ -15,15 +15,16 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from pipelines import cost, imageops
+from pipelines import imageops
 from pipelines.discovery import CheckpointInfo
-from pipelines.generate import Plan, Txt2ImgPlan
-from pipelines.params import LATENT_UPSCALERS
+from pipelines.engine.generate import Plan, Txt2ImgPlan
+from pipelines.params import cost
+from pipelines.params.specs import LATENT_UPSCALERS
 
 if TYPE_CHECKING:
-    from pipelines.generate import Engine
+    from pipelines.engine.generate import Engine
+    from pipelines.engine.loading import Components
     from pipelines.jobs import JobContext
-    from pipelines.loading import Components
 
 _LATENT_MODES = {  # A1111's latent upscale modes -> F.interpolate(mode, antialias)
     "Latent": ("bilinear", False), "Latent (antialiased)": ("bilinear", True), "Latent (bicubic)": ("bicubic", False),

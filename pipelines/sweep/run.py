@@ -18,13 +18,13 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from PIL import Image
 
-from pipelines import grid as grids
-from pipelines.infotext import quote
 from pipelines.jobs import Cancelled
-from pipelines.sweep import Cell, SweepPlan
+from pipelines.params.infotext import quote
+from pipelines.sweep import grid as grids
+from pipelines.sweep.plan import Cell, SweepPlan
 
 if TYPE_CHECKING:
-    from pipelines.generate import Engine
+    from pipelines.engine.generate import Engine
     from pipelines.jobs import JobContext
 
 GRID_MODE = "txt2img-grids"

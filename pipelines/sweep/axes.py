@@ -19,10 +19,10 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from pipelines import samplers
-from pipelines.control_params import CONTROL_PARAMS
-from pipelines.params import PARAMS
-from pipelines.spec import ParamSpec
+from pipelines.params import samplers
+from pipelines.params.control import CONTROL_PARAMS
+from pipelines.params.spec import ParamSpec
+from pipelines.params.specs import PARAMS
 
 Lists = Mapping[str, Callable[[], Sequence[str]]]  # choice lists the studio supplies ("checkpoint", "hr_upscaler")
 @dataclass(frozen=True)

@@ -15,10 +15,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from pipelines import cost, imageops
-from pipelines.advisor import deterministic
-from pipelines.params import LATENT_UPSCALERS, PARAMS, SD_UPSCALE_FIELDS, TXT2IMG_FIELDS, defaults
-from pipelines.spec import HintContext
+from pipelines import imageops
+from pipelines.advisor.rules import deterministic
+from pipelines.params import cost
+from pipelines.params.spec import HintContext
+from pipelines.params.specs import LATENT_UPSCALERS, PARAMS, SD_UPSCALE_FIELDS, TXT2IMG_FIELDS, defaults
 
 STAGES = ("draft", "refine", "finalize")
 DRAFT_BATCH = 4

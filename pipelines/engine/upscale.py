@@ -15,14 +15,15 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image
 
 from extensions import tiled_upscale, upscalers
-from pipelines import cost, imageops, infotext, samplers
+from pipelines import imageops
 from pipelines.discovery import CheckpointInfo
-from pipelines.generate import VERSION, GenerationResult, resolve_seed
-from pipelines.img2img import Img2ImgPlan
+from pipelines.engine.generate import VERSION, GenerationResult, resolve_seed
+from pipelines.engine.img2img import Img2ImgPlan
 from pipelines.outputs import read_png_info
+from pipelines.params import cost, infotext, samplers
 
 if TYPE_CHECKING:
-    from pipelines.generate import Engine
+    from pipelines.engine.generate import Engine
     from pipelines.jobs import JobContext
 
 MAX_SIDE = 8192  # results beyond this are refused before any work

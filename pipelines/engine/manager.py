@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 
-from pipelines.devices import free_memory, module_device
+from pipelines.engine.devices import free_memory, module_device
 
 log = logging.getLogger("studio.manager")
 

@@ -20,14 +20,15 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from pipelines import cost, imageops
+from pipelines import imageops
 from pipelines.discovery import CheckpointInfo
-from pipelines.generate import Plan
-from pipelines.params import IMG2IMG_FIELDS, INPAINT_FIELDS
+from pipelines.engine.generate import Plan
+from pipelines.params import cost
+from pipelines.params.specs import IMG2IMG_FIELDS, INPAINT_FIELDS
 
 if TYPE_CHECKING:
-    from pipelines.generate import Engine
-    from pipelines.loading import Components
+    from pipelines.engine.generate import Engine
+    from pipelines.engine.loading import Components
 
 LATENT_UPSCALE = imageops.RESIZE_MODES[3]
 INPAINT_ONLY = frozenset(set(INPAINT_FIELDS) - set(IMG2IMG_FIELDS))

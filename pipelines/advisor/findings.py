@@ -8,8 +8,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable, Literal, Mapping
 
-from pipelines.params import approx_tokens
-from pipelines.spec import HintContext
+from pipelines.params.spec import HintContext
+from pipelines.params.specs import approx_tokens
 
 Severity = Literal["error", "warning", "info"]
 SEVERITY_ORDER = {"error": 0, "warning": 1, "info": 2}

@@ -25,12 +25,12 @@ from typing import Any, Callable
 
 import torch
 
-from .discovery import FAMILIES, CheckpointInfo, detect_family, read_header
+from pipelines.discovery import FAMILIES, CheckpointInfo, detect_family, read_header
 
 log = logging.getLogger("studio.loading")
 
 Progress = Callable[[str, int, int], None]
-CONFIGS = Path(__file__).resolve().parent / "configs"
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 TOKENIZER_FILES = ("vocab.json", "merges.txt")
 PIPELINES = {
     "sd15": "StableDiffusionPipeline", "sd2": "StableDiffusionPipeline", "sd2-v": "StableDiffusionPipeline",

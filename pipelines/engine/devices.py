@@ -70,8 +70,8 @@ def _pick_attention(choice: str, dev: torch.device) -> str:
 
 def _xformers_works() -> bool:
     try:
-        import xformers.ops  # noqa: F401
         import torch as _t
+        import xformers.ops  # noqa: F401
 
         q = _t.zeros(1, 8, 1, 8, device="cuda", dtype=_t.float16)
         xformers.ops.memory_efficient_attention(q, q, q)

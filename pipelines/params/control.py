@@ -13,7 +13,7 @@ from typing import Any, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
-from pipelines.spec import Band, HintContext, ParamSpec, pydantic_field
+from pipelines.params.spec import Band, HintContext, ParamSpec, pydantic_field
 
 CONTROL_MODES = ("Balanced", "My prompt is more important", "ControlNet is more important")  # A1111 0..2
 CONTROL_RESIZE_MODES = ("Just resize", "Crop and resize", "Resize and fill")  # A1111 0..2

@@ -9,11 +9,11 @@ import re
 from pathlib import Path
 from typing import Callable
 
-from pipelines.findings import CHUNK_TOKENS, Finding, Situation
-from pipelines.params import plain_prompt
-from pipelines.prompt_builder import NEGATIVE_PRESETS
+from pipelines.advisor.findings import CHUNK_TOKENS, Finding, Situation
+from pipelines.advisor.prompt_builder import NEGATIVE_PRESETS
+from pipelines.params.specs import plain_prompt
 
-CLIP_TOKENIZER = Path(__file__).parent / "configs" / "clip-tokenizer"  # the SD 1.x/SDXL CLIP vocabulary
+CLIP_TOKENIZER = Path(__file__).resolve().parents[1] / "configs" / "clip-tokenizer"  # the SD 1.x/SDXL CLIP vocabulary
 
 
 def clip_token_counter() -> Callable[[str], int]:

@@ -17,8 +17,8 @@ import json
 import re
 from typing import Any, Mapping
 
-from pipelines import samplers
-from pipelines.params import PARAMS
+from pipelines.params import samplers
+from pipelines.params.specs import PARAMS
 
 VERSION = "studio-0.1"
 NEGATIVE_PREFIX = f"{PARAMS['negative_prompt'].infotext_key}:"

@@ -8,8 +8,8 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping
 
-from pipelines.findings import MODES, Finding, Rule, Situation, fmt
-from pipelines.spec import VERDICT_ORDER, HintContext, ParamSpec
+from pipelines.advisor.findings import MODES, Finding, Rule, Situation, fmt
+from pipelines.params.spec import VERDICT_ORDER, HintContext, ParamSpec
 
 # Fields with rules of their own (size, hires target) or nothing to advise (seeds: any value is fine).
 NOT_BAND_RULES = {"width", "height", "hr_scale", "seed", "subseed", "hr_resize_x", "hr_resize_y", "scale_by"}

@@ -1,16 +1,17 @@
 """Render the parameter reference (docs/parameters.md and the UI's Parameters tab) from PARAMS, the advisor's
 RULES and the guided workflow's settings.
 
-    python -m pipelines.params_doc > docs/parameters.md
+    python -m pipelines.params.doc > docs/parameters.md
 """
 
 from __future__ import annotations
 
 import dataclasses
 
-from pipelines import advisor, workflow
-from pipelines.control_params import CONTROL_PARAMS
-from pipelines.params import PARAMS, HintContext, ParamSpec
+from pipelines.advisor import rules as advisor
+from pipelines.advisor import workflow
+from pipelines.params.control import CONTROL_PARAMS
+from pipelines.params.specs import PARAMS, HintContext, ParamSpec
 
 _MARK = {"best": "🟢 best", "ok": "🔵 ok", "caution": "🟠 caution", "avoid": "🔴 avoid"}
 
@@ -47,7 +48,7 @@ def render_markdown(ctx: HintContext | None = None, mode: str | None = None) -> 
     head = [
         "# Generation parameters", "",
         "Generated from `pipelines/params.py` (the one definition of every parameter) by "
-        "`python -m pipelines.params_doc`; do not edit by hand.", "",
+        "`python -m pipelines.params.doc`; do not edit by hand.", "",
         f"Sizes below are for a model of native size {ctx.native} px (SD 1.x); the app re-targets them to the "
         "selected model's family. Verdicts: best (recommended zone), ok (fine for a purpose), caution (works, "
         "often worse), avoid (almost always worse or wasteful).", "", "",
@@ -69,7 +70,8 @@ def _settings(values: dict) -> str:
 def render_advice(ctx: HintContext) -> str:
     """The advisor's rules: what each checks, the study's reason, an example and the finding it gives."""
     lines = ["## Advisor rules", "",
-             "The advisor (above the results in txt2img and img2img, and `POST /advisor/check`) checks the settings against these rules and "
+             "The advisor (above the results in txt2img and img2img, and `POST /advisor/check`) checks the settings "
+             "against these rules and "
              "the selected model. Every finding has a one-click fix. Severities: ⛔ error (the job would be "
              "refused), ⚠️ warning (likely a wasted render), 💡 note (could be better).", "",
              "Every parameter's bands above are rules too (`band:<name>`): a value in an avoid band is a warning, in "

@@ -20,11 +20,11 @@ from diffusers.models.controlnets.multicontrolnet import MultiControlNetModel
 from PIL import Image
 
 from pipelines import imageops
-from pipelines.control_params import unit_infotext
 from pipelines.controlnets import ControlNetInfo, load_controlnet
+from pipelines.params.control import unit_infotext
 
 if TYPE_CHECKING:
-    from pipelines.generate import Engine
+    from pipelines.engine.generate import Engine
     from pipelines.jobs import JobContext
 
 SOFT_DECAY = 0.825  # A1111's soft injection: residual k of 13 is weighted 0.825 ** (12 - k)

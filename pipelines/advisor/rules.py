@@ -15,14 +15,21 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, Iterable, Mapping
 
-from pipelines import imageops, samplers
-from pipelines.band_rules import NOT_BAND_RULES, band_rule
-from pipelines.findings import MODES, SEVERITY_ORDER, Finding, Rule, Situation, fmt
-from pipelines.params import PARAMS, approx_tokens, defaults
-from pipelines.prompt_builder import NEGATIVE_PRESETS
-from pipelines.prompt_rules import (contradictions, long_prompt, people_negative, prompt_contradiction,
-                                    scenery_negative, trim_to_chunk)
-from pipelines.spec import VERDICT_ORDER, HintContext
+from pipelines import imageops
+from pipelines.advisor.band_rules import NOT_BAND_RULES, band_rule
+from pipelines.advisor.findings import MODES, SEVERITY_ORDER, Finding, Rule, Situation, fmt
+from pipelines.advisor.prompt_builder import NEGATIVE_PRESETS
+from pipelines.advisor.prompt_rules import (
+    contradictions,
+    long_prompt,
+    people_negative,
+    prompt_contradiction,
+    scenery_negative,
+    trim_to_chunk,
+)
+from pipelines.params import samplers
+from pipelines.params.spec import VERDICT_ORDER, HintContext
+from pipelines.params.specs import PARAMS, approx_tokens, defaults
 
 # Rules about the settings.
 
