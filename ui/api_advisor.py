@@ -12,23 +12,41 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Depends
+from pydantic import BaseModel, ConfigDict, Field
 
 from pipelines.advisor import rules as advisor
+from pipelines.advisor.findings import MODES
 from pipelines.studio import BadRequest, Studio
-from ui.api_common import ApiError, Route, json_body
+from ui.api_common import ERRORS, ApiError, Route, body_doc, json_body
 
 _META = ("mode", "model", "sd_model_checkpoint", "override_settings", "settings")
+
+
+class AdvisorCheckRequest(BaseModel):
+    """The settings to check (txt2img / img2img fields, A1111 names; unknown fields are ignored), either as the
+    body itself or under `settings`."""
+
+    model_config = ConfigDict(extra="allow")
+
+    mode: str | None = Field(None, description="default: img2img when init_images is given (inpaint with a mask), "
+                                               "else txt2img", json_schema_extra={"enum": [*MODES, None]})
+    model: str | None = Field(None, description="checkpoint the advice is for (default: the current one)")
+    settings: dict[str, Any] | None = Field(None, description="the settings, when not given as the body itself")
+    mask: Any = Field(None, description="with init_images, its presence selects inpaint (the image is not read)")
+    init_images: Any = Field(None, description="its presence selects img2img (the images are not read)")
 
 
 def _split(body: Any) -> tuple[dict[str, Any], str, str | None]:
     if not isinstance(body, dict):
         raise ApiError(422, "ValidationError", "body: expected a JSON object of settings")
-    settings = body.get("settings", body)
+    settings = body if body.get("settings") is None else body["settings"]  # null: as if absent
     if not isinstance(settings, dict):
         raise ApiError(422, "ValidationError", "settings: expected a JSON object")
     overrides = body.get("override_settings") or {}
     model = body.get("model") or body.get("sd_model_checkpoint") or (
         overrides.get("sd_model_checkpoint") if isinstance(overrides, dict) else None)
+    if model is not None and not isinstance(model, str):
+        raise ApiError(422, "ValidationError", f"model: expected a checkpoint name, got {type(model).__name__}")
     mode = body.get("mode") or ("img2img" if "init_images" in body else "txt2img")
     if mode == "img2img" and body.get("mask"):
         mode = "inpaint"
@@ -36,9 +54,9 @@ def _split(body: Any) -> tuple[dict[str, Any], str, str | None]:
 
 
 def build_advisor_api(studio: Studio, deps: list[Any]) -> APIRouter:
-    router = APIRouter(prefix="/advisor", tags=["Advisor"], dependencies=deps, route_class=Route)
+    router = APIRouter(prefix="/advisor", tags=["Advisor"], dependencies=deps, route_class=Route, responses=ERRORS)
 
-    @router.post("/check")
+    @router.post("/check", openapi_extra=body_doc(AdvisorCheckRequest))
     def check(body: Any = Depends(json_body)) -> dict[str, Any]:
         settings, mode, model = _split(body)
         try:

@@ -9,13 +9,27 @@ images after the generated ones (the extension's default). Our addition: a unit 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, create_model
 
-from pipelines.params.control import MAX_UNITS
+from pipelines.params.control import CONTROL_PARAMS, MAX_UNITS, module_names
+from pipelines.params.spec import pydantic_field
 from pipelines.studio import MAX_INPUT_PIXELS, Studio
-from ui.api_common import ApiError, Route, client_id, decode_image, encode_png, json_body, submit_job, wait_job
+from ui.api_common import (
+    ERRORS,
+    IMAGE_SCHEMA,
+    ApiError,
+    Route,
+    body_doc,
+    client_id,
+    decode_image,
+    encode_png,
+    json_body,
+    submit_job,
+    wait_job,
+)
 
 API_VERSION = 2  # what the extension's /controlnet/version answers; clients check it
 # Unit fields of the extension that change nothing here; accepted without a warning.
@@ -30,6 +44,62 @@ _IGNORED = {"mask": "masks restricting a unit are not supported; the unit acts o
             "ipadapter_input": "IP-Adapter is not supported", "union_control_type": "union models are not supported",
             "inpaint_crop_input_image": "ignored"}
 _RENAMED = {"input_image": "image", "lowvram": "low_vram"}
+
+
+# -- the request schema (documentation: `units_from_request` and ControlUnit validate) ------------------------------
+_IMAGE_FORMS = [IMAGE_SCHEMA, {
+    "type": "object", "properties": {"image": IMAGE_SCHEMA, "mask": {"description": "unused"}}, "required": ["image"],
+    "description": "the extension's {image, mask} form; the mask is not used"}]
+_IMAGE = WithJsonSchema({"anyOf": [*_IMAGE_FORMS, {"type": "null"}]})
+_ACCEPTED = WithJsonSchema({"description": "accepted and ignored (it changes nothing here)"})
+
+ControlNetUnitRequest: type[BaseModel] = create_model(
+    "ControlNetUnitRequest",
+    __config__=ConfigDict(extra="forbid"),
+    __doc__="One ControlNet unit as the A1111 ControlNet extension sends it (alwayson_scripts.controlnet.args[i]). "
+            "An enabled unit needs a `model` from GET /controlnet/model_list and, in txt2img, an `image` (or "
+            "`pose_json`). `guidance_start` must not be after `guidance_end`.",
+    image=(Annotated[Any, _IMAGE], Field(None, description="the control image; in img2img, empty = the input")),
+    input_image=(Annotated[Any, _IMAGE], Field(None, description="old name of `image`")),
+    pose_json=(Annotated[Any, WithJsonSchema({"anyOf": [{"type": "object"}, {"type": "array"}, {"type": "string"}]})],
+               Field(None, description="OpenPose-format keypoints (JSON), rendered to a skeleton map; sets module "
+                                       "'none'")),
+    **{name: pydantic_field(spec) for name, spec in CONTROL_PARAMS.items()},
+    **{name: (Annotated[Any, _ACCEPTED], None) for name in sorted(_SILENT | set(_IGNORED) | {"lowvram"})},
+)
+
+
+class ControlNetScript(BaseModel):
+    args: list[ControlNetUnitRequest] = Field(default_factory=list,  # type: ignore[valid-type]
+                                              description="the units, stacked in order")
+
+
+class AlwaysOnScripts(BaseModel):
+    """A1111's alwayson_scripts: `controlnet` runs; other scripts are not installed here and are ignored with a
+    warning."""
+
+    model_config = ConfigDict(extra="allow")
+
+    controlnet: ControlNetScript | list[ControlNetUnitRequest] | None = Field(  # type: ignore[valid-type]
+        None, description="{\"args\": [unit, ...]} (or the list of units itself)")
+
+
+class DetectRequest(BaseModel):
+    """POST /controlnet/detect."""
+
+    controlnet_module: str = Field("none", description="the preprocessor (GET /controlnet/module_list)",
+                                   json_schema_extra={"enum": module_names()})
+    controlnet_input_images: list[Annotated[Any, WithJsonSchema({"anyOf": _IMAGE_FORMS})]] = Field(
+        min_length=1, description="images to detect on")
+    controlnet_processor_res: int | None = Field(
+        512, ge=CONTROL_PARAMS["processor_res"].minimum, le=CONTROL_PARAMS["processor_res"].maximum,
+        description="short side the preprocessor works at (-1 or null: 512)")
+    controlnet_threshold_a: float | None = Field(
+        None, ge=CONTROL_PARAMS["threshold_a"].minimum, le=CONTROL_PARAMS["threshold_a"].maximum,
+        description=CONTROL_PARAMS["threshold_a"].description)
+    controlnet_threshold_b: float | None = Field(
+        None, ge=CONTROL_PARAMS["threshold_b"].minimum, le=CONTROL_PARAMS["threshold_b"].maximum,
+        description=CONTROL_PARAMS["threshold_b"].description)
 
 
 def _image_of(value: Any, where: str) -> Any:
@@ -95,7 +165,7 @@ def detected_maps(result: Any) -> list[Any]:
 
 def build_controlnet_api(studio: Studio, deps: list[Any]) -> APIRouter:
     cn = APIRouter(prefix="/controlnet", tags=["ControlNet (A1111 extension API)"], dependencies=deps,
-                   route_class=Route)
+                   route_class=Route, responses=ERRORS)
 
     def family() -> str | None:
         try:
@@ -125,7 +195,7 @@ def build_controlnet_api(studio: Studio, deps: list[Any]) -> APIRouter:
     def control_types() -> dict[str, Any]:
         return {"control_types": studio.controlnet.control_types(family())}
 
-    @cn.post("/detect")
+    @cn.post("/detect", openapi_extra=body_doc(DetectRequest))
     def detect(request: Request, body: Any = Depends(json_body)) -> dict[str, Any]:
         """Run a preprocessor: {"controlnet_module", "controlnet_input_images": [base64], "controlnet_processor_res",
         "controlnet_threshold_a", "controlnet_threshold_b"} -> {"images": [base64], "info": "Success"}."""

@@ -13,16 +13,17 @@ infotexts in the same order. Pure Python: no torch import here.
 from __future__ import annotations
 
 import json
-from typing import Any, Callable
+from typing import Annotated, Any, Callable
 
 from fastapi import APIRouter, Depends, Request
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, WithJsonSchema, create_model
 
 from pipelines.jobs import EventKind
 from pipelines.studio import BadRequest, Studio, describe_validation
+from pipelines.sweep.axes import AXES, a1111_labels
 from pipelines.sweep.plan import SweepOptions, axis_type
 from pipelines.sweep.run import sweep_info
-from ui.api_common import ApiError, Route, client_id, encode_png, json_body, submit_job, wait_job
+from ui.api_common import ERRORS, ApiError, Route, body_doc, client_id, encode_png, json_body, submit_job, wait_job
 
 SCRIPT_NAMES = frozenset({"x/y/z plot", "xyz plot", "x/y/z_plot", "xyz_plot"})
 # txt2img request body -> (request, txt2img params dict, model name or None, warnings); ui/api.py supplies it
@@ -100,11 +101,30 @@ def run_xyz(studio: Studio, req: Any, params: dict[str, Any], model: str | None,
     return {"images": images, "parameters": req.model_dump(), "info": json.dumps(info)}
 
 
+def _axis_types() -> dict[str, Any]:
+    """The axis types a sweep takes: our names and aliases, A1111's labels of those, or A1111's txt2img indices."""
+    labels = a1111_labels("txt2img")
+    names = [*AXES, *(alias for a in AXES.values() for alias in a.aliases)]
+    known = {n.casefold() for n in names}
+    names += [label for label in labels if label.casefold() in known and label not in names]
+    return {"anyOf": [{"type": "string", "enum": names},
+                      {"type": "integer", "enum": [i for i, label in enumerate(labels) if label.casefold() in known],
+                       "description": "index into A1111's txt2img axis list"}]}
+
+
 class AxisRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    type: str | int = Field(description="axis type: our name (e.g. 'CFG scale'), an A1111 label or its index")
-    values: str | list[str | int | float] = Field("", description="'5, 7, 9', '1-10 (+2)', '7-12 [4]' or a list")
+    type: Annotated[str | int, WithJsonSchema(_axis_types())] = Field(
+        description="axis type: our name (e.g. 'CFG scale'), an A1111 label or its index")
+    values: str | list[str | int | float] = Field(
+        "", description="values as the axis type takes them (numbers within the parameter's limits, names of its "
+                        "choices): '5, 7, 9', '1-10 (+2)', '7-12 [4]' or a list; at most 100 cells in all")
+
+
+_ACTIVE_AXIS = {"properties": {"type": {"not": {"enum": ["Nothing", 0]}},
+                               "values": {"minLength": 1, "pattern": r"\S", "minItems": 1}},
+                "required": ["type", "values"]}
 
 
 class OptionsRequest(BaseModel):
@@ -123,15 +143,27 @@ class SweepRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     params: dict[str, Any] = Field(default_factory=dict, description="txt2img fields, as POST /sdapi/v1/txt2img")
-    axes: list[AxisRequest] = Field(min_length=1, max_length=3, description="X, then Y, then Z")
+    axes: list[AxisRequest] = Field(
+        min_length=1, max_length=3, json_schema_extra={"contains": _ACTIVE_AXIS},
+        description="X, then Y, then Z; at least one sweeps a parameter (not Nothing) over some values, each "
+                    "parameter along one axis only. Hires steps/sampler/upscaler/upscale and Denoising need Hires. fix "
+                    "on in params, ControlNet weight/guidance end an enabled ControlNet unit, Var. seed a variation "
+                    "strength above 0")
     options: OptionsRequest = Field(default_factory=OptionsRequest)
     model: str | None = Field(None, description="checkpoint; default: the current one")
     send_images: bool = True
 
 
-def build_sweep_api(studio: Studio, deps: list[Any], parse_params: ParseParams) -> APIRouter:
-    own = APIRouter(prefix="/studio/v1", tags=["Studio API"], dependencies=deps, route_class=Route)
-    doc = {"requestBody": {"content": {"application/json": {"schema": SweepRequest.model_json_schema()}}}}
+def build_sweep_api(studio: Studio, deps: list[Any], parse_params: ParseParams,
+                    params_model: type[BaseModel] | None = None) -> APIRouter:
+    """`params_model`: the txt2img request model `parse_params` reads, published as the schema of `params`."""
+    own = APIRouter(prefix="/studio/v1", tags=["Studio API"], dependencies=deps, route_class=Route, responses=ERRORS)
+    documented = SweepRequest
+    if params_model is not None:
+        documented = create_model("SweepRequest", __base__=SweepRequest, __doc__=SweepRequest.__doc__, params=(
+            Annotated[dict[str, Any], BeforeValidator(lambda v: v, json_schema_input_type=params_model)],
+            SweepRequest.model_fields["params"]))
+    doc = body_doc(documented)
 
     def parse(body: Any) -> tuple[SweepRequest, dict[str, Any], str | None, list[str], list[tuple[Any, Any]]]:
         if not isinstance(body, dict):

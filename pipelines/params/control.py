@@ -113,6 +113,7 @@ CONTROL_PARAMS: dict[str, ParamSpec] = {
             "edited OpenPose skeleton.",
             (Band("best", "the map is detected from the image"), Band("ok", "'none': the image already is a map")),
             judge=_module_judge, choices=module_names, group="controlnet", modes=_UNIT,
+            extra={"by_index": False},  # names and aliases only
         ),
         ParamSpec(
             "model", "Model", "choice", "None",

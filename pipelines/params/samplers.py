@@ -84,6 +84,16 @@ def schedule_names() -> list[str]:
     return list(_SCHEDULES)
 
 
+def schedule_limits() -> list[tuple[list[str], list[str]]]:
+    """(samplers, the schedule types they take) for the samplers that do not take every schedule type, grouped by
+    what they take ("Automatic" always included): what `check` enforces, for the API schema."""
+    groups: dict[tuple[str, ...], list[str]] = {}
+    for s in _SAMPLERS.values():
+        if set(s.schedules) != set(_ALL):
+            groups.setdefault((AUTOMATIC, *s.schedules), []).append(s.name)
+    return [(names, list(schedules)) for schedules, names in groups.items()]
+
+
 def _find_sampler(name: str) -> Sampler | None:
     key = name.strip().lower()
     return next((s for s in _SAMPLERS.values() if key == s.name.lower() or key in s.aliases), None)

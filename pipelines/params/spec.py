@@ -1,6 +1,6 @@
 """The machinery of parameter definitions: bands with verdicts, hints, and `ParamSpec`.
 
-`pipelines/params.py` (generation parameters) and `pipelines/control_params.py` (ControlNet units) declare their
+`pipelines/params/specs.py` (generation parameters) and `pipelines/params/control.py` (ControlNet units) declare their
 parameters with these; `pydantic_field` turns a spec into a Pydantic field so limits are declared once.
 Pure Python: no torch.
 """
@@ -121,10 +121,31 @@ class ParamSpec:
         return Hint(band.verdict, band.why, band.label, self.recommended(ctx))
 
 
+def json_schema(spec: ParamSpec) -> dict[str, Any]:
+    """What the API schema says about a spec besides its type, limits and description: a choice parameter with a
+    fixed list (not `extra["open"]`) is an enum of its names, or an index into that list (as A1111 clients send
+    resize and mask modes; `extra["by_index"] = False` where a model takes names only); an open one (upscalers,
+    models: names known only at run time) lists its built-in names as examples. Limits come from
+    `ge`/`le`/`multiple_of` in `pydantic_field`."""
+    if spec.kind != "choice" or spec.choices is None:
+        return {}
+    names = list(spec.choices())
+    if spec.extra.get("open"):
+        return {"examples": names}
+    if not spec.extra.get("by_index", True):
+        return {"enum": names}
+    return {"anyOf": [{"type": "string", "enum": names},
+                      {"type": "integer", "minimum": 0, "maximum": len(names) - 1,
+                       "description": "index into the list of names"}]}
+
+
 def pydantic_field(spec: ParamSpec) -> tuple[Any, Any]:
+    """A spec as a Pydantic field: type, default, description, limits, and (in the JSON schema the API publishes)
+    the choice names, so validation, the API schema, the UI and docs/parameters.md read one definition."""
     py_type: Any = {"text": str, "int": int, "float": float, "choice": str, "bool": bool}[spec.kind]
     if spec.nullable:
         py_type = py_type | None
+    extra = json_schema(spec)
     return (
         py_type,
         Field(
@@ -134,5 +155,16 @@ def pydantic_field(spec: ParamSpec) -> tuple[Any, Any]:
             le=spec.maximum,
             multiple_of=spec.multiple_of,
             title=spec.label,
+            json_schema_extra=_replace_type(extra) if "anyOf" in extra else extra or None,
         ),
     )
+
+
+def _replace_type(extra: dict[str, Any]) -> Callable[[dict[str, Any]], None]:
+    """json_schema_extra that puts `extra`'s anyOf in place of the field's own `type` (string) schema."""
+
+    def apply(schema: dict[str, Any]) -> None:
+        schema.pop("type", None)
+        schema.update(extra)
+
+    return apply

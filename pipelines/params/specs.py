@@ -11,6 +11,7 @@ import re
 from typing import Any, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
+from pydantic.json_schema import SkipJsonSchema
 
 from pipelines.params import samplers
 from pipelines.params.control import ControlUnit
@@ -616,8 +617,29 @@ SD_UPSCALE_FIELDS = ["prompt", "negative_prompt", "sampler_name", "scheduler", "
 # Pydantic request models, built from the specs so limits are declared once.
 
 
+def schedule_rules(schema: dict[str, Any]) -> None:
+    """JSON-schema rules for what `samplers.check` refuses: a sampler that takes only some schedule types limits
+    `scheduler` (by name or index). `sampler_index` (A1111's old name) counts where `sampler_name` is absent."""
+    props = schema.get("properties", {})
+    if "sampler_name" not in props or "scheduler" not in props:
+        return
+    names, schedules = samplers.sampler_names(), samplers.schedule_names()
+    rules = []
+    for group, allowed in samplers.schedule_limits():
+        then = {"properties": {"scheduler": {"enum": [*allowed, *(schedules.index(a) for a in allowed)]}}}
+        for field in ("sampler_name", "sampler_index"):
+            if field not in props:
+                continue
+            when: dict[str, Any] = {"properties": {field: {"enum": [*group, *(names.index(g) for g in group)]}},
+                                    "required": [field]}
+            if field == "sampler_index":
+                when["not"] = {"required": ["sampler_name"]}
+            rules.append({"if": when, "then": then})
+    schema.setdefault("allOf", []).extend(rules)
+
+
 class _ParamsBase(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=schedule_rules)
 
     @model_validator(mode="before")
     @classmethod
@@ -630,6 +652,8 @@ class _ParamsBase(BaseModel):
             spec = PARAMS.get(name)
             if spec is not None and spec.kind == "choice" and not isinstance(value, (str, int, type(None))):
                 raise ValueError(f"{name}: expected a name, got {type(value).__name__}")  # before any .strip()
+            if spec is not None and spec.kind == "choice" and isinstance(value, float) and value.is_integer():
+                value = int(value)  # JSON's 5.0 is the integer 5 (an index, as the schema allows)
             if spec is not None and spec.kind == "choice" and isinstance(value, (bool, int)) and spec.choices:
                 options = spec.choices()
                 if not 0 <= int(value) < len(options):
@@ -650,7 +674,9 @@ class _ParamsBase(BaseModel):
         return data
 
 
-_UNITS = (list[ControlUnit], Field(default_factory=list, description="ControlNet units (multi-ControlNet stacks them)"))
+# Filled from the request's alwayson_scripts.controlnet.args (the API schema documents those), so not published.
+_UNITS = (SkipJsonSchema[list[ControlUnit]],
+          Field(default_factory=list, description="ControlNet units (multi-ControlNet stacks them)"))
 
 Txt2ImgParams: type[BaseModel] = create_model(
     "Txt2ImgParams",
