@@ -7,10 +7,11 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+
+from tests.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in the tests may reach a model hub
@@ -105,16 +106,20 @@ class Server:
     def wait_ready(self, timeout: float = 120) -> "Server":
         import requests
 
-        deadline = time.time() + timeout
-        while time.time() < deadline:
+        def answers() -> bool:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log.read_text()[-4000:]}")
             try:
                 requests.get(self.url + "/", timeout=2)
-                return self
+                return True
             except requests.RequestException:
-                time.sleep(0.3)
-        raise TimeoutError(f"server not ready after {timeout} s:\n{self.log.read_text()[-4000:]}")
+                return False
+
+        try:
+            wait_for(answers, timeout=timeout, interval=0.3, what=f"the server on port {self.port} to answer")
+        except AssertionError as e:
+            raise TimeoutError(f"{e}:\n{self.log.read_text()[-4000:]}") from None
+        return self
 
     def __enter__(self) -> "Server":
         try:
@@ -149,6 +154,58 @@ def start_server(tmp_path):
     yield start
     for s in servers:
         s.stop()
+
+
+KINDS = ("unit", "engine", "server", "browser")  # pyproject.toml's markers; README's test section says what each means
+
+
+def kind_of(item) -> set[str]:
+    """The kinds closest to a test: its own marker (@pytest.mark.unit on the function) if it has one, else its
+    class's, else its module's `pytestmark`."""
+    by_node: dict = {}
+    for node, mark in item.iter_markers_with_node():  # from the test outwards
+        if mark.name in KINDS:
+            by_node.setdefault(id(node), set()).add(mark.name)
+    return next(iter(by_node.values()), set())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    """A test without exactly one kind fails its module's collection (so new tests cannot forget one)."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.passed and isinstance(collector, (pytest.Module, pytest.Class)):
+        bad = []
+        for item in report.result:
+            if isinstance(item, pytest.Function) and len(kinds := kind_of(item)) != 1:
+                bad.append(f"{item.name}: " + (f"more than one kind ({', '.join(sorted(kinds))})" if kinds else "no kind"))
+        if bad:
+            report.outcome, report.result = "failed", []
+            report.longrepr = (f"every test needs exactly one of the markers {', '.join(KINDS)}: a module-level "
+                               "`pytestmark = pytest.mark.<kind>`, or one on the test (README, Tests):\n  "
+                               + "\n  ".join(bad))
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` selects
+def pytest_collection_modifyitems(config, items):
+    """Each test keeps only its own kind: the module's (or class's) kind moves onto the tests that have none, so
+    `-m "not server"` leaves out a module's server tests and keeps the unit test beside them."""
+    resolved = [kind_of(item).pop() for item in items]  # exactly one each: checked at collection
+    for item in items:
+        for node in item.listchain()[:-1]:
+            node.own_markers[:] = [m for m in node.own_markers if m.name not in KINDS]
+    for item, kind in zip(items, resolved):
+        item.own_markers[:] = [m for m in item.own_markers if m.name not in KINDS]
+        item.add_marker(kind)
+    # tests/run_all.sh: -n 2 --dist loadgroup --no-loadscope-reorder (xdist's workers see dist "no", loadgroup True)
+    if getattr(config.option, "loadgroup", False) or config.getoption("dist", "no") == "loadgroup":
+        # One worker group per module, so a module's server (and other module fixtures) starts once. The browser
+        # modules form one group, run one after another (two Chromiums and two servers on 2 shared cores make the
+        # page timeouts a matter of luck), and go first: they are the longest unit; the other worker runs the rest.
+        for item, kind in zip(items, resolved):
+            item.add_marker(pytest.mark.xdist_group("browser" if kind == "browser" else item.nodeid.split("::")[0]))
+        order = {id(item): kind != "browser" for item, kind in zip(items, resolved)}
+        items.sort(key=lambda item: order[id(item)])  # stable: modules keep their order
 
 
 def pytest_configure(config):

@@ -9,4 +9,7 @@ if ! command -v chromium >/dev/null 2>&1 && [ ! -x /usr/bin/chromium ]; then
 fi
 python -m pip install -q -r requirements.txt -r tests/requirements.txt
 python -m ruff check .
-python -m pytest -q -p no:cacheprovider "$@" tests
+# Both cores: one worker group per test module (a module's server starts once, in one worker); the browser modules
+# are one group that runs first, on one worker, one module at a time, while the other worker runs everything else
+# (tests/conftest.py sets the groups). Tiny models are built once per worker. Extra arguments go to pytest.
+python -m pytest -q -p no:cacheprovider -n 2 --dist loadgroup --no-loadscope-reorder "$@" tests

@@ -13,6 +13,8 @@ from pipelines.advisor.rules import RULES, apply_fixes, check, contradictions
 from pipelines.params.spec import HintContext
 from pipelines.params.specs import PARAMS
 
+pytestmark = pytest.mark.unit  # pure Python, no model
+
 SD15 = HintContext(family="sd15", native=512)
 SDXL = HintContext(family="sdxl", native=1024)
 TURBO = HintContext(family="sdxl", native=512, distilled=True)

@@ -15,6 +15,8 @@ import pytest
 from extensions.annotators import ANNOTATOR_REPO, CHUNK, AnnotatorMissing, annotator_path, fetch
 from extensions.base import ExtensionContext, NoHooks
 
+pytestmark = pytest.mark.unit  # pure Python, no model
+
 NAME = "dpt_hybrid-midas-501f0c75.pt"
 SIZE = 3 * CHUNK + 12345  # several chunks, and a short last one
 

@@ -17,7 +17,6 @@ import shutil
 import subprocess
 import sys
 import threading
-import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -28,6 +27,9 @@ from PIL import Image
 from pipelines import imageops
 from pipelines.params.specs import PARAMS
 from tests.conftest import ROOT, Server
+from tests.waiting import wait_for
+
+pytestmark = pytest.mark.server  # the real app over HTTP
 
 API = "/sdapi/v1"
 T = 120  # seconds; every HTTP call is bounded
@@ -380,14 +382,12 @@ def test_interrupt_returns_images_so_far(server):
     worker = threading.Thread(target=lambda: box.update(r=post(server, "/txt2img", {
         "prompt": "long", "seed": 9, "n_iter": 30})))  # steps omitted: PARAMS default
     worker.start()
-    deadline, seen = time.time() + 60, None
-    while time.time() < deadline:
+
+    def progressing():
         p = get(server, "/progress").json()
-        if p["state"]["sampling_step"] > 0:
-            seen = p
-            break
-        time.sleep(0.05)
-    assert seen is not None, "the job never reported progress"
+        return p if p["state"]["sampling_step"] > 0 else None
+
+    seen = wait_for(progressing, timeout=T, interval=0.05, what="the job to report progress")
     assert 0 < seen["progress"] <= 1 and seen["state"]["sampling_steps"] == 30 * PARAMS["steps"].default
     assert seen["current_image"] is None or decode(seen["current_image"]).size == (64, 64)
     assert post(server, "/interrupt").status_code == 200
@@ -455,6 +455,7 @@ def _fake_error(error):
             "load": LoadError("Could not load x: bad weights"), "crash": KeyError("boom")}[error]
 
 
+@pytest.mark.unit  # in a module of server tests
 @pytest.mark.parametrize("error, status", [("oom", 422), ("queue", 429), ("load", 422), ("crash", 500)])
 def test_failure_status_mapping(error, status):
     from fastapi import FastAPI
@@ -473,6 +474,7 @@ def test_failure_status_mapping(error, status):
     assert r.json()["detail"] and r.json()["error"]
 
 
+@pytest.mark.unit  # in a module of server tests
 def test_parse_img2img_request_shares_the_txt2img_rules():
     from ui.api import ApiError, parse_request
 
@@ -497,6 +499,7 @@ def test_parse_img2img_request_shares_the_txt2img_rules():
         assert e.value.status == 422 and all(w in e.value.detail for w in words), e.value.detail
 
 
+@pytest.mark.unit  # in a module of server tests
 def test_api_module_does_not_import_torch():
     code = "import sys, ui.api; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=60)

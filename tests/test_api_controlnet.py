@@ -15,6 +15,8 @@ from PIL import Image, ImageDraw
 from tests.conftest import Server
 from tests.tiny_models import build_controlnet
 
+pytestmark = pytest.mark.server  # the real app over HTTP
+
 T = 120
 
 

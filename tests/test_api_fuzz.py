@@ -28,6 +28,8 @@ from tests.conftest import Server
 from tests.tiny_models import build_controlnet
 from ui.api import ExtrasSingleRequest, Img2ImgRequest, Txt2ImgRequest
 
+pytestmark = pytest.mark.server  # the real app over HTTP
+
 ANSWER_S = 60  # no request may take longer: a hang fails the test
 RUNS = settings(max_examples=50, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much])

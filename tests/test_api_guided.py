@@ -14,6 +14,8 @@ from PIL import Image
 
 from tests.conftest import Server
 
+pytestmark = pytest.mark.server  # the real app over HTTP
+
 T = 60
 
 

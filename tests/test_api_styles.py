@@ -14,6 +14,8 @@ from pipelines.advisor.prompt_builder import Style, write_styles
 from tests.conftest import Server
 from tests.test_api import b64, pattern
 
+pytestmark = pytest.mark.server  # the real app over HTTP
+
 T = 120
 API = "/sdapi/v1"
 STYLES = [

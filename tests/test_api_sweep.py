@@ -16,6 +16,8 @@ from pipelines.sweep import grid
 from pipelines.sweep.plan import a1111_labels
 from tests.conftest import Server
 
+pytestmark = pytest.mark.server  # the real app over HTTP
+
 T = 300  # seconds per HTTP call
 LABELS = a1111_labels("txt2img")
 BASE = {"prompt": "a red cube", "steps": 2, "seed": 11, "width": 64, "height": 64}

@@ -22,6 +22,8 @@ from tests.conftest import Server
 from tests.test_api import AUTH, T, _fake_error, b64, decode, get, pattern, post
 from tests.tiny_upscalers import esrgan_state_dict, save_pth
 
+pytestmark = pytest.mark.server  # the real app over HTTP
+
 
 @pytest.fixture(scope="module")
 def server(tiny_store, tmp_path_factory):
@@ -200,6 +202,7 @@ def test_bad_sd_upscale_input_is_4xx_with_reason(server, body, status, words):
 # -- in-process: job failures map like txt2img ------------------------------------------------------
 
 
+@pytest.mark.unit  # in a module of server tests
 @pytest.mark.parametrize("error, status", [("oom", 422), ("queue", 429), ("crash", 500)])
 def test_extras_failure_status_mapping(error, status):
     from fastapi import FastAPI

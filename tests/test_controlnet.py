@@ -14,6 +14,8 @@ from pipelines.params.infotext import parse_infotext
 from pipelines.params.specs import Img2ImgParams, Txt2ImgParams
 from tests.tiny_models import build_controlnet
 
+pytestmark = pytest.mark.engine  # tiny models on the CPU, no server
+
 
 @pytest.fixture(scope="module")
 def cn(world, tiny_store):
@@ -139,6 +141,7 @@ def test_sdxl_unit_and_hires_pass_with_control(world, cn):
     assert result.images[0].size == (128, 128)
 
 
+@pytest.mark.unit  # in a module of engine tests
 def test_unit_validation():
     with pytest.raises(ValueError, match="guidance_start"):
         ControlUnit.model_validate({"guidance_start": 0.8, "guidance_end": 0.2})
@@ -158,6 +161,7 @@ def test_unit_validation():
                       "guidance_start": 0.1, "guidance_end": 0.9, "pixel_perfect": True, "control_mode": "Balanced"}
 
 
+@pytest.mark.unit  # in a module of engine tests
 def test_control_stack_keeps_control_out_of_the_unconditional_half():
     class Fake(torch.nn.Module):
         def forward(self, sample, conditioning_scale, **kw):
@@ -187,6 +191,7 @@ def test_changing_units_loads_each_controlnet_once_and_never_reloads_the_checkpo
     assert len(loads) <= 1 and any(k.startswith("controlnet::tiny_sd15_openpose") for k in manager.cached())
 
 
+@pytest.mark.unit  # in a module of engine tests
 def test_unit_hints_depend_on_the_preprocessor():
     from pipelines.params.control import CONTROL_PARAMS as C
     from pipelines.params.spec import HintContext

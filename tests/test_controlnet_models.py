@@ -32,6 +32,8 @@ from pipelines.controlnets import (
 from pipelines.engine.loading import LoadError
 from tests.tiny_models import build_controlnet, to_original_layout
 
+pytestmark = pytest.mark.engine  # tiny models on the CPU, no server
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -232,6 +234,7 @@ def test_cached_hub_snapshot_loads_offline(infos, reference, tmp_path, no_networ
     assert no_network == []
 
 
+@pytest.mark.unit  # in a module of engine tests
 def test_legacy_hash_matches_a1111(tmp_path):
     data = bytes(range(256)) * 0x1200  # 1.125 MiB: the hashed window is 0x100000..0x110000
     path = tmp_path / "m.safetensors"
@@ -242,6 +245,7 @@ def test_legacy_hash_matches_a1111(tmp_path):
     assert legacy_hash(small) == hashlib.sha256(b"").hexdigest()[:8] == "e3b0c442"
 
 
+@pytest.mark.unit  # in a module of engine tests
 def test_infer_config_reads_sdxl_variants_from_shapes():
     """An SDXL 'mid'-style ControlNet (no transformer layers in the second block) gets its own config."""
     from accelerate import init_empty_weights

@@ -20,7 +20,8 @@ from safetensors.torch import save_file
 
 from pipelines import discovery
 from pipelines.discovery import CheckpointInfo, ensure_hash, resolve_model_path, scan, sha256_of
-from tests import tiny_models
+
+pytestmark = pytest.mark.engine  # tiny models on the CPU, no server
 
 REPO = Path(__file__).resolve().parents[1]
 U = "model.diffusion_model."
@@ -74,12 +75,12 @@ class Evil:
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory) -> Path:
+def models(tmp_path_factory, tiny_store) -> Path:
     models = tmp_path_factory.mktemp("models")
     sd = models / "Stable-diffusion"
-    tiny_models.build_sd15(sd / "tiny-sd15")
-    tiny_models.build_sd15(sd / "tiny-sd15-inpaint", inpainting=True)
-    tiny_models.build_sdxl(sd / "sub" / "tiny-sdxl")
+    shutil.copytree(tiny_store / "tiny-sd15", sd / "tiny-sd15")  # the session's tiny models, built once
+    shutil.copytree(tiny_store / "tiny-sd15-inpainting", sd / "tiny-sd15-inpaint")
+    shutil.copytree(tiny_store / "tiny-sdxl", sd / "sub" / "tiny-sdxl")
     for d in ("sd1", "sd2", "sdxl", ".trash"):
         (sd / d).mkdir(parents=True, exist_ok=True)
     save_file(_ldm(9, extra=SD1), sd / "sd1-inpainting.safetensors")

@@ -25,6 +25,9 @@ import requests
 from PIL import Image
 
 from pipelines.outputs import OutputWriter
+from tests.waiting import wait_for
+
+pytestmark = pytest.mark.server  # the real app over HTTP
 
 T = 180  # seconds; every HTTP call and wait is bounded
 FINAL = re.compile(r"^(\d{5})-(\d+)\.png$")
@@ -45,13 +48,6 @@ def seed_of(path: Path) -> int:
     return int(FINAL.match(path.name).group(2))
 
 
-def wait_for(predicate, what: str, timeout: float = T) -> None:
-    deadline = time.time() + timeout
-    while not predicate():
-        assert time.time() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
-
 def post_in_thread(url: str, body: dict, box: dict) -> threading.Thread:
     def call():
         try:
@@ -67,6 +63,7 @@ def post_in_thread(url: str, body: dict, box: dict) -> threading.Thread:
 # -- stale temporaries, in-process ------------------------------------------------------------------------------
 
 
+@pytest.mark.unit  # in a module of server tests
 def test_clean_stale_removes_only_old_hidden_temporaries(tmp_path):
     writer = OutputWriter(tmp_path)
     day = tmp_path / "txt2img" / "2024-05-17"
@@ -115,7 +112,7 @@ def killed(tiny_store, tmp_path_factory):
         box: dict = {}
         worker = post_in_thread(first.url + "/sdapi/v1/txt2img",
                                 {"prompt": "kill me", "seed": 1000, "n_iter": 30, "steps": 10}, box)
-        wait_for(lambda: len(finals(outputs)) >= 2, "two finished images")
+        wait_for(lambda: len(finals(outputs)) >= 2, timeout=T, interval=0.05, what="two finished images")
         os.kill(first.proc.pid, signal.SIGKILL)
         first.proc.wait(30)
         worker.join(T)
@@ -170,7 +167,7 @@ def test_interrupt_keeps_finished_images_on_disk(killed):
     box: dict = {}
     worker = post_in_thread(server.url + "/sdapi/v1/txt2img",
                             {"prompt": "cancel me", "seed": 3000, "n_iter": 30, "steps": 10}, box)
-    wait_for(lambda: len(mine()) >= 2, "two finished images")
+    wait_for(lambda: len(mine()) >= 2, timeout=T, interval=0.05, what="two finished images")
     assert requests.post(server.url + "/sdapi/v1/interrupt", timeout=T).json() == {"interrupted": True}
     worker.join(T)
     r = box["response"]

@@ -8,6 +8,8 @@ from pipelines.jobs import EventKind
 from pipelines.outputs import read_png_info
 from pipelines.params.specs import LATENT_UPSCALERS, Txt2ImgParams
 
+pytestmark = pytest.mark.engine  # tiny models on the CPU, no server
+
 
 def run(world, **params):
     params = {"prompt": "a castle", "steps": 3, "seed": 9, "enable_hr": True, **params}
@@ -16,6 +18,7 @@ def run(world, **params):
     return job.wait(120)
 
 
+@pytest.mark.unit  # in a module of engine tests
 def test_target_size():
     assert target_size(512, 512, 2, 0, 0) == (1024, 1024)
     assert target_size(512, 768, 1.5, 0, 0) == (768, 1152)
@@ -66,6 +69,7 @@ def test_plain_txt2img_writes_no_hires_settings(world):
     assert "Hires" not in text and "Denoising" not in text
 
 
+@pytest.mark.unit  # in a module of engine tests
 def test_bad_hires_sampler_is_refused():
     with pytest.raises(ValueError, match="Unknown sampler 'Nope'"):
         Txt2ImgParams(enable_hr=True, hr_sampler_name="Nope")

@@ -8,6 +8,8 @@ from PIL import Image, ImageDraw
 
 from pipelines import imageops as io
 
+pytestmark = pytest.mark.unit  # pure Python, no model
+
 
 def gradient(w: int, h: int) -> Image.Image:
     x = np.linspace(30, 225, w)[None, :].repeat(h, 0)

@@ -11,6 +11,8 @@ from pipelines.params.specs import Img2ImgParams
 from pipelines.settings import Settings
 from pipelines.studio import BadRequest, Studio
 
+pytestmark = pytest.mark.engine  # tiny models on the CPU, no server
+
 
 def picture(size=(64, 64)):
     img = Image.new("RGB", size, (200, 100, 50))

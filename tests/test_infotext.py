@@ -13,6 +13,8 @@ from PIL import Image
 from pipelines.outputs import OutputWriter, read_png_info, save_png
 from pipelines.params.infotext import build_infotext, parse_infotext
 
+pytestmark = pytest.mark.unit  # pure Python, no model
+
 NOW = datetime(2024, 5, 17, 12, 0, 0)
 
 VALUES = {

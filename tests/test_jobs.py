@@ -6,6 +6,9 @@ import time
 import pytest
 
 from pipelines.jobs import Cancelled, EventKind, JobRunner, QueueFull, Skipped
+from tests.waiting import wait_for
+
+pytestmark = pytest.mark.unit
 
 
 @pytest.fixture
@@ -35,12 +38,9 @@ def stepper(steps=50, delay=0.01, log=None, name=None):
 def test_fifo_order_and_positions(runner):
     gate = threading.Event()
     log = []
-    runner.submit(lambda ctx: gate.wait(5) and log.append("first"))
-    deadline = time.time() + 5
-    while runner.current() is None and time.time() < deadline:  # the worker holds "first": positions are fixed
-        time.sleep(0.01)
+    runner.submit(lambda ctx: gate.wait(60) and log.append("first"))
+    wait_for(runner.current, timeout=10, what="the worker to hold 'first'")  # then the positions are fixed
     jobs = [runner.submit(stepper(2, 0, log, f"j{i}")) for i in range(3)]
-    time.sleep(0.1)
     assert [runner.position(j) for j in jobs] == [1, 2, 3]
     queued = [next(iter(j.events(timeout=1))) for j in jobs]
     assert all(e.kind is EventKind.QUEUED for e in queued)
@@ -59,52 +59,79 @@ def test_progress_events_have_rate_and_eta(runner):
     kinds = [e for e in job.events(timeout=5)]
     prog = [e for e in kinds if e.kind is EventKind.PROGRESS]
     assert [e.step for e in prog] == list(range(1, 11)) and all(e.total == 10 for e in prog)
-    assert prog[-1].it_per_s and prog[-1].it_per_s > 10 and prog[-1].eta_s == 0
+    assert prog[0].it_per_s is None and all(e.it_per_s > 0 for e in prog[1:]) and prog[-1].eta_s == 0
     assert kinds[0].kind is EventKind.QUEUED and kinds[1].kind is EventKind.STARTED
     assert kinds[-1].kind is EventKind.FINISHED and kinds[-1].result == 10
 
 
 def test_batches_group_fast_events_for_a_slow_page(runner):
-    job = runner.submit(stepper(60, 0.005))  # ~200 progress events a second
-    t0 = time.monotonic()
-    groups, times = [], []
-    for group in job.batches(0.1):
-        groups.append(group)
-        times.append(time.monotonic())
+    """While a group's interval runs, every event that arrives joins that group (one redraw, not one per step);
+    the job's end cuts the interval short. No clock is read: the test releases each step only after the last
+    one was reported, and the interval (600 s) is far longer than the test's bound on a hang (60 s)."""
+    permits, first = threading.Semaphore(0), threading.Event()
+
+    def fn(ctx):
+        ctx.progress(1, 10)
+        first.set()
+        for i in range(2, 11):
+            assert permits.acquire(timeout=60)
+            ctx.progress(i, 10)
+        return "done"
+
+    job = runner.submit(fn)
+    wait_for(first.is_set, timeout=30, what="the first step")
+    groups: list = []
+    consumer = threading.Thread(target=lambda: [groups.append(g) for g in job.batches(600)], daemon=True)
+    consumer.start()
+    wait_for(lambda: groups, timeout=30, what="the first group")  # at once: no group was sent before it
+    for i in range(2, 11):  # one step at a time, each reported before the next is allowed
+        permits.release()
+        wait_for(lambda: job.last_progress.step == i, timeout=30, what=f"step {i}")
+    consumer.join(60)
+    assert not consumer.is_alive(), "the job's end did not end the group's interval"
     flat = [e for g in groups for e in g]
-    steps = [e.step for e in flat if e.kind is EventKind.PROGRESS]
-    assert steps == list(range(1, 61))  # nothing lost, order kept
+    assert [e.step for e in flat if e.kind is EventKind.PROGRESS] == list(range(1, 11))  # nothing lost, in order
     assert flat[-1].kind is EventKind.FINISHED and all(e.kind is not EventKind.FINISHED for e in flat[:-1])
-    assert len(groups) < 15  # ~0.3 s of work in groups at least 0.1 s apart, not 60+ updates
-    assert all(b - a >= 0.09 for a, b in zip(times, times[1:-1]))
-    assert times[-1] - t0 < 2
+    assert [e.kind for e in groups[0]] == [EventKind.QUEUED, EventKind.STARTED, EventKind.PROGRESS]
+    assert len(groups) == 2  # steps 2-10 and the end, all in one group
+    assert [e.step for e in groups[1][:-1]] == list(range(2, 11))
 
 
 def test_batches_do_not_hold_back_the_end(runner):
-    job = runner.submit(stepper(3, 0.01))
-    t0 = time.monotonic()
-    groups = list(job.batches(30))  # a long interval: the job's end cuts the wait short
-    assert time.monotonic() - t0 < 5
+    job = runner.submit(stepper(3, 0))
+    groups: list = []
+    consumer = threading.Thread(target=lambda: [groups.append(g) for g in job.batches(600)], daemon=True)
+    consumer.start()  # a 600 s interval: only the job's end can cut it short
+    consumer.join(60)
+    assert not consumer.is_alive(), "the job's end did not end the group's interval"
     assert groups[-1][-1].kind is EventKind.FINISHED and groups[-1][-1].result == 3
 
 
 def test_interrupt_stops_within_a_step(runner):
-    job = runner.submit(stepper(1000, 0.01))
-    while job.last_progress is None:
-        time.sleep(0.005)
-    t0 = time.perf_counter()
+    permits = threading.Semaphore(0)
+
+    def fn(ctx):  # a step may start only when the test allows it
+        for i in range(1000):
+            ctx.check()
+            assert permits.acquire(timeout=60)
+            ctx.progress(i + 1, 1000)
+
+    job = runner.submit(fn)
+    for _ in range(3):
+        permits.release()
+    wait_for(lambda: job.last_progress and job.last_progress.step == 3, timeout=30, what="step 3")
     assert runner.interrupt(job)
+    for _ in range(997):  # every remaining step may run: only the interrupt stops the job
+        permits.release()
     with pytest.raises(Cancelled):
-        job.wait(5)
-    assert time.perf_counter() - t0 < 0.5
-    assert job.last_progress.step < 1000
+        job.wait(30)
+    assert job.last_progress.step in (3, 4)  # stopped at its next check: at most the step under way finished
     assert job.status == "cancelled"
 
 
 def test_interrupt_only_own_job(runner):
     job = runner.submit(stepper(1000, 0.01), owner="alice")
-    while job.last_progress is None:
-        time.sleep(0.005)
+    wait_for(lambda: job.last_progress, timeout=30, what="the first step")
     assert not runner.interrupt(owner="bob")
     assert runner.interrupt(owner="alice")
     with pytest.raises(Cancelled):
@@ -132,8 +159,7 @@ def test_cancel_is_not_swallowed_by_library_error_handling(runner):
             raise RuntimeError(f"wrapped: {e}") from e
 
     j = runner.submit(job)
-    while j.last_progress is None:
-        time.sleep(0.005)
+    wait_for(lambda: j.last_progress, timeout=30, what="the first step")
     runner.interrupt(j)
     with pytest.raises(Cancelled):
         j.wait(5)
@@ -151,8 +177,7 @@ def test_skip_moves_on_and_failure_keeps_worker_alive(runner):
                 pass
         return finished
     job = runner.submit(batches)
-    while job.last_progress is None:
-        time.sleep(0.005)
+    wait_for(lambda: job.last_progress, timeout=30, what="the first step")
     runner.skip(job)
     assert job.wait(10) == [1, 2]
 
@@ -165,8 +190,8 @@ def test_skip_moves_on_and_failure_keeps_worker_alive(runner):
 
 def test_per_owner_queue_cap(runner):
     gate = threading.Event()
-    runner.submit(lambda ctx: gate.wait(5), owner="x")
-    time.sleep(0.05)
+    runner.submit(lambda ctx: gate.wait(60), owner="x")
+    wait_for(runner.current, timeout=10, what="the worker to hold the first job")  # running: not waiting
     runner.submit(stepper(1, 0), owner="x")
     runner.submit(stepper(1, 0), owner="x")
     with pytest.raises(QueueFull):

@@ -15,7 +15,6 @@ import io
 import json
 import re
 import threading
-import time
 from collections import defaultdict
 
 import numpy as np
@@ -24,6 +23,9 @@ import requests
 from PIL import Image
 
 from pipelines.jobs import Cancelled, EventKind, JobRunner
+from tests.waiting import wait_for
+
+pytestmark = pytest.mark.server  # the real app over HTTP
 
 T = 600  # seconds; every HTTP call and wait is bounded (generous: the CI machine may be busy)
 
@@ -43,14 +45,13 @@ def queued_positions(job) -> list[int]:
     return [e.position for e in job.events(timeout=10) if e.kind is EventKind.QUEUED]
 
 
+@pytest.mark.unit  # in a module of server tests
 def test_positions_count_down_by_one_across_owners():
     runner = JobRunner(max_queued_per_owner=4).start()
     try:
         gates = [threading.Event() for _ in range(9)]
         jobs = [runner.submit(gated(gates[0]), owner="a")]
-        deadline = time.time() + 10
-        while runner.current() is None and time.time() < deadline:
-            time.sleep(0.005)
+        wait_for(runner.current, timeout=10, what="the worker to hold a's first job")
         for i in range(1, 9):  # owners interleaved: a b c a b c ...
             jobs.append(runner.submit(gated(gates[i]), owner="abc"[i % 3]))
         assert [runner.position(j) for j in jobs] == list(range(9))
@@ -121,16 +122,6 @@ def pixels(b64: str) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(base64.b64decode(b64))).convert("RGB"))
 
 
-def wait_for(what: str, check, timeout: float = T):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 class Poller(threading.Thread):
     """Reads every client's queue listing and progress until stopped; records what each job was told."""
 
@@ -179,7 +170,7 @@ def test_many_clients_at_once(server):
 
     # c0's long job holds the device worker while the 20 requests queue up behind it
     threads = [send("blocker", "c0", {**BASE, "seed": 900000, "steps": 10, "n_iter": 100})]
-    wait_for("c0's long job to run and preview", lambda: progress_of(server, "c0")["current_image"])
+    wait_for(lambda: progress_of(server, "c0")["current_image"], timeout=T, what="c0's long job to run and preview")
     blocker = queue_of(server, "c0")["jobs"][0]
     assert blocker["status"] == "running" and blocker["position"] == 0
 
@@ -190,8 +181,8 @@ def test_many_clients_at_once(server):
         client = CLIENTS[i % 4]
         known = {j["id"] for j in queue_of(server, client)["jobs"]}
         threads.append(send(f"r{i}", client, {**BASE, "seed": seed}))
-        new = wait_for(f"request {i} to be queued",
-                       lambda: [j for j in queue_of(server, client)["jobs"] if j["id"] not in known])
+        new = wait_for(lambda: [j for j in queue_of(server, client)["jobs"] if j["id"] not in known],
+                       timeout=T, what=f"request {i} to be queued")
         assert len(new) == 1 and new[0]["status"] == "queued" and new[0]["position"] == i + 1, new
         ids.append(new[0]["id"])
     assert ids == sorted(ids) and ids[0] > blocker["id"]
@@ -237,7 +228,8 @@ def test_many_clients_at_once(server):
         assert mine == [(ids[i], order.index(i) + 1) for i in order if i % 4 == k]
     # its place freed, c1 sends that seed again: it queues last
     threads.append(send("r1-again", "c1", {**BASE, "seed": SEEDS[1]}))
-    again = wait_for("the resent request", lambda: [j for j in queue_of(server, "c1")["jobs"] if j["id"] > ids[-1]])
+    again = wait_for(lambda: [j for j in queue_of(server, "c1")["jobs"] if j["id"] > ids[-1]], timeout=T,
+                     what="the resent request")
     assert again[0]["position"] == 20
     order.append(1)
     ids.append(again[0]["id"])
@@ -246,7 +238,7 @@ def test_many_clients_at_once(server):
     # routes still answer; each of these 9 clients then cancels its 5 queued jobs, one interrupt at a time
     crowd = [f"x{k}" for k in range(9)]
     crowd_threads = [send(f"{client}-{n}", client, {**BASE, "seed": 1}) for n in range(CAP) for client in crowd]
-    wait_for("45 more requests queued", lambda: queue_of(server, "c9")["queue_length"] == 21 + 45, timeout=120)
+    wait_for(lambda: queue_of(server, "c9")["queue_length"] == 21 + 45, timeout=120, what="45 more requests queued")
     positions = [j["position"] for j in queue_of(server, "x8")["jobs"]]  # arrival order among them: any
     assert len(positions) == CAP and positions == sorted(set(positions)) and 21 <= positions[0] <= positions[-1] < 66
     for client in crowd:

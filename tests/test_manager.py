@@ -7,6 +7,8 @@ import torch
 
 from pipelines.engine.manager import ModelManager, nbytes
 
+pytestmark = pytest.mark.unit  # pure Python, no model
+
 MIB = 2**20
 
 

@@ -8,6 +8,8 @@ from pipelines.params.doc import render_markdown
 from pipelines.params.specs import PARAMS, TXT2IMG_FIELDS, HintContext, Txt2ImgParams, defaults
 from pipelines.studio import BadRequest, Studio
 
+pytestmark = pytest.mark.unit  # pure Python, no model
+
 ROOT = Path(__file__).resolve().parents[1]
 REQUIRED = ["prompt", "negative_prompt", "sampler_name", "scheduler", "steps", "cfg_scale", "width", "height", "seed",
             "batch_size", "n_iter", "clip_skip", "subseed", "subseed_strength"]

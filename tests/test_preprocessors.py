@@ -19,6 +19,8 @@ from extensions.base import ExtensionContext
 from extensions.openpose_json import render_pose_json
 from extensions.preprocessors import CONTROL_TYPES, for_type, lookup, registry
 
+pytestmark = pytest.mark.engine  # tiny models on the CPU, no server
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

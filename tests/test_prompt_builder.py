@@ -23,6 +23,8 @@ from pipelines.advisor.prompt_builder import (
     write_styles,
 )
 
+pytestmark = pytest.mark.unit  # pure Python, no model
+
 # -- composing ------------------------------------------------------------------------------------
 
 

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from pipelines.engine.prompts import count_tokens, encode_prompts, parse_prompt_attention, prompt_chunks
-from tests.tiny_models import build_sd15, build_sdxl
+
+pytestmark = pytest.mark.engine  # tiny models on the CPU, no server
 
 WORDS = ["red", "cat", "sky", "blue", "house", "tree", "dog", "sun"]  # one CLIP token each
 LONG = " ".join(WORDS[i % len(WORDS)] for i in range(200))
@@ -15,10 +16,10 @@ CPU = dict(device="cpu", dtype=torch.float32)
 
 
 @pytest.fixture(scope="module")
-def sd15(tmp_path_factory):
+def sd15(tiny_store):
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    folder = build_sd15(tmp_path_factory.mktemp("sd15") / "model")
+    folder = tiny_store / "tiny-sd15"  # read only
     tok = CLIPTokenizer.from_pretrained(str(folder), subfolder="tokenizer")
     enc = CLIPTextModel.from_pretrained(str(folder), subfolder="text_encoder").eval()
     with torch.no_grad():  # a trained CLIP's final norm has a bias; a fresh one gives every token mean 0
@@ -27,10 +28,10 @@ def sd15(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def sdxl(tmp_path_factory):
+def sdxl(tiny_store):
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-    folder = build_sdxl(tmp_path_factory.mktemp("sdxl") / "model")
+    folder = tiny_store / "tiny-sdxl"  # read only
     toks = [CLIPTokenizer.from_pretrained(str(folder), subfolder=s) for s in ("tokenizer", "tokenizer_2")]
     encs = [CLIPTextModel.from_pretrained(str(folder), subfolder="text_encoder").eval(),
             CLIPTextModelWithProjection.from_pretrained(str(folder), subfolder="text_encoder_2").eval()]

@@ -15,7 +15,9 @@ import torch
 from pipelines.params import samplers
 
 ROOT = Path(__file__).resolve().parents[1]
-pytestmark = [  # numpy 2 / torch interop notes raised thousands of times inside diffusers' schedulers
+pytestmark = [
+    pytest.mark.unit,  # no model: schedulers on a toy problem whose ideal prediction is known exactly
+    # numpy 2 / torch interop notes raised thousands of times inside diffusers' schedulers
     pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword"),
     pytest.mark.filterwarnings("ignore:__array_wrap__ must accept context"),
 ]

@@ -27,6 +27,8 @@ from PIL import Image
 from tests import tiny_upscalers
 from tests.conftest import Server
 
+pytestmark = pytest.mark.server  # the real app over HTTP
+
 T = 120  # seconds; every HTTP call is bounded
 UI_LOGIN, API_LOGIN = ("ui", "ui-secret"), ("api", "api-secret")
 LIMIT_MB = 2

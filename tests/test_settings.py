@@ -8,6 +8,8 @@ import pytest
 
 from pipelines.settings import parse_args
 
+pytestmark = pytest.mark.unit  # pure Python, no model
+
 ROOT = Path(__file__).resolve().parents[1]
 FLAGS = ["--models-dir", "--outputs-dir", "--port", "--listen", "--auth", "--api", "--nowebui", "--device",
          "--precision", "--attention"]

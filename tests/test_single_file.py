@@ -19,6 +19,8 @@ import torch
 from pipelines.discovery import CheckpointInfo, scan
 from pipelines.engine.loading import LoadError, hub_allow_patterns, load_components, materialize_config
 
+pytestmark = pytest.mark.engine  # tiny models on the CPU, no server
+
 LAYOUT = Path(__file__).resolve().parent / "data" / "sd15-ldm-layout.json"
 CONV_IN = "model.diffusion_model.input_blocks.0.0.weight"
 POSITION_IDS = "cond_stage_model.transformer.text_model.embeddings.position_ids"

@@ -19,6 +19,8 @@ from pipelines.sweep import grid
 from pipelines.sweep import plan as sweep
 from tests.tiny_models import build_controlnet
 
+pytestmark = pytest.mark.unit  # pure Python, no model
+
 BASE = dict(prompt="a red cube on a table", negative_prompt="blurry", steps=2, seed=5, width=64, height=64)
 
 
@@ -234,6 +236,7 @@ def info_of(path):
     return read_png_info(Image.open(path))
 
 
+@pytest.mark.engine  # in a module of unit tests
 def test_2x3_sweep_saves_cells_with_infotexts_and_a_grid(studio, world):
     job = studio.submit_sweep(dict(BASE), [("Steps", "2, 3"), ("CFG scale", "5-9 (+2)")])
     events = events_of(job)
@@ -271,6 +274,7 @@ def test_2x3_sweep_saves_cells_with_infotexts_and_a_grid(studio, world):
     assert len(info["infotexts"]) == 7 and info["sweep"]["cells"] == 6 and info["all_seeds"] == [5] * 6
 
 
+@pytest.mark.engine  # in a module of unit tests
 def test_z_axis_gives_a_grid_per_value_side_by_side(studio):
     job = studio.submit_sweep(dict(BASE), [("CFG scale", "5, 9"), ("Nothing", ""), ("Seed", "1, 2")],
                               options=sweep.SweepOptions(include_sub_grids=True))
@@ -284,6 +288,7 @@ def test_z_axis_gives_a_grid_per_value_side_by_side(studio):
     assert seeds[(0, 0, 0)] == seeds[(1, 0, 0)] == 1 and seeds[(1, 0, 1)] == 2
 
 
+@pytest.mark.engine  # in a module of unit tests
 def test_checkpoint_axis_runs_each_model_once(studio):
     axes = [("CFG scale", "5, 7"), ("Checkpoint name", "tiny-sd15-inpainting, tiny-sd15")]
     plan_ = studio.plan_sweep(dict(BASE), axes)
@@ -295,6 +300,7 @@ def test_checkpoint_axis_runs_each_model_once(studio):
     assert studio.current_model().name == "tiny-sd15"  # the sweep does not change the selected model
 
 
+@pytest.mark.engine  # in a module of unit tests
 def test_controlnet_weight_axis_changes_the_first_enabled_unit(studio):
     unit = {"module": "canny", "model": "tiny_sd15_canny", "image": Image.new("RGB", (64, 64), "white")}
     params = dict(BASE, controlnet=[{"enabled": False}, unit])
@@ -303,6 +309,7 @@ def test_controlnet_weight_axis_changes_the_first_enabled_unit(studio):
     assert "Weight: 0," in texts[0] and "Weight: 1.5," in texts[1] and "ControlNet 1:" in texts[0]
 
 
+@pytest.mark.engine  # in a module of unit tests
 def test_cells_are_checked_before_queueing(studio, world):
     before = set((world["root"] / "outputs").rglob("*.png"))
     with pytest.raises(BadRequest, match=r"cell 2/2 \(Size: 2048x2048\): 2048x2048 with batch size 8 is too large"):
@@ -318,6 +325,7 @@ def test_cells_are_checked_before_queueing(studio, world):
     assert "Latent" in studio.sweep_choices("Hires upscaler") and studio.sweep_choices("Steps") == []
 
 
+@pytest.mark.engine  # in a module of unit tests
 def test_cancel_mid_grid_keeps_finished_cells_and_a_partial_grid(studio, world):
     job = studio.submit_sweep(dict(BASE, steps=25), [("CFG scale", "4, 5"), ("Seed", "1, 2")])
     seen, partial = 0, None

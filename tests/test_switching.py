@@ -25,6 +25,8 @@ from pipelines.outputs import OutputWriter
 from pipelines.settings import Settings
 from pipelines.studio import Studio
 
+pytestmark = pytest.mark.engine  # tiny models on the CPU, no server
+
 MIB = 2**20
 SWITCHES = 20
 # RSS after switch 20 against RSS after switch 2. Measured on the 2-core dev machine with a tiny checkpoint of

@@ -14,6 +14,8 @@ import pytest
 
 from tests.conftest import Server
 
+pytestmark = pytest.mark.browser  # the real app in chromium
+
 playwright = pytest.importorskip("playwright.sync_api")
 expect = playwright.expect
 expect.set_options(timeout=15_000)  # a loaded 2-core machine renders the page slowly; conditions, not sleeps

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from tests.test_ui import browser, expect, page, server, set_number, verdict  # noqa: F401  (fixtures)
+
+pytestmark = pytest.mark.browser  # the real app in chromium
 
 
 def advice(page, rule: str, prefix: str = "txt2img"):

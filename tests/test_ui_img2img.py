@@ -14,7 +14,10 @@ from PIL import Image
 from pipelines import imageops
 from tests import test_ui as ui
 from tests.test_ui import GENERATION_TIMEOUT, browser, expect, page, server  # noqa: F401  (shared fixtures: one server for this module)
+from tests.waiting import wait_for
 from ui.img2img_tab import BRUSH_SIZE
+
+pytestmark = pytest.mark.browser  # the real app in chromium
 
 W, H = 192, 128  # test input; the tiny model's native size is 64
 
@@ -61,11 +64,12 @@ def editor_position(page, size: tuple[int, int]) -> dict:
     zoom = page.locator("#inpaint-editor").get_by_text(re.compile(r"^\d+%$"))
     expect(zoom).to_be_visible()
     seen: list[str] = []
-    for _ in range(60):
+
+    def settled() -> bool:  # the same zoom read four times in a row, 0.25 s apart
         seen.append(zoom.inner_text())
-        if len(seen) >= 4 and len(set(seen[-4:])) == 1:
-            break
-        page.wait_for_timeout(250)
+        return len(seen) >= 4 and len(set(seen[-4:])) == 1
+
+    wait_for(settled, timeout=30, interval=0.25, what="the editor's zoom to settle")
     scale = int(seen[-1].rstrip("%")) / 100
     box = page.locator("#inpaint-editor canvas").first.bounding_box()
     return dict(left=box["x"] + box["width"] / 2 - size[0] * scale / 2,

@@ -13,6 +13,8 @@ from tests import test_ui
 from tests.conftest import Server
 from tests.test_ui import GENERATION_TIMEOUT, expect
 
+pytestmark = pytest.mark.browser  # the real app in chromium
+
 browser, page = test_ui.browser, test_ui.page  # the shared fixtures (one Chromium, a fresh page per test)
 
 

@@ -13,6 +13,8 @@ from tests import test_ui as ui
 from tests.conftest import Server
 from tests.test_ui import GENERATION_TIMEOUT, expect
 
+pytestmark = pytest.mark.browser  # the real app in chromium
+
 browser, page = ui.browser, ui.page  # the shared browser fixtures
 
 

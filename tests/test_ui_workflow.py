@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from tests.test_ui import GENERATION_TIMEOUT, browser, expect, page, server, set_number  # noqa: F401  (fixtures)
+
+pytestmark = pytest.mark.browser  # the real app in chromium
 
 
 def wait_done(page):

@@ -10,6 +10,8 @@ from pipelines.settings import Settings
 from pipelines.studio import BadRequest, Studio
 from tests.tiny_upscalers import esrgan_state_dict, save_pth
 
+pytestmark = pytest.mark.engine  # tiny models on the CPU, no server
+
 
 @pytest.fixture(scope="module")
 def studio(world):

@@ -25,6 +25,8 @@ from extensions.upscalers import (
 )
 from tests import tiny_upscalers as tiny
 
+pytestmark = pytest.mark.engine  # tiny models on the CPU, no server
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

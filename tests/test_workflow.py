@@ -14,6 +14,8 @@ from pipelines.params.infotext import parse_infotext
 from pipelines.params.spec import HintContext
 from pipelines.params.specs import TXT2IMG_FIELDS, Txt2ImgParams, defaults
 
+pytestmark = pytest.mark.unit  # pure Python, no model
+
 SD15 = HintContext(family="sd15", native=512)
 TINY = HintContext(family="sd15", native=64)
 
@@ -71,6 +73,7 @@ def run_job(world, fn):
     return world["runner"].submit(fn).wait(180)
 
 
+@pytest.mark.engine  # in a module of unit tests
 def test_draft_refine_finalize_on_the_tiny_model(world):
     engine, info = world["engine"], world["infos"]["tiny-sd15"]
     base = {**defaults(), "prompt": "a lighthouse at dusk", "sampler_name": "Euler a", "steps": 25}
