@@ -164,6 +164,13 @@ class TimedContext:
         return getattr(self._ctx, name)
 
 
+def link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
 def in_worker(runner: JobRunner, fn: Callable[[], Any]) -> Any:
     return runner.submit(lambda ctx: fn()).wait()
 
@@ -203,9 +210,14 @@ def main() -> None:
     ap.add_argument("--precision", default="auto")
     ap.add_argument("--sampler", default="Euler")
     ap.add_argument("--compile", action="store_true", help="torch.compile the UNet on both sides")
+    ap.add_argument("--compile-backend", default="inductor",
+                    help="torch.compile backend on both sides (inductor; 'eager'/'aot_eager' skip code generation)")
+    ap.add_argument("--model", type=Path, default=None,
+                    help="a diffusers folder of --arch built before (bench/common.py: build_model), used instead "
+                         "of building one (bench/gpu_check.py builds each arch once for several runs)")
     ap.add_argument("--channels-last", choices=["auto", "on", "off"], default="auto",
                     help="UNet in channels-last on both sides (auto: on for CUDA, as the app does)")
-    ap.add_argument("--memory-mode", default="high", help="the app's memory mode (pipelines/memory.py)")
+    ap.add_argument("--memory-mode", default="high", help="the app's memory mode (pipelines/engine/memory.py)")
     ap.add_argument("--preview-every", type=int, default=0, help="the app's live previews (0: off, like plain)")
     ap.add_argument("--json", type=Path, default=None, help="also write the result here")
     args = ap.parse_args()
@@ -229,20 +241,26 @@ def run(args: argparse.Namespace, hw: devices.Hardware, channels_last: bool, wor
 
     models = work / "models" / "Stable-diffusion"
     t0 = time.perf_counter()
-    folder_a = build_model(args.arch, models / f"{args.arch}-a", device="cuda" if hw.device.type == "cuda" else "cpu")
+    folder_a = models / f"{args.arch}-a"
+    if args.model:  # hard links (a copy across file systems): the cache's identity is the path
+        shutil.copytree(args.model, folder_a, copy_function=link_or_copy)
+    else:
+        build_model(args.arch, folder_a, device="cuda" if hw.device.type == "cuda" else "cpu")
     build_s = time.perf_counter() - t0
     folder_b = models / f"{args.arch}-b"  # same files (hard links), another checkpoint to the cache
-    shutil.copytree(folder_a, folder_b, copy_function=os.link)
+    shutil.copytree(folder_a, folder_b, copy_function=link_or_copy)
     infos = {i.name: i for i in discovery.scan(work / "models")}
     info_a, info_b = infos[folder_a.name], infos[folder_b.name]
     size = args.size or info_a.native
     print(f"device {hw.describe()}; {args.arch} ({info_a.family}) {size}x{size}, {args.steps} steps, CFG {CFG}, "
-          f"compile {args.compile}, channels-last {channels_last}; model built in {build_s:.0f} s", flush=True)
+          f"compile {args.compile} ({args.compile_backend}), channels-last {channels_last}; model "
+          f"{'linked from ' + str(args.model) if args.model else 'built'} in {build_s:.0f} s", flush=True)
     runner = JobRunner().start()
     out: dict[str, Any] = {
         "device": hw.describe(), "torch": torch.__version__, "arch": args.arch, "family": info_a.family,
         "size": size, "steps": args.steps, "cfg": CFG, "runs": args.runs, "sampler": args.sampler,
-        "compile": args.compile, "channels_last": channels_last, "memory_mode": args.memory_mode,
+        "compile": args.compile, "compile_backend": args.compile_backend if args.compile else None,
+        "channels_last": channels_last, "memory_mode": args.memory_mode,
         "cpu_threads": torch.get_num_threads(),
     }
     try:
@@ -261,7 +279,7 @@ def run(args: argparse.Namespace, hw: devices.Hardware, channels_last: bool, wor
         if channels_last:
             plain.unet.to(memory_format=torch.channels_last)
         if args.compile:
-            plain.unet.compile()  # nn.Module.compile, in place: what the app's fastpath does
+            plain.unet.compile(backend=args.compile_backend)  # nn.Module.compile, in place, as the app's fastpath
         pipes = {"plain": plain}  # dropped before the switching section (frees its memory)
         del plain
 
@@ -288,7 +306,8 @@ def run(args: argparse.Namespace, hw: devices.Hardware, channels_last: bool, wor
             manager = ModelManager(device=hw.device, device_budget=int(2.5 * checkpoint), cpu_budget=0)
         engine = Engine(hw, manager, OutputWriter(work / "outputs"), config_root=work / "models" / ".cache" / "configs",
                         hash_cache=work / "models" / ".cache" / "hashes.json", preview_every=args.preview_every,
-                        memory_mode=args.memory_mode, channels_last=channels_last, compile_unet=args.compile)
+                        memory_mode=args.memory_mode, channels_last=channels_last, compile_unet=args.compile,
+                        compile_backend=args.compile_backend)
         params = Txt2ImgParams(prompt=PROMPT, negative_prompt=NEGATIVE, steps=args.steps, cfg_scale=CFG, width=size,
                                height=size, seed=SEED, sampler_name=args.sampler)
         warnings: list[str] = []

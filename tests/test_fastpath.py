@@ -16,14 +16,18 @@ from pipelines.engine.manager import ModelManager
 from pipelines.jobs import EventKind
 from pipelines.outputs import OutputWriter
 from pipelines.params.specs import Txt2ImgParams
+from tests.conftest import TEST_DEVICE, TEST_PRECISION
+
+pytestmark = pytest.mark.engine  # tiny models on the CPU, no server
 
 NAN_NOTE = "VAE produced NaNs in float16: decoded in float32"
 
 
-def make_engine(world, tmp_path, precision: str = "fp32", manager: ModelManager | None = None, **kw) -> Engine:
+def make_engine(world, tmp_path, precision: str = TEST_PRECISION, manager: ModelManager | None = None,
+                **kw) -> Engine:
     """An engine beside the shared one: its own model cache unless `manager` is given (channels-last and
     compile are applied as the UNet enters the cache, so those need a fresh one)."""
-    hw = devices.resolve("cpu", precision)
+    hw = devices.resolve(TEST_DEVICE, precision)  # the world engine's device (and by default its precision)
     manager = manager or ModelManager(device=hw.device, device_budget=2**30, cpu_budget=0)
     cache = world["root"] / "models" / ".cache"
     kw.setdefault("models_dir", tmp_path / "models")
@@ -44,6 +48,7 @@ def pixels(img):
 
 
 # -- precision and channels-last ----------------------------------------------------------------------------
+@pytest.mark.unit  # in a module of engine tests
 def test_bf16_on_the_cpu_and_fp16_as_the_gpu_default():
     assert devices.resolve("cpu", "bf16").dtype == torch.bfloat16
     assert devices.resolve("cpu").dtype == torch.float32
@@ -184,7 +189,7 @@ def overflow_in_fp16(vae) -> None:
 def test_fp16_vae_overflow_is_decoded_again_in_float32_with_a_warning(world, tmp_path):
     engine = make_engine(world, tmp_path, precision="fp16")
     info = world["infos"]["tiny-sd15"]
-    latents = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0)).half()
+    latents = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0)).half().to(engine.hw.device)
     with engine.components(info) as comps:
         overflow_in_fp16(comps.vae)
         before = engine.manager.usage()["device_bytes"]
@@ -196,7 +201,7 @@ def test_fp16_vae_overflow_is_decoded_again_in_float32_with_a_warning(world, tmp
         images = engine.decode(comps, latents, notes)
         assert comps.vae.dtype == torch.float16 and engine.manager.usage()["device_bytes"] == before
     assert len(notes) == 1 and notes[0].startswith(NAN_NOTE) and "fp16-fix" in notes[0]
-    want_px = ((want.clamp(-1, 1) + 1) * 127.5).permute(0, 2, 3, 1).numpy()
+    want_px = ((want.clamp(-1, 1) + 1) * 127.5).permute(0, 2, 3, 1).cpu().numpy()
     for img, ref in zip(images, want_px):
         assert pixels(img).std() > 0 and np.abs(pixels(img) - ref).max() <= 1
 

@@ -19,6 +19,9 @@ from pipelines.jobs import EventKind, JobRunner
 from pipelines.outputs import OutputWriter, read_png_info
 from pipelines.params.samplers import make_scheduler
 from pipelines.params.specs import Txt2ImgParams
+from tests.conftest import TEST_DEVICE, TEST_PRECISION
+
+pytestmark = pytest.mark.engine  # tiny models on the CPU, no server
 
 GIB = 2**30
 
@@ -28,8 +31,9 @@ def mem(tiny_store, tmp_path_factory):
     root = tmp_path_factory.mktemp("memory")
     shutil.copytree(tiny_store / "tiny-sd15", root / "models" / "Stable-diffusion" / "tiny-sd15")
     info = discovery.scan(root / "models")[0]
-    manager = ModelManager(device="cpu", device_budget=GIB, cpu_budget=0)
-    engine = Engine(devices.resolve("cpu"), manager, OutputWriter(root / "outputs"), config_root=root / "configs",
+    hw = devices.resolve(TEST_DEVICE, TEST_PRECISION)  # the CPU unless bench/gpu_check.py sets cuda + fp16
+    manager = ModelManager(device=hw.device, device_budget=GIB, cpu_budget=GIB)  # RAM tier: offload modes on a GPU
+    engine = Engine(hw, manager, OutputWriter(root / "outputs"), config_root=root / "configs",
                     preview_every=0)
     runner = JobRunner().start()
     yield {"engine": engine, "runner": runner, "info": info, "manager": manager}
@@ -53,6 +57,7 @@ def fake_hw(kind):
 
 
 # -- choosing a mode ---------------------------------------------------------------------------
+@pytest.mark.unit  # in a module of engine tests
 def test_pick_mode_thresholds_and_order():
     cuda = fake_hw("cuda")
     assert [memory.pick_mode("auto", cuda, free_bytes=g * GIB)[0] for g in (20, 12, 9, 8, 6, 5, 4.9, 1)] == \
@@ -68,6 +73,7 @@ def test_pick_mode_thresholds_and_order():
     assert set(memory.DESCRIPTIONS) == set(memory.MODES)
 
 
+@pytest.mark.unit  # in a module of engine tests
 def test_manager_hands_out_components_in_ram_for_offload_modes():
     def load():
         return {"a::unet": torch.nn.Linear(1, 2**18, bias=False)}  # 1 MiB
@@ -107,7 +113,7 @@ def test_each_mode_applies_and_undoes_everything(mem, mode, offload):
         before = snapshot(comps)
         pipe = build_pipeline(comps, make_scheduler("Euler", "Automatic", comps.scheduler_config))
         # 2048x2048 is "large"; offload=True forces the accelerate hooks even on this CPU device
-        with memory.applied(pipe, mode, "cpu", (2048, 2048), offload=offload) as done:
+        with memory.applied(pipe, mode, engine.hw.device, (2048, 2048), offload=offload) as done:
             procs = list(comps.unet.attn_processors.values())
             sliced = all(type(p).__name__ == "SlicedAttnProcessor" for p in procs)
             assert sliced == (mode == "minimal") and ("attention slicing" in done) == sliced
@@ -118,6 +124,8 @@ def test_each_mode_applies_and_undoes_everything(mem, mode, offload):
         assert snapshot(comps) == before  # same processor objects, VAE flags, devices, weights, no hooks
 
 
+@pytest.mark.skipif(TEST_DEVICE != "cpu", reason="chains components that high mode put on the device; on a GPU the "
+                    "engine's own chain runs in the low-mode jobs below")
 def test_job_offload_chain_and_per_call_modes_leave_the_modules_as_they_were(mem):
     engine = mem["engine"]
     with engine.components(mem["info"]) as comps:
@@ -179,13 +187,13 @@ def test_out_of_memory_retries_the_batch_one_mode_lower(mem):
     assert result.warnings == ["Out of memory in low mode at 64x64: retried in minimal mode"]
     # batch 1 and the failed try ran in low mode (SDPA), the retry and batch 3 in minimal (sliced attention)
     assert boom.kinds == ["AttnProcessor2_0"] * 5 + ["SlicedAttnProcessor"] * 6
-    assert mem["engine"].active_mode == "minimal"
+    assert result.memory_mode == "minimal"
     assert np.array_equal(pixels(result.images[0]), pixels(reference.images[0]))
     for got, want in zip(result.images[1:], reference.images[1:]):  # same seeds -> same pictures, up to slicing
         assert np.abs(pixels(got) - pixels(want)).max() <= 2
     assert mem["manager"].pinned() == {}
     nxt = run(mem, "low", retry=True, seed=500, n_iter=3).wait(120)  # the next job starts in the set mode again
-    assert mem["engine"].active_mode == "low" and not nxt.warnings
+    assert nxt.memory_mode == "low" and not nxt.warnings
     for got, want in zip(nxt.images, reference.images):
         assert np.array_equal(pixels(got), pixels(want))
 
@@ -240,7 +248,7 @@ def test_memory_endpoint_and_status_line_show_the_mode(mem, tmp_path):
 
     settings = parse_args(["--models-dir", str(tmp_path / "models"), "--outputs-dir", str(tmp_path / "outputs"),
                            "--styles-file", str(tmp_path / "styles.csv"), "--memory", "low"])
-    mem["engine"].memory_mode = mem["engine"].active_mode = "low"
+    mem["engine"].memory_mode = "low"
     studio = Studio(settings, mem["runner"], mem["engine"], hardware="CPU")
     app = FastAPI()
     app.include_router(build_api(studio))
@@ -251,5 +259,7 @@ def test_memory_endpoint_and_status_line_show_the_mode(mem, tmp_path):
     assert {"device_bytes", "device_budget"} <= set(body["models"])
     line = status_text(studio)
     assert "memory low (set) · process RAM " in line and "models: " in line
-    mem["engine"].active_mode = "minimal"  # as an out-of-memory retry leaves it
+    # a job that ended in minimal mode, as an out-of-memory retry leaves it (jobs report their mode)
+    mem["runner"].submit(lambda ctx: [ctx.report("memory_mode", "minimal"), ctx.report("memory_mode_lowered", True)]
+                         ).wait(30)
     assert "memory minimal (lowered from low after out of memory)" in status_text(studio)
