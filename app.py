@@ -29,7 +29,8 @@ def build_app(settings: Settings):
     from pipelines.outputs import OutputWriter
     from pipelines.studio import Studio
     from ui.api import build_api
-    from ui.layout import CSS, build_ui
+    from ui.api_common import install_openapi
+    from ui.layout import CSS, HEAD, build_ui
     from ui.limits import install_limits
 
     settings.checkpoints_dir.mkdir(parents=True, exist_ok=True)
@@ -62,9 +63,10 @@ def build_app(settings: Settings):
     app.state.studio = studio
     if settings.api:
         app.include_router(build_api(studio, auth=settings.api_auth or settings.auth))
+        install_openapi(app)  # request-body schemas (and the models nested in them) into components/schemas
     if not settings.nowebui:
         app = gr.mount_gradio_app(app, build_ui(studio), path="/", auth=settings.auth, ssr_mode=False,
-                                  max_file_size=f"{settings.max_upload_mb}mb", css=CSS)
+                                  max_file_size=f"{settings.max_upload_mb}mb", css=CSS, head=HEAD)
     app.router.add_event_handler("shutdown", runner.stop)
     install_limits(app, settings.max_upload_mb * 2**20)
     return app

@@ -20,6 +20,7 @@ class Hooks(Protocol):
     """Progress and cooperative cancellation of the job an extension runs in."""
 
     def check(self) -> None: ...  # raises the job's cancel exception when the user interrupted
+    def stop_requested(self) -> bool: ...  # the user asked to stop early and keep what is done (Skip)
 
     def progress(self, step: int, total: int, label: str | None = None) -> None: ...
 
@@ -31,6 +32,9 @@ class NoHooks:
 
     def check(self) -> None:
         return None
+
+    def stop_requested(self) -> bool:
+        return False
 
     def progress(self, step: int, total: int, label: str | None = None) -> None:
         return None

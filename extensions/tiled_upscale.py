@@ -102,7 +102,8 @@ def _redraw_region(ctx: ExtensionContext, image: Image.Image, box: Box, padding:
 
 def tiled_redraw(image: Image.Image, s: TiledSettings, ctx: ExtensionContext, seed: int) -> Image.Image:
     """Redraw every tile (then the seams). Calls ctx.hooks.check() before each redraw: a cancel raises there,
-    so a partial result never leaves this function."""
+    so a cancelled result never leaves this function. When `ctx.hooks.stop_requested()` turns true (the user's
+    Skip), the remaining regions are left as they are and the image redrawn so far is returned."""
     if ctx.redraw is None:
         raise ValueError("tiled upscale needs a redraw function in its context")
     w, h = image.size
@@ -111,11 +112,15 @@ def tiled_redraw(image: Image.Image, s: TiledSettings, ctx: ExtensionContext, se
     out = image.convert("RGB")
     for i, box in enumerate(tiles):
         ctx.hooks.check()
+        if ctx.hooks.stop_requested():
+            return out
         ctx.hooks.progress(i, total, f"tile {i + 1}/{len(tiles)}")
         out = _redraw_region(ctx, out, box, s.padding, s.mask_blur, seed + i)
         ctx.hooks.preview(out)
     for j, box in enumerate(seams):
         ctx.hooks.check()
+        if ctx.hooks.stop_requested():
+            return out
         ctx.hooks.progress(len(tiles) + j, total, f"seam {j + 1}/{len(seams)}")
         out = _redraw_region(ctx, out, box, s.seams_padding, s.seams_mask_blur, seed + len(tiles) + j,
                              s.seams_denoise)

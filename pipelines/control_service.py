@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 from pipelines import controlnets
 from pipelines.controlnets import ControlNetInfo
 from pipelines.discovery import CheckpointInfo
-from pipelines.jobs import Job, JobRunner
+from pipelines.jobs import Job, JobRunner, Skipped
 from pipelines.params.control import ControlUnit
 
 if TYPE_CHECKING:
@@ -162,11 +162,16 @@ class ControlNets:
         self.check_annotators(unit.module, "Preview")
 
         def run(ctx: Any) -> list[Any]:
+            """Skip ends the detection after the running image, keeping the maps already made."""
             from pipelines.engine.control import detect_map
 
             maps = []
             for n, image in enumerate(images):
-                ctx.check()
+                try:
+                    ctx.skip_point()
+                except Skipped:
+                    ctx.clear_skip()
+                    break
                 maps.append(detect_map(self.engine, ctx, unit, image))
                 ctx.progress(n + 1, len(images), label=f"{unit.module}: {n + 1}/{len(images)}")
             return maps

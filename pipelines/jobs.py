@@ -26,7 +26,10 @@ class Cancelled(BaseException):
 
 
 class Skipped(BaseException):
-    """Raised inside a job to abandon the current image/batch and go on with the next one."""
+    """Raised inside a job when the user pressed Skip: the job abandons its current unit of work (a batch, an
+    extras image, a sweep cell, the rest of a tiled upscale) and goes on with the next one. Each job kind catches
+    it where its unit ends; one that reaches the job boundary ends the job as cancelled ("skipped"), keeping what
+    was already saved."""
 
 
 class QueueFull(Exception):
@@ -63,8 +66,12 @@ class JobEvent:
     time: float = field(default_factory=time.time)
 
 
+WATCH_EVERY = 1.0  # seconds a waiting consumer blocks before it checks that the worker is still alive
+
+
 class Job:
-    def __init__(self, job_id: int, fn: Callable[["JobContext"], Any], kind: str, owner: str | None):
+    def __init__(self, job_id: int, fn: Callable[["JobContext"], Any], kind: str, owner: str | None,
+                 watch: Callable[[], None] = lambda: None):
         self.id = job_id
         self.kind = kind
         self.owner = owner
@@ -82,10 +89,33 @@ class Job:
         self._cancel = threading.Event()
         self._skip = threading.Event()
         self._done = threading.Event()
+        self._watch = watch  # the runner's liveness check: ends this job if its worker is gone
+        self.details: dict[str, Any] = {}  # what the job's code reports about itself (e.g. "memory_mode")
 
     @property
     def done(self) -> bool:
         return self._done.is_set()
+
+    def cancel_requested(self) -> bool:
+        """Interrupt was pressed for this job (it stops at its next check)."""
+        return self._cancel.is_set()
+
+    def skip_requested(self) -> bool:
+        """Skip was pressed and the job has not yet acted on it."""
+        return self._skip.is_set()
+
+    def _next(self, timeout: float | None) -> JobEvent:
+        """The next event; while it waits, checks every WATCH_EVERY s that a worker still serves this job, so a
+        consumer is never left waiting on a job whose worker died (the check ends the job with a message)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            wait = WATCH_EVERY if deadline is None else min(WATCH_EVERY, deadline - time.monotonic())
+            try:
+                return self._events.get(timeout=max(wait, 0))
+            except queue.Empty:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise
+                self._watch()
 
     def emit(self, event: JobEvent) -> None:
         if event.kind is EventKind.PROGRESS:
@@ -98,7 +128,7 @@ class Job:
         """Yield events until the job ends. `timeout` bounds the wait for each event (TimeoutError)."""
         while True:
             try:
-                ev = self._events.get(timeout=timeout)
+                ev = self._next(timeout)
             except queue.Empty:
                 raise TimeoutError(f"job {self.id}: no event for {timeout} s") from None
             yield ev
@@ -113,7 +143,7 @@ class Job:
         arrived meanwhile. The last group ends with the terminal event."""
         previous = float("-inf")
         while True:
-            group = [self._events.get()]
+            group = [self._next(None)]
             if group[-1].kind not in TERMINAL:
                 rest = previous + every - time.monotonic()
                 if rest > 0:
@@ -130,8 +160,11 @@ class Job:
 
     def wait(self, timeout: float | None = None) -> Any:
         """Block until the job ends; return its result, or raise Cancelled / RuntimeError."""
-        if not self._done.wait(timeout):
-            raise TimeoutError(f"job {self.id} still running after {timeout} s")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._done.wait(WATCH_EVERY if deadline is None else max(min(WATCH_EVERY, deadline - time.monotonic()), 0)):
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"job {self.id} still running after {timeout} s")
+            self._watch()
         if self.status == "cancelled":
             raise Cancelled(self.error or "interrupted")
         if self.status == "failed":
@@ -149,11 +182,23 @@ class JobContext:
         self._first_step = 0
 
     def check(self) -> None:
+        """A cancel point: raises Cancelled after Interrupt."""
         if self.job._cancel.is_set():
             raise Cancelled("interrupted")
 
+    def skip_point(self) -> None:
+        """A cancel and skip point: raises Cancelled after Interrupt, Skipped after Skip. Only code inside a unit of
+        work calls it; whoever ends that unit catches Skipped, calls `clear_skip` and goes on with the next."""
+        self.check()
+        if self.job._skip.is_set():
+            raise Skipped()
+
     def skip_requested(self) -> bool:
         return self.job._skip.is_set()
+
+    def stop_requested(self) -> bool:
+        """extensions.base.Hooks: Skip, as an extension's loop asks for it (stop early, keep what is done)."""
+        return self.skip_requested()
 
     def clear_skip(self) -> None:
         self.job._skip.clear()
@@ -168,6 +213,10 @@ class JobContext:
         eta = (total - step) / rate if rate else None
         self.job.emit(JobEvent(EventKind.PROGRESS, self.job.id, step=step, total=total, it_per_s=rate,
                                eta_s=eta, label=label))
+
+    def report(self, key: str, value: Any) -> None:
+        """A fact about the running job for whoever looks at it (e.g. the memory mode in force)."""
+        self.job.details[key] = value
 
     def preview(self, image: Any, step: int | None = None) -> None:
         self.job.emit(JobEvent(EventKind.PREVIEW, self.job.id, image=image, step=step))
@@ -186,14 +235,36 @@ class JobRunner:
         self._lock = threading.Condition()
         self._current: Job | None = None
         self._thread: threading.Thread | None = None
+        self._generation = 0  # worker threads started so far (the current one's number)
+        self._last: Job | None = None  # the job that ended last on the worker
         self._stopping = False
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> "JobRunner":
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._work, name="device-worker", daemon=True)
-            self._thread.start()
+        with self._lock:
+            if self._thread is None:
+                self._spawn()
         return self
+
+    def _spawn(self) -> None:
+        """Start a worker thread (caller holds the lock)."""
+        self._generation += 1
+        self._thread = threading.Thread(target=self._serve, args=(self._generation,),
+                                        name=f"device-worker-{self._generation}", daemon=True)
+        self._thread.start()
+
+    def restarts(self) -> int:
+        """How many times a dead worker was replaced (0 while the first one serves)."""
+        return max(self._generation - 1, 0)
+
+    def check_worker(self) -> None:
+        """Replace the worker thread if it died without replacing itself, failing the job it held. Called by
+        consumers waiting on a job, so nobody waits forever on a worker that is gone."""
+        with self._lock:
+            thread = self._thread
+            if thread is None or thread.is_alive() or self._stopping:
+                return
+        self._worker_died(self._generation)
 
     def stop(self, timeout: float = 10) -> None:
         with self._lock:
@@ -213,7 +284,7 @@ class JobRunner:
                 waiting = sum(1 for j in self._pending if j.owner == owner)
                 if waiting >= self.max_queued_per_owner:
                     raise QueueFull(f"{waiting} jobs already waiting for this client; wait for them to finish")
-            job = Job(next(self._ids), fn, kind, owner)
+            job = Job(next(self._ids), fn, kind, owner, watch=self.check_worker)
             self._pending.append(job)
             self._announce_positions()
             self._lock.notify_all()
@@ -222,6 +293,10 @@ class JobRunner:
 
     def current(self) -> Job | None:
         return self._current
+
+    def last(self) -> Job | None:
+        """The job that ended last on the worker (None before the first)."""
+        return self._last
 
     def pending(self) -> list[Job]:
         with self._lock:
@@ -283,23 +358,50 @@ class JobRunner:
         return True
 
     # -- worker ----------------------------------------------------------------------------
-    def _work(self) -> None:
+    def _serve(self, generation: int) -> None:
+        """The worker thread. Nothing a job does ends it (`_run` handles every exception); should anything escape
+        the loop anyway (a bug here, an exception injected into the thread), the thread replaces itself on the way
+        out and the job it held fails with a message."""
+        try:
+            self._work(generation)
+        except BaseException:
+            log.exception("device worker %d: an exception escaped the worker loop", generation)
+        finally:
+            if not self._stopping:
+                self._worker_died(generation)
+
+    def _worker_died(self, generation: int) -> None:
+        with self._lock:
+            if generation != self._generation or self._stopping:
+                return  # already replaced
+            job, self._current = self._current, None
+            log.error("device worker %d died%s; starting a new one", generation,
+                      f" while running job {job.id}" if job is not None else "")
+            self._spawn()
+            self._announce_positions()
+        if job is not None and not job.done:
+            self._end(job, "failed", EventKind.FAILED,
+                      message="The device worker stopped unexpectedly during this job; a new worker has taken over. "
+                              "Images saved before are kept; run the job again.")
+
+    def _work(self, generation: int) -> None:
         while True:
             with self._lock:
-                while not self._pending and not self._stopping:
-                    self._lock.wait()
-                if self._stopping and not self._pending:
-                    return
+                while not self._pending and not self._stopping and generation == self._generation:
+                    self._lock.wait(WATCH_EVERY)
+                if (self._stopping and not self._pending) or generation != self._generation:
+                    return  # stopped, or replaced (a thread declared dead must not serve next to its successor)
                 job = self._pending.popleft()
                 self._current = job
                 self._announce_positions()
-            try:
-                self._run(job)
-            finally:
-                with self._lock:
+            self._run(job)
+            with self._lock:
+                self._last = job
+                if self._current is job:
                     self._current = None
 
     def _run(self, job: Job) -> None:
+        """Run one job. Every exception ends here, BaseExceptions included: the worker outlives any job."""
         ctx = JobContext(job)
         if job._cancel.is_set():
             return self._end(job, "cancelled", EventKind.CANCELLED, message="cancelled while queued")
@@ -310,16 +412,26 @@ class JobRunner:
             job.result = job.fn(ctx)
         except Cancelled as e:
             self._end(job, "cancelled", EventKind.CANCELLED, message=str(e) or "interrupted")
+        except Skipped:  # a skip the job had no further unit for: it ends, keeping what it saved
+            job._skip.clear()
+            self._end(job, "cancelled", EventKind.CANCELLED, message="skipped")
         except Exception as e:  # a failing job must never take the worker down
             log.exception("job %d (%s) failed", job.id, job.kind)
             job.exception = e
             self._end(job, "failed", EventKind.FAILED, message=_describe(e))
+        except BaseException as e:  # SystemExit, KeyboardInterrupt, GeneratorExit... from job code: the job fails
+            log.exception("job %d (%s) raised %s", job.id, job.kind, type(e).__name__)
+            job.exception = e
+            self._end(job, "failed", EventKind.FAILED,
+                      message=f"The job stopped with {type(e).__name__}{f': {e}' if str(e) else ''}")
         else:
             log.info("job %d (%s) finished in %.2f s", job.id, job.kind, time.perf_counter() - t0)
             self._end(job, "finished", EventKind.FINISHED, result=job.result)
 
     @staticmethod
     def _end(job: Job, status: str, kind: EventKind, message: str | None = None, result: Any = None) -> None:
+        if job.done:
+            return
         job.status = status
         if message:
             job.error = message
@@ -327,6 +439,6 @@ class JobRunner:
         job._done.set()
 
 
-def _describe(e: Exception) -> str:
+def _describe(e: BaseException) -> str:
     text = str(e).strip() or type(e).__name__
     return text if isinstance(e, (ValueError, RuntimeError, FileNotFoundError)) else f"{type(e).__name__}: {text}"

@@ -36,7 +36,7 @@ class Settings:
     controlnet_hub: tuple[str, ...] = ()  # ControlNet hub ids offered besides models/ControlNet
     hub_endpoint: str | None = "https://huggingface.co"  # annotator downloads; None = offline
     styles_file: Path = Path("styles.csv")  # saved prompt styles, A1111's format (its file sits in the webui root)
-    memory: str = "auto"  # auto | high | normal | low | minimal (pipelines/memory.py)
+    memory: str = "auto"  # auto | high | normal | low | minimal (pipelines/engine/memory.py)
     oom_retry: bool = True  # after an out-of-memory error, retry once in the next lower memory mode
     channels_last: bool | None = None  # None = auto (on for CUDA)
     compile: bool = False  # torch.compile the UNet (opt-in; the first job pays the warm-up)

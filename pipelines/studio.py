@@ -20,6 +20,7 @@ from pipelines.advisor.prompt_builder import StyleStore
 from pipelines.advisor.prompt_rules import clip_token_counter
 from pipelines.control_service import ControlError, ControlNets
 from pipelines.discovery import CheckpointInfo
+from pipelines.errors import BadRequest
 from pipelines.jobs import Job, JobRunner
 from pipelines.params.specs import (
     LATENT_UPSCALERS,
@@ -38,10 +39,6 @@ log = logging.getLogger("studio")
 
 
 MAX_INPUT_PIXELS = 4096 * 4096  # uploads beyond this are refused with a message, not processed
-
-
-class BadRequest(ValueError):
-    """Input the user can fix; the UI shows the message, the API answers 4xx with it."""
 
 
 def describe_validation(e: ValidationError) -> str:
@@ -195,7 +192,7 @@ class Studio:
         return self.runner.submit(lambda ctx: self.engine.txt2img(ctx, params, info, controls), kind="txt2img",
                                   owner=owner)
 
-    # -- sweeps: the X/Y/Z plot (pipelines/sweep.py plans, pipelines/sweep_run.py runs) -------------------------
+    # -- sweeps: the X/Y/Z plot (pipelines/sweep/plan.py plans, pipelines/sweep/run.py runs) -------------------------
     def sweep_lists(self) -> dict[str, Any]:
         """The choice lists a sweep axis may need beyond the specs' own (read only when that axis is used)."""
         return {"checkpoint": lambda: [m.name for m in self.models() if not m.error],
@@ -436,7 +433,7 @@ class Studio:
                   "queue_position": position if mine else None}
         if job is None:
             return answer
-        state.update(job=f"job {job.id}", interrupted=job._cancel.is_set(), skipped=job._skip.is_set())
+        state.update(job=f"job {job.id}", interrupted=job.cancel_requested(), skipped=job.skip_requested())
         if job.status != "running":  # queued: nothing to show yet
             answer["textinfo"] = f"Queued: {position} job(s) ahead" if position else "Queued: next in line"
             return answer
@@ -472,8 +469,20 @@ class Studio:
         from pipelines.engine import memory  # torch: lazily
 
         eng = self.engine
-        return {**memory.usage(eng.hw.device), "mode": eng.active_mode, "mode_configured": eng.memory_mode,
+        return {**memory.usage(eng.hw.device), "mode": self.memory_mode(), "mode_configured": eng.memory_mode,
                 "mode_setting": self.settings.memory, "models": eng.manager.usage()}
+
+    def memory_mode(self) -> str:
+        """The memory mode in force: the running job's (an out-of-memory retry lowers it for the rest of that job);
+        between jobs, the lowered mode the last job ended in, until the next job starts (in the configured mode),
+        else the configured one. Jobs report their mode (JobContext.report), so nothing here reads the engine's
+        per-job state from another thread."""
+        current, last = self.runner.current(), self.runner.last()
+        if current is not None and "memory_mode" in current.details:
+            return current.details["memory_mode"]
+        if last is not None and last.details.get("memory_mode_lowered"):
+            return last.details["memory_mode"]
+        return self.engine.memory_mode
 
     @property
     def outputs_dir(self) -> Path:

@@ -7,14 +7,19 @@ from PIL import Image, ImageOps
 from extensions.base import ExtensionContext
 from extensions.tiled_upscale import TiledSettings, cost, grid, seam_boxes, tiled_redraw
 
+pytestmark = pytest.mark.unit  # pure Python, no model
+
 
 class Stop(BaseException):
     pass
 
 
 class Hooks:
-    def __init__(self, stop_after=None):
-        self.checks, self.progress_calls, self.stop_after = 0, [], stop_after
+    def __init__(self, stop_after=None, skip_after=None):
+        self.checks, self.progress_calls, self.stop_after, self.skip_after = 0, [], stop_after, skip_after
+
+    def stop_requested(self):
+        return self.skip_after is not None and self.checks > self.skip_after
 
     def check(self):
         if self.stop_after is not None and self.checks >= self.stop_after:
@@ -85,6 +90,16 @@ def test_cancel_stops_between_tiles_without_a_result():
     with pytest.raises(Stop):
         tiled_redraw(Image.new("RGB", (256, 256)), TiledSettings(tile_width=128, tile_height=128), ctx, seed=0)
     assert len(calls) == 2
+
+
+def test_skip_stops_between_tiles_and_returns_what_was_redrawn():
+    hooks = Hooks(skip_after=2)
+    ctx, calls = context(hooks)
+    image = Image.new("RGB", (256, 256), (10, 20, 30))
+    out = np.asarray(tiled_redraw(image, TiledSettings(tile_width=128, tile_height=128, padding=0, mask_blur=0),
+                                  ctx, seed=0))
+    assert len(calls) == 2  # the first two tiles (top row), then the stop
+    assert (out[:128] == 255 - np.array([10, 20, 30])).all() and (out[128:] == [10, 20, 30]).all()
 
 
 def test_bad_settings():

@@ -14,6 +14,9 @@ from tests import test_ui as ui
 from tests.conftest import Server
 from tests.test_ui import GENERATION_TIMEOUT, browser, expect, page  # noqa: F401  (shared fixtures)
 from tests.tiny_upscalers import esrgan_state_dict, save_pth
+from tests.waiting import wait_for
+
+pytestmark = pytest.mark.browser  # the real app in chromium
 
 
 @pytest.fixture(scope="module")
@@ -104,3 +107,29 @@ def test_hires_fix_in_txt2img_and_send_to_upscale(page, server):
     assert Image.open(newest(server.outputs_dir / "txt2img")[-1]).size == (128, 128)
     page.locator("#txt2img-send-upscale").click()
     expect(page.locator("#upscale-image img")).to_be_visible()
+
+
+def test_skip_during_a_tiled_sd_upscale_keeps_the_tiles_done_and_the_next_job_runs(page, server, picture):
+    """Skip once killed the device worker during a tiled upscale: now it stops after the tile in progress, saves the
+    image with the tiles redrawn so far, and the next job runs. The button's tooltip says so."""
+    open_upscale(page, picture)
+    expect(page.locator("#upscale-skip")).to_have_attribute("title", re.compile("stops after the tile in progress"))
+    page.locator("#upscale-mode").get_by_text("SD tiled upscale").click()
+    set_number(page, "upscale-tile-width", 64)
+    set_number(page, "upscale-tile-height", 64)
+    set_number(page, "upscale-steps", 40)
+    set_number(page, "upscale-denoising-strength", 0.5)
+    page.locator("#upscale-prompt textarea").fill("a skipped city")
+    before = len(newest(server.outputs_dir / "extras"))
+    page.locator("#upscale-generate").click()
+    expect(page.locator("#upscale-progress")).to_contain_text("tile 2/", timeout=GENERATION_TIMEOUT)
+    page.locator("#upscale-skip").click(no_wait_after=True)
+    expect(page.locator("#upscale-progress [data-state=done]")).to_be_visible(timeout=GENERATION_TIMEOUT)
+    expect(page.locator("#upscale-info textarea")).to_have_value(re.compile("stopped after"))
+    saved = newest(server.outputs_dir / "extras")
+    assert len(saved) == before + 1 and Image.open(saved[-1]).size == (192, 128)
+    # the worker is alive: a plain upscale runs next
+    page.locator("#upscale-mode").get_by_text("Upscaler only", exact=True).click()
+    page.locator("#upscale-generate").click()
+    wait_for(lambda: len(newest(server.outputs_dir / "extras")) == before + 2, timeout=GENERATION_TIMEOUT / 1000,
+             what="the next upscale's image")

@@ -17,21 +17,42 @@ import logging
 import re
 import secrets
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator, Callable
+from typing import Annotated, Any, AsyncIterator, Callable, ClassVar
 
 import anyio.to_thread
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 
 from pipelines.advisor.prompt_builder import UnknownStyle, apply_styles
 from pipelines.jobs import EventKind
 from pipelines.params import samplers
-from pipelines.params.specs import LATENT_UPSCALERS, PARAMS, ExtrasParams, Img2ImgParams, SdUpscaleParams, Txt2ImgParams
+from pipelines.params.specs import (
+    LATENT_UPSCALERS,
+    PARAMS,
+    ExtrasParams,
+    Img2ImgParams,
+    SdUpscaleParams,
+    Txt2ImgParams,
+    schedule_rules,
+)
 from pipelines.studio import MAX_INPUT_PIXELS, BadRequest, Studio
 from ui.api_advisor import build_advisor_api
-from ui.api_common import ApiError, Route, client_id, decode_image, encode_png, json_body, submit_job, wait_job  # noqa: F401  (ApiError and encode_png are imported from here by tests)
-from ui.api_controlnet import build_controlnet_api, detected_maps, units_from_request
+from ui.api_common import (  # noqa: F401  (ApiError and encode_png are imported from here by tests)
+    ERRORS,
+    IMAGE_SCHEMA,
+    ApiError,
+    Route,
+    a1111_info,
+    body_doc,
+    client_id,
+    decode_image,
+    encode_png,
+    json_body,
+    submit_job,
+    wait_job,
+)
+from ui.api_controlnet import AlwaysOnScripts, build_controlnet_api, detected_maps, units_from_request
 from ui.api_sweep import build_sweep_api, is_xyz, run_xyz
 
 log = logging.getLogger("studio.api")
@@ -43,43 +64,94 @@ log = logging.getLogger("studio.api")
 # (`parse_request`); each mode adds its own fields and its own lists of silent and unsupported fields.
 
 
+_IMAGE = WithJsonSchema(IMAGE_SCHEMA)
+_SAMPLER_NAMES = WithJsonSchema({"anyOf": [{"type": "string", "enum": samplers.sampler_names()}, {"type": "null"}]})
+
+
+def _documented(schema: dict[str, Any], cls: type[BaseModel]) -> None:
+    """json_schema_extra of the request models: the sampler/schedule rules of the parameter models, and the fields
+    the API requires though their Python default is None (a missing image answers 400 naming it, not 422)."""
+    schedule_rules(schema)
+    if "upscaling_resize_w" in schema.get("properties", {}) and "resize_mode" in schema["properties"]:
+        # extras: resize_mode 1 (scale to) needs a width and/or a height above 0
+        schema.setdefault("allOf", []).append({
+            "if": {"properties": {"resize_mode": {"const": 1}}, "required": ["resize_mode"]},
+            "then": {"anyOf": [{"properties": {side: {"minimum": 1}}, "required": [side]}
+                               for side in ("upscaling_resize_w", "upscaling_resize_h")]}})
+    required = [name for name in getattr(cls, "schema_required", ()) if name in schema.get("properties", {})]
+    if required:
+        schema["required"] = sorted({*schema.get("required", []), *required})
+
+
+def _request_config() -> ConfigDict:
+    return ConfigDict(extra="ignore", validate_assignment=True, json_schema_extra=_documented)
+
+
+class OverrideSettings(BaseModel):
+    """A1111's per-request settings; other keys are ignored with a warning."""
+
+    model_config = ConfigDict(extra="allow")
+
+    sd_model_checkpoint: str | None = Field(None, description="checkpoint for this request (GET /sdapi/v1/sd-models)")
+    CLIP_stop_at_last_layers: int | None = Field(
+        None, ge=PARAMS["clip_skip"].minimum, le=PARAMS["clip_skip"].maximum,
+        description="clip skip, where the request has no clip_skip")
+
+
+def _passed_as_is(model: type[BaseModel]) -> Any:
+    """A field validated as a plain dict (read later by hand) but documented as `model`."""
+    return BeforeValidator(lambda v: v, json_schema_input_type=model)
+
+
 class _A1111Common(BaseModel):
     """A1111 fields both generation endpoints accept besides our parameters."""
 
-    model_config = ConfigDict(extra="ignore", validate_assignment=True)
+    model_config = _request_config()
+    schema_required: ClassVar[tuple[str, ...]] = ()
 
-    sampler_index: str | None = None  # old name of sampler_name, used when sampler_name is absent
-    override_settings: dict[str, Any] = {}
+    sampler_index: Annotated[str | None, _SAMPLER_NAMES] = Field(
+        None, description="A1111's old name of sampler_name, used when sampler_name is absent")
+    override_settings: Annotated[dict[str, Any], _passed_as_is(OverrideSettings)] = {}
     override_settings_restore_afterwards: bool = True
     send_images: bool = True
     save_images: bool = True  # images are always saved, as in the UI
-    styles: list[str] = []
+    styles: list[str] = Field([], description="saved style names (GET /sdapi/v1/prompt-styles), applied in order; "
+                                              "an unknown name answers 400")
     restore_faces: bool | None = None
     tiling: bool | None = None
     eta: float | None = None
     seed_resize_from_h: int = -1
     seed_resize_from_w: int = -1
     refiner_checkpoint: str | None = None
-    script_name: str | None = None
+    script_name: str | None = Field(None, description="'x/y/z plot' runs a sweep over script_args (A1111's X/Y/Z "
+                                                      "plot arguments); other scripts are ignored with a warning")
     script_args: list[Any] = []
-    alwayson_scripts: dict[str, Any] = {}
+    alwayson_scripts: Annotated[dict[str, Any], _passed_as_is(AlwaysOnScripts)] = {}
+
+
+_SIZE_LIMIT = " width x height x batch_size must stay under 8.4 megapixels (2048 x 2048 x 2)."
 
 
 class Txt2ImgRequest(Txt2ImgParams, _A1111Common):
-    model_config = ConfigDict(extra="ignore", validate_assignment=True)
+    __doc__ = (Txt2ImgParams.__doc__ or "") + _SIZE_LIMIT
+    model_config = _request_config()
 
 
 class Img2ImgRequest(Img2ImgParams, _A1111Common):
     """img2img, or inpaint when `mask` is given. Images are base64 strings (a data: URL prefix is fine);
     they are decoded after validation so a bad one answers 400 naming its field."""
 
-    model_config = ConfigDict(extra="ignore", validate_assignment=True)
+    model_config = _request_config()
+    schema_required: ClassVar[tuple[str, ...]] = ("init_images",)
 
-    init_images: list[Any] | None = None  # the first is used (A1111 cycles several over the batch)
-    mask: Any = None  # white = repaint; null or "" = img2img
+    init_images: Annotated[list[Any] | None, WithJsonSchema({"type": "array", "items": IMAGE_SCHEMA, "minItems": 1})] \
+        = Field(None, description="the input image; the first is used (A1111 cycles several over the batch)")
+    mask: Annotated[Any, WithJsonSchema({"anyOf": [IMAGE_SCHEMA, {"type": "null"}]})] = Field(
+        None, description="white = repaint; null or \"\" = img2img")
     include_init_images: bool = False  # echo init_images and mask in "parameters" (A1111); else they are null
-    mask_blur_x: int | None = None  # A1111's per-axis blur; used only when mask_blur is absent
-    mask_blur_y: int | None = None
+    # A1111's per-axis blur; used only when mask_blur is absent
+    mask_blur_x: int | None = Field(None, ge=PARAMS["mask_blur"].minimum, le=PARAMS["mask_blur"].maximum)
+    mask_blur_y: int | None = Field(None, ge=PARAMS["mask_blur"].minimum, le=PARAMS["mask_blur"].maximum)
     mask_round: bool = True
     initial_noise_multiplier: float | None = None
     image_cfg_scale: float | None = None  # instruct-pix2pix models only: no effect on the models we run
@@ -90,11 +162,13 @@ class Img2ImgRequest(Img2ImgParams, _A1111Common):
 class ExtrasRequest(ExtrasParams):
     """A1111's extras (postprocessing) fields besides our ExtrasParams. resize_mode 0 scales by upscaling_resize
     (the w/h fields are ignored, as in A1111); 1 resizes to upscaling_resize_w x upscaling_resize_h (one side
-    alone keeps the aspect ratio; both: cropped to fit)."""
+    alone keeps the aspect ratio; both: cropped to fit). The result may not exceed the upscale limit a side."""
 
-    model_config = ConfigDict(extra="ignore", validate_assignment=True)
+    model_config = ConfigDict(extra="ignore", validate_assignment=True, json_schema_extra=_documented)
+    schema_required: ClassVar[tuple[str, ...]] = ()
 
-    resize_mode: int = Field(0, ge=0, le=1)
+    resize_mode: int = Field(0, ge=0, le=1, description="0: scale by upscaling_resize; 1: resize to "
+                                                         "upscaling_resize_w x upscaling_resize_h (one above 0)")
     show_extras_results: bool = True  # the API always answers the images (A1111 does too outside folder mode)
     gfpgan_visibility: float = Field(0.0, ge=0, le=1)
     codeformer_visibility: float = Field(0.0, ge=0, le=1)
@@ -104,19 +178,30 @@ class ExtrasRequest(ExtrasParams):
 
 
 class ExtrasSingleRequest(ExtrasRequest):
-    image: Any = None  # base64 (a data: URL prefix is fine)
+    schema_required: ClassVar[tuple[str, ...]] = ("image",)
+
+    image: Annotated[Any, _IMAGE] = None
+
+
+class ImageListItem(BaseModel):
+    data: Annotated[Any, _IMAGE]
+    name: str | None = Field(None, description="shown in the answer's html_info")
 
 
 class ExtrasBatchRequest(ExtrasRequest):
-    imageList: list[Any] | None = None  # [{"data": base64, "name": "a.png"}]
+    schema_required: ClassVar[tuple[str, ...]] = ("imageList",)
+
+    imageList: Annotated[list[Any] | None, _passed_as_is(Annotated[list[ImageListItem], Field(min_length=1)])] = \
+        None  # [{"data": base64, "name": "a.png"}]
 
 
 class SdUpscaleRequest(SdUpscaleParams):
     """POST /studio/v1/sd-upscale: the tiled SD upscale's parameters plus the image and an optional model."""
 
-    model_config = ConfigDict(extra="ignore", validate_assignment=True)
+    model_config = _request_config()
+    schema_required: ClassVar[tuple[str, ...]] = ("image",)
 
-    image: Any = None  # base64 (a data: URL prefix is fine)
+    image: Annotated[Any, _IMAGE] = None
     sd_model_checkpoint: str | None = None  # default: the current model
     send_images: bool = True
 
@@ -126,11 +211,24 @@ class HiresFixRequest(Txt2ImgParams):
     pass is not run again). Send the image's own parameters (its infotext, e.g. through /sdapi/v1/png-info) with
     the hires settings; width and height come from the image."""
 
-    model_config = ConfigDict(extra="ignore", validate_assignment=True)
+    model_config = _request_config()
+    schema_required: ClassVar[tuple[str, ...]] = ("image",)
 
-    image: Any = None  # base64 (a data: URL prefix is fine)
+    image: Annotated[Any, _IMAGE] = None
     sd_model_checkpoint: str | None = None  # default: the current model
     send_images: bool = True
+
+
+class OptionsUpdate(BaseModel):
+    """POST /sdapi/v1/options: A1111 option names and values; a checkpoint change loads it before answering."""
+
+    model_config = ConfigDict(extra="allow")
+
+    sd_model_checkpoint: str | None = Field(None, description="select this checkpoint (GET /sdapi/v1/sd-models)")
+
+
+class PngInfoRequest(BaseModel):
+    image: Annotated[Any, _IMAGE]
 
 
 # A1111 fields accepted and ignored without a warning: they change nothing unless a feature we lack is on.
@@ -273,7 +371,7 @@ def run_generation(submit: Callable[[], Any], req: Any, warnings: list[str]) -> 
     last = events[-1]
     if last.kind is EventKind.FINISHED:
         result = last.result
-        images, texts, info = result.images, result.infotexts, result.info()
+        images, texts, info = result.images, result.infotexts, a1111_info(result)
         maps = detected_maps(result)
         images, texts = [*images, *maps], [*texts, *[""] * len(maps)]
         warnings = [*warnings, *getattr(result, "warnings", [])]
@@ -349,11 +447,9 @@ def build_api(studio: Studio, auth: tuple[str, str] | None = None) -> APIRouter:
                 raise HTTPException(401, "Incorrect username or password", headers={"WWW-Authenticate": "Basic"})
 
         deps.append(Depends(check_auth))
-    api = APIRouter(prefix="/sdapi/v1", tags=["A1111 API"], dependencies=deps, route_class=Route)
-    own = APIRouter(prefix="/studio/v1", tags=["Studio API"], dependencies=deps, route_class=Route)
-
-    def doc(cls: type[BaseModel]) -> dict[str, Any]:
-        return {"requestBody": {"content": {"application/json": {"schema": cls.model_json_schema()}}}}
+    api = APIRouter(prefix="/sdapi/v1", tags=["A1111 API"], dependencies=deps, route_class=Route, responses=ERRORS)
+    own = APIRouter(prefix="/studio/v1", tags=["Studio API"], dependencies=deps, route_class=Route, responses=ERRORS)
+    doc = body_doc
 
     def model_name(name: str | None) -> str | None:
         return _find_model(studio, name).name if name else None
@@ -368,7 +464,8 @@ def build_api(studio: Studio, auth: tuple[str, str] | None = None) -> APIRouter:
         apply_request_styles(studio, req, params)
         if is_xyz(req.script_name):  # A1111's X/Y/Z plot script: a sweep, answered with the grid (and cells)
             return run_xyz(studio, req, params, model, warnings, owner=client_id(request))
-        return run_generation(lambda: studio.submit_txt2img(params, model=model, owner=client_id(request)),
+        typed = Txt2ImgParams.model_construct(**params)  # validated once, as the request; not again
+        return run_generation(lambda: studio.submit_txt2img(typed, model=model, owner=client_id(request)),
                               req, warnings)
 
     def sweep_params(body: Any) -> tuple[Any, dict[str, Any], str | None, list[str]]:
@@ -394,8 +491,9 @@ def build_api(studio: Studio, auth: tuple[str, str] | None = None) -> APIRouter:
         model = model_name(model)
         params = dict(req.model_dump(include=set(Img2ImgParams.model_fields)), controlnet=req.controlnet)
         apply_request_styles(studio, req, params)
+        typed = Img2ImgParams.model_construct(**params)  # validated once, as the request; not again
         answer = run_generation(
-            lambda: studio.submit_img2img(params, image, mask, model=model, owner=client_id(request)), req, warnings)
+            lambda: studio.submit_img2img(typed, image, mask, model=model, owner=client_id(request)), req, warnings)
         if not req.include_init_images:
             answer["parameters"].update(init_images=None, mask=None)
         return answer
@@ -431,7 +529,7 @@ def build_api(studio: Studio, auth: tuple[str, str] | None = None) -> APIRouter:
     def get_options() -> dict[str, Any]:
         return studio.options()
 
-    @api.post("/options")
+    @api.post("/options", openapi_extra=doc(OptionsUpdate))
     def set_options(body: Any = Depends(json_body)) -> bool:
         if not isinstance(body, dict):
             raise ApiError(422, "ValidationError", "body: expected a JSON object of option names and values")
@@ -483,7 +581,7 @@ def build_api(studio: Studio, auth: tuple[str, str] | None = None) -> APIRouter:
             raise ApiError(404, "NotFound", f"job {job_id}: no such job of yours is queued or running")
         return {"interrupted": True}
 
-    @api.post("/png-info")
+    @api.post("/png-info", openapi_extra=doc(PngInfoRequest))
     def png_info(body: Any = Depends(json_body)) -> dict[str, Any]:
         image = decode_image(body.get("image") if isinstance(body, dict) else None)
         info = studio.png_info(image)
@@ -568,6 +666,6 @@ def build_api(studio: Studio, auth: tuple[str, str] | None = None) -> APIRouter:
     root.include_router(api)
     root.include_router(own)
     root.include_router(build_controlnet_api(studio, deps))
-    root.include_router(build_sweep_api(studio, deps, sweep_params))
+    root.include_router(build_sweep_api(studio, deps, sweep_params, Txt2ImgRequest))
     root.include_router(build_advisor_api(studio, deps))
     return root

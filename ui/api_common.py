@@ -9,6 +9,7 @@ import io
 import json
 import math
 import re
+import time
 from typing import Any, Callable
 
 from fastapi import Request
@@ -16,11 +17,18 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from PIL import Image, UnidentifiedImageError
 from PIL.PngImagePlugin import PngInfo
+from pydantic import BaseModel, Field
 
 from pipelines.jobs import EventKind, QueueFull
+from pipelines.params.infotext import VERSION
 from pipelines.studio import BadRequest
 
 WAIT_S = 3600.0  # longest wait for one job event (model download, very long step); never forever
+SCHEMA_REF = "#/components/schemas/{model}"  # where request models' nested models land in /openapi.json
+IMAGE_SCHEMA: dict[str, Any] = {  # an image field of a request: base64 data, never a path or URL
+    "type": "string", "contentEncoding": "base64", "contentMediaType": "image/*", "minLength": 1,
+    "pattern": r"^\s*(data:[^,]*,)?[A-Za-z0-9+/]+={0,2}\s*$",
+    "description": "base64-encoded PNG, JPEG or WEBP (a data: URL prefix is fine); paths and URLs are refused"}
 
 
 class ApiError(Exception):
@@ -45,6 +53,58 @@ class Route(APIRoute):
                 return e.response()
 
         return run
+
+
+class ErrorAnswer(BaseModel):
+    """What every refused request answers (4xx) and every failed job (5xx): the kind of error and why."""
+
+    error: str = Field(description="the kind of error, e.g. ValidationError, BadImage, ModelNotFound")
+    detail: str = Field(description="why, naming the field and its limit where one is at fault")
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {"4XX": {"model": ErrorAnswer, "description": "refused, with the reason"}}
+
+
+def body_doc(model: type[BaseModel]) -> dict[str, Any]:
+    """`openapi_extra` of a route that reads its JSON body itself (`json_body`): the body is required and is
+    `model` (its nested models' schemas are `#/components/schemas/...` refs; `install_openapi` puts them there)."""
+    return {"requestBody": {"required": True, "content": {
+        "application/json": {"schema": model.model_json_schema(ref_template=SCHEMA_REF)}}}}
+
+
+def install_openapi(app: Any) -> None:
+    """Make the app's /openapi.json self-contained: the request-body schemas routes attach by hand (`body_doc`)
+    move into `components/schemas`, with the models nested in them, and the operations refer to them by `$ref`.
+    Call once, after the API routes are included."""
+    base = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            _hoist_body_schemas(base())  # base() builds the schema and caches it as app.openapi_schema
+        return app.openapi_schema
+
+    app.openapi = openapi
+
+
+def _hoist_body_schemas(spec: dict[str, Any]) -> None:
+    schemas = spec.setdefault("components", {}).setdefault("schemas", {})
+
+    def add(name: str, schema: dict[str, Any]) -> None:
+        if schemas.setdefault(name, schema) != schema:
+            raise ValueError(f"two different request schemas are named {name!r}")
+
+    for ops in spec.get("paths", {}).values():
+        for op in ops.values():
+            content = (op.get("requestBody") or {}).get("content", {}) if isinstance(op, dict) else {}
+            for media in content.values():
+                schema = media.get("schema")
+                if not isinstance(schema, dict) or "$ref" in schema:
+                    continue
+                for name, sub in schema.pop("$defs", {}).items():
+                    add(name, sub)
+                if "title" in schema:
+                    add(schema["title"], schema)
+                    media["schema"] = {"$ref": SCHEMA_REF.format(model=schema["title"])}
 
 
 def encode_png(image: Any, parameters: str | None = None) -> str:
@@ -189,3 +249,27 @@ def submit_job(submit: Callable[[], Any], status: int = 422, error: str = "BadRe
         raise ApiError(429, "QueueFull", str(e)) from None
     except BadRequest as e:
         raise ApiError(status, error, str(e)) from None
+
+
+def a1111_info(result: Any) -> dict[str, Any]:
+    """A1111's `info` object of a generation result (the API returns it JSON-encoded). A sweep's result shapes its
+    own (pipelines/sweep/run.py)."""
+    if hasattr(result, "info"):
+        return result.info()
+    p, seeds, subseeds = result.parameters, result.seeds, result.subseeds
+    return {
+        "prompt": p.get("prompt", ""), "all_prompts": [p.get("prompt", "")] * len(seeds),
+        "negative_prompt": p.get("negative_prompt", ""),
+        "all_negative_prompts": [p.get("negative_prompt", "")] * len(seeds),
+        "seed": seeds[0] if seeds else p.get("seed"), "all_seeds": seeds,
+        "subseed": subseeds[0] if subseeds else p.get("subseed"), "all_subseeds": subseeds,
+        "subseed_strength": p.get("subseed_strength", 0), "width": p.get("width"), "height": p.get("height"),
+        "sampler_name": p.get("sampler_name"), "scheduler": p.get("scheduler"), "cfg_scale": p.get("cfg_scale"),
+        "steps": p.get("steps"), "batch_size": p.get("batch_size"), "n_iter": p.get("n_iter"),
+        "restore_faces": False, "face_restoration_model": None, "sd_model_name": result.model,
+        "sd_model_hash": p.get("model_hash"), "sd_vae_name": None, "sd_vae_hash": None,
+        "seed_resize_from_w": -1, "seed_resize_from_h": -1, "denoising_strength": p.get("denoising_strength", 0),
+        "extra_generation_params": {}, "index_of_first_image": 0, "infotexts": result.infotexts, "styles": [],
+        "job_timestamp": time.strftime("%Y%m%d%H%M%S"), "clip_skip": p.get("clip_skip", 1),
+        "is_using_inpainting_conditioning": False, "version": VERSION,
+    }

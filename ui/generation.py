@@ -12,6 +12,7 @@ engine's warnings (mask resized, whole image masked...) as toasts and in the mes
 from __future__ import annotations
 
 import html
+import json
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
@@ -161,6 +162,26 @@ class Actions:
     interrupt: gr.Button
     skip: gr.Button
     message: gr.HTML
+
+
+# What Skip does in each tab's jobs (its tooltip; pipelines/jobs.py `Skipped`, and each job kind's handling).
+SKIP_TIPS = {
+    "txt2img": "Skip: abandon the running batch and go on with the next one (Batch count); finished images stay. "
+               "In an X/Y/Z plot: the running cell's batch; a guided draft or refine stage: its running batch.",
+    "img2img": "Skip: abandon the running batch and go on with the next one (Batch count); finished images stay.",
+    "upscale": "Skip: Upscale abandons the image being enlarged and goes on with the next one; the tiled SD upscale "
+               "stops after the tile in progress and saves the image with the tiles redrawn so far.",
+}
+# Gradio buttons take no tooltip: the page sets each Skip button's title attribute from SKIP_TIPS.
+HEAD = """<script>
+(() => {
+  const tips = TIPS;
+  const apply = () => { for (const [id, tip] of Object.entries(tips)) {
+    const el = document.getElementById(id + "-skip");
+    if (el && el.title !== tip) el.title = tip; } };
+  new MutationObserver(apply).observe(document.documentElement, {childList: true, subtree: true});
+})();
+</script>""".replace("TIPS", json.dumps(SKIP_TIPS))
 
 
 def build_actions(prefix: str) -> Actions:

@@ -19,6 +19,7 @@ from ui.txt2img_tab import build_txt2img
 from ui.upscale_tab import Upscale, build_upscale
 from ui.widgets import QUEUED
 
+HEAD = generation.HEAD  # the Skip buttons' tooltips
 CSS = "\n".join([widgets.CSS, generation.CSS, txt2img_tab.CSS, img2img_tab.CSS, controlnet_panel.CSS,
                  advisor_panel.CSS, workflow_panel.CSS, """
 .gradio-container {max-width: 1560px !important; overflow: clip !important;}  /* clip, not hidden: sticky works */

@@ -2,7 +2,7 @@
 put a negative-prompt preset written for the subject, and apply / save / delete saved styles (A1111's
 styles.csv, shared with the API's `styles` field and GET /sdapi/v1/prompt-styles).
 
-The facts (part order, presets) and the styles file live in pipelines/prompt_builder.py; this module only lays
+The facts (part order, presets) and the styles file live in pipelines/advisor/prompt_builder.py; this module only lays
 them out and wires the buttons to the tab's prompt and negative prompt textboxes.
 """
 

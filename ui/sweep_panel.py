@@ -1,6 +1,6 @@
 """The X/Y/Z plot panel of the txt2img tab: sweep any parameter along up to three axes.
 
-Per axis a type dropdown (the axis types of pipelines/sweep_axes.py), a values box (lists and A1111 ranges:
+Per axis a type dropdown (the axis types of pipelines/sweep/axes.py), a values box (lists and A1111 ranges:
 `5, 7, 9`, `1-10 (+2)`, `7-12 [4]`) and, for choice axes, a button that fills in every choice. A live cost line
 (cells, images, denoising steps, checkpoints) follows the axes and the txt2img fields it depends on; a value
 the studio refuses shows its reason there, in plain words. "Run sweep" starts one job streamed into the

@@ -1,4 +1,4 @@
-"""Band rules: every parameter's bands (pipelines/params.py) as advisor rules, `band:<name>`, judged exactly as
+"""Band rules: every parameter's bands (pipelines/params/specs.py) as advisor rules, `band:<name>`, judged exactly as
 the badges judge them: a value in an "avoid" band is a warning, in a "caution" band a note, and the fix moves it
 into the nearest "best" band. Pure Python: no torch.
 """

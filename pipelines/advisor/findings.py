@@ -1,4 +1,4 @@
-"""What the advisor's rules produce and see: `Finding`, `Situation` and `Rule` (pipelines/advisor.py assembles
+"""What the advisor's rules produce and see: `Finding`, `Situation` and `Rule` (pipelines/advisor/rules.py assembles
 the rules). Pure Python: no torch.
 """
 

@@ -1,10 +1,10 @@
 """The advisor: settings and the selected model in, findings out, each with a severity and a one-click fix.
 
 The rules are data (`RULES`), next to the parameter definitions they build on:
-- every parameter's bands (pipelines/params.py) are rules, `band:<name>` (pipelines/band_rules.py);
+- every parameter's bands (pipelines/params/specs.py) are rules, `band:<name>` (pipelines/advisor/band_rules.py);
 - facts of RECOMMENDATIONS.md that cross fields or need their own fix are rules of their own: size against the
   model's native size, the hires target, ancestral samplers while refining a fixed seed, hires fix while still
-  exploring, denoising floors (below), and the prompt rules (pipelines/prompt_rules.py: contradictions, people
+  exploring, denoising floors (below), and the prompt rules (pipelines/advisor/prompt_rules.py: contradictions, people
   without anatomy guards, anatomy guards on landscapes, prompts past one 75-token chunk).
 Every rule carries `example`, settings built to trigger it: the tests check that each rule fires on its example
 and stays silent on the recommended defaults, and the docs page shows them. Pure Python: no torch.

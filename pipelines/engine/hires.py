@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -17,14 +18,16 @@ from PIL import Image
 
 from pipelines import imageops
 from pipelines.discovery import CheckpointInfo
-from pipelines.engine.generate import Plan, Txt2ImgPlan
+from pipelines.engine.plans import Pass, Passes, Plan, Txt2ImgPlan, inpaint_everywhere
+from pipelines.engine.request import Resolved, Run
 from pipelines.params import cost
 from pipelines.params.specs import LATENT_UPSCALERS
 
 if TYPE_CHECKING:
     from pipelines.engine.generate import Engine
     from pipelines.engine.loading import Components
-    from pipelines.jobs import JobContext
+
+HIRES_SALT = 0x41D5  # the second pass' step-noise generators are seeded with seed + this
 
 _LATENT_MODES = {  # A1111's latent upscale modes -> F.interpolate(mode, antialias)
     "Latent": ("bilinear", False), "Latent (antialiased)": ("bilinear", True), "Latent (bicubic)": ("bicubic", False),
@@ -53,72 +56,77 @@ def upscale_latents(latents: torch.Tensor, size: tuple[int, int], mode: str) -> 
 
 
 class HiresPlan(Txt2ImgPlan):
-    def resolve(self, p: dict, info: CheckpointInfo) -> None:
-        Plan.resolve(self, p, info)  # keeps the hires settings (plain txt2img drops them)
-        p["hr_size"] = target_size(p["width"], p["height"], p["hr_scale"], p["hr_resize_x"], p["hr_resize_y"])
-        self.latent = p["hr_upscaler"] in LATENT_UPSCALERS
+    def __init__(self) -> None:
+        self.latent = False  # a latent upscaler: the first pass stops at the latents
 
-    def infotext_extra(self, p: dict) -> dict[str, Any]:
-        if p["hr_resize_x"] or p["hr_resize_y"]:
-            return {"Hires resize": f"{p['hr_size'][0]}x{p['hr_size'][1]}"}
+    def resolve(self, params: Any, info: CheckpointInfo, run: Run) -> Resolved:
+        r = Plan.resolve(self, params, info, run)  # keeps the hires settings (plain txt2img drops them)
+        self.latent = params.hr_upscaler in LATENT_UPSCALERS
+        return dataclasses.replace(r, hr_size=target_size(r.width, r.height, params.hr_scale, params.hr_resize_x,
+                                                          params.hr_resize_y))
+
+    def infotext_extra(self, r: Resolved) -> dict[str, Any]:
+        if r.params.hr_resize_x or r.params.hr_resize_y:
+            return {"Hires resize": f"{r.hr_size[0]}x{r.hr_size[1]}"}
         return {}
 
-    def second_pass_steps(self, p: dict) -> int:
-        return cost.hires_steps(p)
+    def second_pass_steps(self, r: Resolved) -> int:
+        return cost.hires_steps(r.values())
 
-    def steps(self, p: dict) -> int:
-        return p["steps"] + self.second_pass_steps(p)
+    def steps(self, r: Resolved) -> int:
+        return r.steps + self.second_pass_steps(r)
 
-    def first_pass_steps(self, p: dict) -> int:
-        return p["steps"]
+    def first_pass_steps(self, r: Resolved) -> int:
+        return r.steps
 
-    def call(self, engine: "Engine", comps: "Components", p: dict, seeds: list[int],
+    def call(self, engine: "Engine", run: Run, comps: "Components", r: Resolved, seeds: list[int],
              subseeds: list[int]) -> tuple[str, dict[str, Any]]:
-        kind, extra = super().call(engine, comps, p, seeds, subseeds)
+        kind, extra = super().call(engine, run, comps, r, seeds, subseeds)
         if self.latent:
             extra["output_type"] = "latent"
         return kind, extra
 
-    def after(self, engine: "Engine", ctx: "JobContext", comps: "Components", p: dict, embeds: dict, output: Any,
-              seeds: list[int], *, done_before: int, steps_total: int, label: str) -> list[Image.Image]:
-        tw, th = p["hr_size"]
+    def passes(self, engine: "Engine", run: Run, comps: "Components", r: Resolved, seeds: list[int],
+               subseeds: list[int]) -> Passes:
+        """txt2img (stopping at the latents with a latent upscaler), then the second pass over its output."""
+        output = yield from super().passes(engine, run, comps, r, seeds, subseeds)
+        return (yield self.second_pass(engine, run, comps, r, output, seeds))
+
+    def second_pass(self, engine: "Engine", run: Run, comps: "Components", r: Resolved, output: Any,
+                    seeds: list[int]) -> Pass:
+        """Enlarge the first pass's output (latents or images), then img2img at the final size with the hires
+        sampler, steps, prompt and denoising strength."""
+        p, ctx = r.params, run.ctx
+        tw, th = r.hr_size
         ctx.check()
         if self.latent:
-            if p["hr_keep_first_pass"]:
-                self.keep += list(zip(engine.decode(comps, output, self.warnings), seeds))
-            image: Any = upscale_latents(output, (tw, th), p["hr_upscaler"])
+            if p.hr_keep_first_pass:
+                run.keep += list(zip(engine.decode(comps, output, run.warnings), seeds))
+            image: Any = upscale_latents(output, (tw, th), p.hr_upscaler)
         else:
-            if p["hr_keep_first_pass"]:
-                self.keep += list(zip(output, seeds))
+            if p.hr_keep_first_pass:
+                run.keep += list(zip(output, seeds))
             from extensions import upscalers
 
-            up = upscalers.get_upscaler(p["hr_upscaler"], engine.models_dir)
+            up = upscalers.get_upscaler(p.hr_upscaler, engine.models_dir)
             ext = engine.extension_context(ctx)
-            scale = max(tw / p["width"], th / p["height"])
+            scale = max(tw / r.width, th / r.height)
             image = [imageops.resize_image(up.upscale(img, scale, ext), tw, th, "Crop and resize") for img in output]
-            ctx.progress(done_before, steps_total, label=f"{label}: hires pass")
-        # The second pass: img2img at the final size with the hires sampler, steps and prompt.
-        p2 = dict(p, width=tw, height=th, sampler_name=p["hr_sampler_name"] or p["sampler_name"],
-                  steps=p["hr_second_pass_steps"] or p["steps"])
-        if p["hr_sampler_name"]:
-            p2["scheduler"] = "Automatic"
-        embeds2 = embeds
-        if p["hr_prompt"] or p["hr_negative_prompt"]:
-            embeds2 = engine.encode(comps, p["hr_prompt"] or p["prompt"],
-                                    p["hr_negative_prompt"] or p["negative_prompt"], p["clip_skip"])
-        n = p2["steps"]
-        while int(n * p["denoising_strength"]) < 1:  # at least one step, as in img2img
-            n += 1
-        kind = "inpaint" if comps.unet.config.in_channels == 9 else "img2img"
-        if kind == "inpaint" and self.latent:  # 9-channel UNets condition on pixels: decode first
-            image = engine.decode(comps, image, self.warnings)
-        extra: dict[str, Any] = dict(image=image, strength=p["denoising_strength"], num_inference_steps=n,
-                                     generator=engine.generators([s + 0x41D5 for s in seeds]))
-        if kind == "inpaint":
-            extra["mask_image"] = Image.new("L", (tw, th), 255)
-        return engine.denoise(ctx, comps, kind, p2, embeds2, seeds, extra, done_before=done_before,
-                              pass_steps=self.second_pass_steps(p), steps_total=steps_total,
-                              label=f"{label}: hires pass", control=self.control, hires=True, notes=self.warnings)
+            ctx.progress(run.done, run.total, label="hires pass")
+        steps = p.hr_second_pass_steps or r.steps
+        second = r.for_pass(width=tw, height=th, sampler=p.hr_sampler_name or r.sampler,
+                            scheduler="Automatic" if p.hr_sampler_name else r.scheduler,
+                            steps=cost.schedule_length(steps, p.denoising_strength), strength=p.denoising_strength)
+        embeds = None
+        if p.hr_prompt or p.hr_negative_prompt:
+            embeds = engine.encode(comps, p.hr_prompt or p.prompt, p.hr_negative_prompt or p.negative_prompt,
+                                   p.clip_skip)
+        if comps.inpainting_unet and self.latent:  # 9-channel UNets condition on pixels: decode first
+            image = engine.decode(comps, image, run.warnings)
+        extra: dict[str, Any] = dict(image=image, strength=p.denoising_strength,
+                                     generator=engine.generators([s + HIRES_SALT for s in seeds]))
+        kind = inpaint_everywhere(comps, extra, image) or "img2img"
+        return Pass(kind, second, extra, self.second_pass_steps(r), embeds=embeds, hires=True, label=": hires pass")
 
 
 class HiresOnImagePlan(HiresPlan):
@@ -130,20 +138,23 @@ class HiresOnImagePlan(HiresPlan):
         super().__init__()
         self.image = image.convert("RGB")
 
-    def resolve(self, p: dict, info: CheckpointInfo) -> None:
-        p["width"], p["height"] = self.image.size  # the first pass's size is the image's
-        p["hr_keep_first_pass"] = False  # the first pass is the user's own file
-        super().resolve(p, info)
+    def resolve(self, params: Any, info: CheckpointInfo, run: Run) -> Resolved:
+        # the first pass's size is the image's, and the first pass is the user's own file (not kept again)
+        params = params.model_copy(update={"width": self.image.width, "height": self.image.height,
+                                           "hr_keep_first_pass": False})
+        r = super().resolve(params, info, run)
         if self.latent:
             raise ValueError("finalizing a saved image needs a pixel upscaler (Lanczos or an ESRGAN model): "
                              "latent upscalers work on the first pass's latents")
+        return r
 
-    def steps(self, p: dict) -> int:
-        return self.second_pass_steps(p)
+    def steps(self, r: Resolved) -> int:
+        return self.second_pass_steps(r)
 
-    def first_pass_steps(self, p: dict) -> int:
+    def first_pass_steps(self, r: Resolved) -> int:
         return 0
 
-    def first_pass(self, engine: "Engine", ctx: "JobContext", comps: "Components", p: dict, embeds: dict,
-                   seeds: list[int], subseeds: list[int], *, done_before: int, steps_total: int, label: str) -> Any:
-        return [self.image.copy() for _ in seeds]
+    def passes(self, engine: "Engine", run: Run, comps: "Components", r: Resolved, seeds: list[int],
+               subseeds: list[int]) -> Passes:
+        """Only the second pass, over the chosen image (the first pass is the user's file)."""
+        return (yield self.second_pass(engine, run, comps, r, [self.image.copy() for _ in seeds], seeds))

@@ -13,6 +13,7 @@ checkpoints (9-channel UNet) through the same pipeline class with their extra co
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -22,7 +23,8 @@ from PIL import Image
 
 from pipelines import imageops
 from pipelines.discovery import CheckpointInfo
-from pipelines.engine.generate import Plan
+from pipelines.engine.plans import Plan, inpaint_everywhere
+from pipelines.engine.request import Resolved, Run
 from pipelines.params import cost
 from pipelines.params.specs import IMG2IMG_FIELDS, INPAINT_FIELDS
 
@@ -36,7 +38,6 @@ INPAINT_ONLY = frozenset(set(INPAINT_FIELDS) - set(IMG2IMG_FIELDS))
 
 class Img2ImgPlan(Plan):
     def __init__(self, image: Image.Image, mask: Image.Image | None = None):
-        super().__init__()
         self.source = imageops.to_rgb(image)  # transparency flattened onto white, as A1111 does
         self.raw_mask = mask
         self.mode = "img2img" if mask is None else "inpaint"
@@ -47,36 +48,40 @@ class Img2ImgPlan(Plan):
         self.work_mask: Image.Image | None = None
 
     # 1. Sizes, mask, crop box --------------------------------------------------------------------
-    def resolve(self, p: dict, info: CheckpointInfo) -> None:
-        p["width"], p["height"] = size = imageops.output_size(self.source.size, p.get("width"), p.get("height"),
-                                                              p.get("scale_by"), info.native)
-        only_masked = self.raw_mask is not None and p.get("inpaint_full_res") == "Only masked"
+    def resolve(self, params: Any, info: CheckpointInfo, run: Run) -> Resolved:
+        p = params
+        size = imageops.output_size(self.source.size, p.width, p.height, p.scale_by, info.native)
+        r = dataclasses.replace(super().resolve(params, info, run), width=size[0], height=size[1],
+                                strength=p.denoising_strength,
+                                steps=cost.schedule_length(p.steps, p.denoising_strength))
+        only_masked = self.raw_mask is not None and p.inpaint_full_res == "Only masked"
         # "Only masked" keeps the input's size and regenerates a crop; otherwise the input is resized first.
-        self.base = self.source if only_masked else imageops.resize_image(self.source, *size, p["resize_mode"])
+        self.base = self.source if only_masked else imageops.resize_image(self.source, *size, p.resize_mode)
         if self.raw_mask is None:
             self.work = self.base
-            for key in INPAINT_ONLY:  # mask settings mean nothing without a mask: keep them out of the infotext
-                p.pop(key, None)
-            return
+            # mask settings mean nothing without a mask: keep them out of the infotext
+            return dataclasses.replace(r, dropped=INPAINT_ONLY)
         mask, warnings = imageops.prepare_mask(self.raw_mask, self.source.size, invert=False, blur=0)
-        self.warnings += warnings
+        for w in warnings:
+            run.note(w)
         if not only_masked:
-            mask = imageops.resize_image(mask.convert("RGB"), *size, p["resize_mode"]).convert("L")
-        invert = p.get("inpainting_mask_invert") == "Inpaint not masked"
+            mask = imageops.resize_image(mask.convert("RGB"), *size, p.resize_mode).convert("L")
+        invert = p.inpainting_mask_invert == "Inpaint not masked"
         binary, _ = imageops.prepare_mask(mask, self.base.size, invert=invert, blur=0)
-        self.mask, _ = imageops.prepare_mask(mask, self.base.size, invert=invert, blur=p.get("mask_blur", 0))
+        self.mask, _ = imageops.prepare_mask(mask, self.base.size, invert=invert, blur=p.mask_blur)
         if imageops.mask_is_empty(binary):
             raise ValueError("The mask is empty: paint over the part to repaint (or use img2img).")
         if imageops.mask_is_full(binary):
-            self.warnings.append("The whole image is masked: everything is repainted, as in img2img.")
+            run.note("The whole image is masked: everything is repainted, as in img2img.")
         if only_masked:
-            self.box = imageops.masked_region(binary, p.get("inpaint_full_res_padding", 32), size, self.base.size)
+            self.box = imageops.masked_region(binary, p.inpaint_full_res_padding, size, self.base.size)
             self.work = imageops.crop_for_region(self.base, self.box, size)
             self.work_mask = imageops.crop_for_region(binary.convert("RGB"), self.box, size).convert("L")
         else:
             self.work, self.work_mask = self.base, binary
-        if p.get("inpainting_fill") == "fill":
+        if p.inpainting_fill == "fill":
             self.work = imageops.fill_masked(self.work, self.work_mask)
+        return r
 
     @property
     def control_source(self) -> Image.Image:
@@ -89,39 +94,30 @@ class Img2ImgPlan(Plan):
         full = imageops.fit_control_map(image, self.base.width, self.base.height, resize_mode)
         return imageops.crop_for_region(full, self.box, size)
 
-    def steps(self, p: dict) -> int:
+    def steps(self, r: Resolved) -> int:
         """Steps actually run: int(steps x strength), as in A1111 and diffusers, but at least one."""
-        return cost.strength_steps(p["steps"], p["denoising_strength"])
+        return cost.strength_steps(r.params.steps, r.strength)
 
-    def _schedule_length(self, p: dict) -> int:
-        """The num_inference_steps that makes diffusers run `steps(p)` steps at this strength."""
-        n = p["steps"]
-        while int(n * p["denoising_strength"]) < 1:
-            n += 1
-        return n
-
-    def shortcut(self, p: dict) -> list[Image.Image] | None:
-        if p["denoising_strength"] == 0:  # nothing to denoise: the (resized) input is the result
-            return [self.work.copy() for _ in range(p["batch_size"])]
+    def shortcut(self, r: Resolved) -> list[Image.Image] | None:
+        if r.strength == 0:  # nothing to denoise: the (resized) input is the result
+            return [self.work.copy() for _ in range(r.params.batch_size)]
         return None
 
     # 2. Pipeline arguments -------------------------------------------------------------------------
-    def call(self, engine: "Engine", comps: "Components", p: dict, seeds: list[int],
+    def call(self, engine: "Engine", run: Run, comps: "Components", r: Resolved, seeds: list[int],
              subseeds: list[int]) -> tuple[str, dict[str, Any]]:
-        extra: dict[str, Any] = dict(strength=p["denoising_strength"], generator=engine.generators(seeds),
-                                     num_inference_steps=self._schedule_length(p))
+        extra: dict[str, Any] = dict(strength=r.strength, generator=engine.generators(seeds))
         if self.raw_mask is None:
-            if comps.unet.config.in_channels == 9:  # inpainting checkpoint in img2img: the whole image is masked
-                extra.update(image=self.work, mask_image=Image.new("L", self.work.size, 255))
-                return "inpaint", extra
+            if kind := inpaint_everywhere(comps, extra, self.work):  # an inpainting checkpoint: all is masked
+                return kind, extra
             image: Any = self.work
-            if p["resize_mode"] == LATENT_UPSCALE:
-                image = self._latent_upscale(engine, comps, p)
+            if r.params.resize_mode == LATENT_UPSCALE:
+                image = self._latent_upscale(engine, comps, r)
             extra.update(image=image)
             return "img2img", extra
         extra.update(image=self.work, mask_image=self.work_mask)
-        if p.get("inpainting_fill") in ("latent noise", "latent nothing"):
-            extra.update(self._latent_fill(engine, comps, p, seeds))
+        if r.params.inpainting_fill in ("latent noise", "latent nothing"):
+            extra.update(self._latent_fill(engine, comps, r, seeds))
         return "inpaint", extra
 
     @staticmethod
@@ -133,25 +129,25 @@ class Img2ImgPlan(Plan):
             latents = comps.vae.encode(pixels).latent_dist.mode()
         return latents * comps.vae.config.scaling_factor
 
-    def _latent_upscale(self, engine: "Engine", comps: "Components", p: dict) -> torch.Tensor:
+    def _latent_upscale(self, engine: "Engine", comps: "Components", r: Resolved) -> torch.Tensor:
         """A1111's "Just resize (latent upscale)": encode at the input's size, resize the latents."""
         iw, ih = self.source.size
         small = self.source.resize((imageops.snap8(iw), imageops.snap8(ih)), Image.Resampling.LANCZOS)
         latents = self._encode(engine, comps, small)
-        return F.interpolate(latents.float(), size=(p["height"] // 8, p["width"] // 8), mode="bilinear",
+        return F.interpolate(latents.float(), size=(r.height // 8, r.width // 8), mode="bilinear",
                              antialias=True).to(latents.dtype)
 
-    def _latent_fill(self, engine: "Engine", comps: "Components", p: dict, seeds: list[int]) -> dict[str, Any]:
+    def _latent_fill(self, engine: "Engine", comps: "Components", r: Resolved, seeds: list[int]) -> dict[str, Any]:
         """Start the masked area from noise or from an empty latent (the rest from the input's latents)."""
         latents = self._encode(engine, comps, self.work)
         m = torch.from_numpy(np.asarray(self.work_mask, dtype=np.float32) / 255.0).to(latents)
         m = F.interpolate(m[None, None], size=latents.shape[-2:], mode="nearest")
-        if p["inpainting_fill"] == "latent noise":
+        if r.params.inpainting_fill == "latent noise":
             fill = engine.noise(seeds, seeds, 0.0, tuple(latents.shape[1:])).to(latents)
         else:
             fill = torch.zeros((len(seeds), *latents.shape[1:]), device=latents.device, dtype=latents.dtype)
         start = latents * (1 - m) + fill * m
-        masked = latents if comps.unet.config.in_channels == 4 else self._encode(
+        masked = latents if not comps.inpainting_unet else self._encode(
             engine, comps, Image.composite(Image.new("RGB", self.work.size), self.work, self.work_mask))
         return {"image": start, "masked_image_latents": masked.repeat(len(seeds), 1, 1, 1)
                 if masked.shape[0] == 1 else masked}

@@ -57,6 +57,16 @@ class Components:
     text_encoder_2: Any = None
     tokenizer_2: Any = None
 
+    @property
+    def sdxl(self) -> bool:
+        """SDXL's two text encoders, size conditioning and VAE rules (from the family, detected at load)."""
+        return FAMILIES[self.family].sdxl
+
+    @property
+    def inpainting_unet(self) -> bool:
+        """A 9-channel inpainting UNet: it always conditions on an image and a mask."""
+        return self.unet.config.in_channels == 9
+
     def modules(self) -> dict[str, torch.nn.Module]:
         """The torch modules by name (for memory accounting and device moves)."""
         return {n: m for n in MODEL_PARTS if isinstance(m := getattr(self, n), torch.nn.Module)}

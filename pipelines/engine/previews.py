@@ -130,17 +130,17 @@ def identity(path: Path) -> str:
 @contextmanager
 def previewer(mode: str, models_dir: Path, sdxl: bool, size: tuple[int, int], *, dtype: torch.dtype,
               cache: Callable[[str, Callable[[], Any]], ContextManager[Any]],
-              warned: set[str]) -> Iterator[Preview]:
+              once: Callable[[str], bool]) -> Iterator[Preview]:
     """A latents -> preview image function for one denoising pass. TAESD is taken from the engine's component
     cache (`cache(key, load)`, so it loads once and counts against the memory budget) on the first preview
-    and stays pinned until the pass ends. "taesd" without weights warns once (per family) and uses "latent"."""
+    and stays pinned until the pass ends. "taesd" without weights warns once (per family: `once(key)` is true the
+    first time a key is asked for in the process) and uses "latent"."""
     if mode not in MODES:
         raise ValueError(f"unknown preview decoder '{mode}': choose {', '.join(MODES)}")
     path = None if mode == "latent" else taesd_weights(models_dir, sdxl)
     if path is None:
         family = "taesdxl" if sdxl else "taesd"
-        if mode == "taesd" and family not in warned:
-            warned.add(family)
+        if mode == "taesd" and once(family):
             log.warning("--preview-decoder taesd: no %s weights in %s (%s_decoder.pth/.safetensors or a %s/ "
                         "diffusers folder); live previews use the latent approximation", family,
                         Path(models_dir) / VAE_APPROX, family, family)

@@ -20,6 +20,8 @@ import re
 
 import torch
 
+from pipelines.errors import BadRequest
+
 CHUNK_TOKENS = 75        # tokens per chunk, without BOS/EOS
 COMMA_BACKTRACK = 20     # a full chunk breaks after its last comma if that comma is this close to the end
 BREAK = ("BREAK", -1.0)  # marker piece emitted by the parser
@@ -164,7 +166,7 @@ def _encode(chunks, encoder, clip_skip: int, sdxl: bool, want_pooled: bool):
     layers = encoder.config.num_hidden_layers
     most = layers - 1 if sdxl else layers  # SDXL already skips one layer; never fall through to the embeddings
     if not 1 <= clip_skip <= most:
-        raise ValueError(f"clip_skip must be between 1 and {most} for this {layers}-layer text encoder, "
+        raise BadRequest(f"clip_skip must be between 1 and {most} for this {layers}-layer text encoder, "
                          f"got {clip_skip}")
     ids = torch.tensor([c[0] for c in chunks], dtype=torch.long, device=encoder.device)
     weights = torch.tensor([c[1] for c in chunks], dtype=torch.float32)

@@ -14,6 +14,18 @@ def strength_steps(steps: int, strength: float) -> int:
     return max(int(steps * strength), 1) if strength > 0 else 0
 
 
+def schedule_length(steps: int, strength: float) -> int:
+    """The schedule length (num_inference_steps) that makes diffusers' img2img run `strength_steps(steps, strength)`
+    steps: `steps`, lengthened until int(n x strength) >= 1 (a pass always runs at least one step). At strength 0
+    nothing is denoised: `steps` as it is."""
+    if strength <= 0:
+        return steps
+    n = steps
+    while int(n * strength) < 1:
+        n += 1
+    return n
+
+
 def hires_steps(p: Mapping[str, Any]) -> int:
     """The Hires. fix second pass of one image (0 when hires fix is off)."""
     if not p.get("enable_hr"):

@@ -47,7 +47,7 @@ def render_markdown(ctx: HintContext | None = None, mode: str | None = None) -> 
     ctx = ctx or HintContext()
     head = [
         "# Generation parameters", "",
-        "Generated from `pipelines/params.py` (the one definition of every parameter) by "
+        "Generated from `pipelines/params/specs.py` (the one definition of every parameter) by "
         "`python -m pipelines.params.doc`; do not edit by hand.", "",
         f"Sizes below are for a model of native size {ctx.native} px (SD 1.x); the app re-targets them to the "
         "selected model's family. Verdicts: best (recommended zone), ok (fine for a purpose), caution (works, "

@@ -3,7 +3,7 @@
 An axis type says which parameter(s) it sets, how its values are parsed and checked (numbers against the
 ParamSpec limits in PARAMS / CONTROL_PARAMS, choices against the spec's choices or a list the studio
 supplies), how a value is labelled in the grid ("CFG scale: 7") and whether changing it reloads a model.
-`pipelines/sweep.py` builds the plan from them. Pure Python: no torch. Errors are `ValueError`s naming the
+`pipelines/sweep/plan.py` builds the plan from them. Pure Python: no torch. Errors are `ValueError`s naming the
 axis and the bad value.
 
 Value syntax (A1111's): comma-separated, csv-quoted where a value holds a comma; numbers also as ranges:

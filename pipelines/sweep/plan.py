@@ -1,11 +1,11 @@
 """Parameter sweeps (the X/Y/Z plot): the plan of a sweep and its cost.
 
-`build_plan` turns up to three (type, values) axes (types and value syntax: `pipelines/sweep_axes.py`) and the
+`build_plan` turns up to three (type, values) axes (types and value syntax: `pipelines/sweep/axes.py`) and the
 base txt2img values into a `SweepPlan`: the parsed values, every cell's parameters in run order (the costliest
 axis to change, the checkpoint, changes least often, as in A1111) and its cost counted with `pipelines.params.cost`.
 Random seeds are fixed once for the whole sweep unless asked otherwise (A1111's "Keep -1 for seeds").
 Pure Python: no torch. Errors are `ValueError`s naming the axis and the bad value; the studio turns them into
-BadRequest. `pipelines/sweep_run.py` runs a plan.
+BadRequest. `pipelines/sweep/run.py` runs a plan.
 """
 
 from __future__ import annotations

@@ -107,6 +107,12 @@ class CellContext:
     def check(self) -> None:
         self.ctx.check()
 
+    def skip_point(self) -> None:
+        self.ctx.skip_point()
+
+    def report(self, key: str, value: Any) -> None:
+        self.ctx.report(key, value)
+
     def skip_requested(self) -> bool:
         return self.ctx.skip_requested()
 
