@@ -13,8 +13,7 @@ from PIL import Image
 
 from pipelines.jobs import Cancelled, EventKind, JobRunner, Skipped
 from pipelines.outputs import read_png_info
-from pipelines.settings import Settings
-from pipelines.studio import Studio
+from tests.test_upscale import studio  # noqa: F401  (the Upscale tests' studio: tiny model and ESRGAN)
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.engine
@@ -150,17 +149,6 @@ def test_a_consumer_notices_a_dead_worker_and_the_queue_goes_on(monkeypatch):
 
 
 # -- Skip in every job kind, on the real engine ------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def studio(world):
-    from tests.tiny_upscalers import esrgan_state_dict, save_pth
-
-    save_pth(esrgan_state_dict(scale=4), world["root"] / "models" / "ESRGAN" / "4x-tiny.pth")
-    world["engine"].models_dir = world["root"] / "models"
-    settings = Settings(models_dir=world["root"] / "models", outputs_dir=world["root"] / "outputs", hub_models=(),
-                        ckpt="tiny-sd15")
-    return Studio(settings, world["runner"], world["engine"])
 
 
 def picture(size=(64, 64)):
