@@ -89,6 +89,7 @@ class Job:
         self._cancel = threading.Event()
         self._skip = threading.Event()
         self._done = threading.Event()
+        self._ending = threading.Lock()  # a job ends once, whoever ends it (its worker, a replacement, a cancel)
         self._watch = watch  # the runner's liveness check: ends this job if its worker is gone
         self.details: dict[str, Any] = {}  # what the job's code reports about itself (e.g. "memory_mode")
 
@@ -161,10 +162,13 @@ class Job:
     def wait(self, timeout: float | None = None) -> Any:
         """Block until the job ends; return its result, or raise Cancelled / RuntimeError."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        while not self._done.wait(WATCH_EVERY if deadline is None else max(min(WATCH_EVERY, deadline - time.monotonic()), 0)):
+        while True:
+            left = WATCH_EVERY if deadline is None else max(min(WATCH_EVERY, deadline - time.monotonic()), 0)
+            if self._done.wait(left):
+                break
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(f"job {self.id} still running after {timeout} s")
-            self._watch()
+            self._watch()  # a dead worker is replaced and this job failed: the next wait returns
         if self.status == "cancelled":
             raise Cancelled(self.error or "interrupted")
         if self.status == "failed":
@@ -261,10 +265,10 @@ class JobRunner:
         """Replace the worker thread if it died without replacing itself, failing the job it held. Called by
         consumers waiting on a job, so nobody waits forever on a worker that is gone."""
         with self._lock:
-            thread = self._thread
+            thread, generation = self._thread, self._generation  # read together: a later generation is alive
             if thread is None or thread.is_alive() or self._stopping:
                 return
-        self._worker_died(self._generation)
+        self._worker_died(generation)
 
     def stop(self, timeout: float = 10) -> None:
         with self._lock:
@@ -430,13 +434,14 @@ class JobRunner:
 
     @staticmethod
     def _end(job: Job, status: str, kind: EventKind, message: str | None = None, result: Any = None) -> None:
-        if job.done:
-            return
-        job.status = status
-        if message:
-            job.error = message
-        job.emit(JobEvent(kind, job.id, message=message, result=result))
-        job._done.set()
+        with job._ending:
+            if job.done:
+                return
+            job.status = status
+            if message:
+                job.error = message
+            job.emit(JobEvent(kind, job.id, message=message, result=result))
+            job._done.set()
 
 
 def _describe(e: BaseException) -> str:

@@ -278,6 +278,7 @@ class Engine:
                    subseeds: list[int], label: str) -> list[Image.Image]:
         """One batch: run each pass the plan describes and hand its output back to the plan, which may describe a
         further pass from it (Hires. fix); the plan's return value is the batch's images."""
+        run.keep.clear()  # a retried batch keeps its first pass once; a skipped one's first pass is not saved later
         passes = plan.passes(self, run, comps, r, seeds, subseeds)
         try:
             step = next(passes)
