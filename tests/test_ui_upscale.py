@@ -110,10 +110,10 @@ def test_hires_fix_in_txt2img_and_send_to_upscale(page, server):
 
 
 def test_skip_during_a_tiled_sd_upscale_keeps_the_tiles_done_and_the_next_job_runs(page, server, picture):
-    """Skip once killed the device worker during a tiled upscale: now it stops after the tile in progress, saves the
+    """Skip once killed the device worker during a tiled upscale: now it drops the tile in progress, stops, saves the
     image with the tiles redrawn so far, and the next job runs. The button's tooltip says so."""
     open_upscale(page, picture)
-    expect(page.locator("#upscale-skip")).to_have_attribute("title", re.compile("stops after the tile in progress"))
+    expect(page.locator("#upscale-skip")).to_have_attribute("title", re.compile("drops the tile in progress, stops"))
     page.locator("#upscale-mode").get_by_text("SD tiled upscale").click()
     set_number(page, "upscale-tile-width", 64)
     set_number(page, "upscale-tile-height", 64)

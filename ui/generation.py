@@ -170,7 +170,7 @@ SKIP_TIPS = {
                "In an X/Y/Z plot: the running cell's batch; a guided draft or refine stage: its running batch.",
     "img2img": "Skip: abandon the running batch and go on with the next one (Batch count); finished images stay.",
     "upscale": "Skip: Upscale abandons the image being enlarged and goes on with the next one; the tiled SD upscale "
-               "stops after the tile in progress and saves the image with the tiles redrawn so far.",
+               "drops the tile in progress, stops, and saves the image with the tiles already redrawn.",
 }
 # Gradio buttons take no tooltip: the page sets each Skip button's title attribute from SKIP_TIPS.
 HEAD = """<script>

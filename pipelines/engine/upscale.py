@@ -97,7 +97,7 @@ def extras(engine: "Engine", ctx: "JobContext", images: list[tuple[str, Image.Im
 
 def sd_upscale(engine: "Engine", ctx: "JobContext", params: "SdUpscaleParams", info: CheckpointInfo,
                image: Image.Image) -> GenerationResult:
-    """Skip stops the redraw after the tile in progress is abandoned, and saves the image with the tiles (and seam
+    """Skip abandons the tile in progress and stops the redraw, and saves the image with the tiles (and seam
     passes) finished so far; the infotext and the job's warnings say how many."""
     # 1. Enlarge to the target size with the chosen upscaler.
     p = params
