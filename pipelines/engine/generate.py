@@ -308,8 +308,7 @@ class Engine:
             if lower is None:
                 raise OutOfMemory(memory.oom_message(size, batch, failed, retried))
             note = f"Out of memory in {failed} mode at {size[0]}x{size[1]}: retried in {lower} mode"
-            log.warning(note)
-            run.note(note)
+            self.note(note, run.warnings)
             run.mode, retried, run.done = lower, True, start
             run.ctx.report("memory_mode", lower)
             run.ctx.report("memory_mode_lowered", True)

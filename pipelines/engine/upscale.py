@@ -70,7 +70,7 @@ def extras(engine: "Engine", ctx: "JobContext", images: list[tuple[str, Image.Im
         ctx.progress(i, len(images), label=f"image {i + 1}/{len(images)}: {name}")
         rgb = image.convert("RGB")
         try:
-            hooks.skip_point()
+            ctx.skip_point()
             # A1111: "None" leaves the image as it is; otherwise enlarge to the target size
             out = rgb if p["upscaler_1"] == "None" else _enlarge(engine, hooks, rgb, p["upscaler_1"],
                                                                  size := check_target(image.size, p))
@@ -203,9 +203,6 @@ class _SkipPoints:
     def check(self) -> None:
         self.ctx.skip_point()
 
-    def skip_point(self) -> None:
-        self.ctx.skip_point()
-
     def stop_requested(self) -> bool:
         return False
 
@@ -214,9 +211,3 @@ class _SkipPoints:
 
     def preview(self, image: Any, step: int | None = None) -> None:
         self.ctx.preview(image, step)
-
-    def image(self, image: Any, payload: Any = None, label: str | None = None) -> None:
-        self.ctx.image(image, payload, label)
-
-    def clear_skip(self) -> None:
-        self.ctx.clear_skip()
