@@ -54,7 +54,8 @@ def build_app(settings: Settings):
                     memory_mode=mode, oom_retry=settings.oom_retry,
                     channels_last=settings.channels_last if settings.channels_last is not None
                     else hw.device.type == "cuda",
-                    compile_unet=settings.compile, preview_decoder=settings.preview_decoder)
+                    compile_unet=settings.compile, preview_decoder=settings.preview_decoder,
+                    esrgan_dir=settings.esrgan_models_path)
     runner = JobRunner(max_queued_per_owner=settings.max_queued_per_client).start()
     studio = Studio(settings, runner, engine, hardware=hw.describe())
     log.info("device: %s", hw.describe())

@@ -101,17 +101,21 @@ class ModelUpscaler:
         return image if image.size == size else image.resize(size, Image.LANCZOS)
 
 
-def find_model_upscalers(models_dir: Path) -> list[ModelUpscaler]:
-    """Model files under `models_dir/{ESRGAN,RealESRGAN,SwinIR,DAT}` (subfolders too), sorted by name.
+def find_model_upscalers(models_dir: Path, esrgan_dir: Path | None = None) -> list[ModelUpscaler]:
+    """Model files under `models_dir/{ESRGAN,RealESRGAN,SwinIR,DAT}` (subfolders and the owner's symlinks too;
+    `esrgan_dir`: A1111's --esrgan-models-path in place of ESRGAN), sorted by name.
     When two files share a stem, the first folder in that order wins."""
     found: dict[str, ModelUpscaler] = {}
     for folder in MODEL_FOLDERS:
-        root = Path(models_dir) / folder
+        root = Path(esrgan_dir) if esrgan_dir and folder == "ESRGAN" else Path(models_dir) / folder
         if not root.is_dir():
             continue
-        for path in sorted(root.rglob("*")):
-            if path.suffix.lower() in MODEL_SUFFIXES and path.is_file() and not path.name.startswith("."):
-                found.setdefault(path.stem, ModelUpscaler(path.stem, path))
+        for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for fn in sorted(filenames):
+                path = Path(dirpath) / fn
+                if path.suffix.lower() in MODEL_SUFFIXES and path.is_file() and not fn.startswith("."):
+                    found.setdefault(path.stem, ModelUpscaler(path.stem, path))
     return sorted(found.values(), key=lambda u: u.name.lower())
 
 
@@ -262,14 +266,14 @@ def upscale_tiled(descriptor: Any, image: Image.Image, *, tile: int = 192, overl
 # -- registry -----------------------------------------------------------------------------------------------
 
 
-def all_upscalers(models_dir: Path) -> list[Upscaler]:
-    """None, Lanczos, Nearest, then the model upscalers found under `models_dir`."""
-    return [*builtin_upscalers(), *find_model_upscalers(models_dir)]
+def all_upscalers(models_dir: Path, esrgan_dir: Path | None = None) -> list[Upscaler]:
+    """None, Lanczos, Nearest, then the model upscalers found under `models_dir` (and `esrgan_dir`)."""
+    return [*builtin_upscalers(), *find_model_upscalers(models_dir, esrgan_dir)]
 
 
-def get_upscaler(name: str, models_dir: Path) -> Upscaler:
+def get_upscaler(name: str, models_dir: Path, esrgan_dir: Path | None = None) -> Upscaler:
     """The upscaler called `name` (case-insensitive); ValueError listing the available ones otherwise."""
-    upscalers = all_upscalers(models_dir)
+    upscalers = all_upscalers(models_dir, esrgan_dir)
     for wanted in (lambda u: u.name == name, lambda u: u.name.lower() == str(name).lower()):
         for upscaler in upscalers:
             if wanted(upscaler):

@@ -36,8 +36,9 @@ def _registry() -> dict[str, Any]:
 
 class ControlNets:
     def __init__(self, models_dir: Path, hub_ids: Sequence[str], runner: JobRunner, engine: "Engine", *,
-                 hub_endpoint: str | None = None):
+                 hub_endpoint: str | None = None, root: Path | None = None):
         self.models_dir = Path(models_dir)
+        self.root = Path(root) if root is not None else self.models_dir / "ControlNet"  # --controlnet-dir
         self.hub_endpoint = hub_endpoint  # None: annotator weights cannot be downloaded
         self.hub_ids = tuple(hub_ids)
         self.runner = runner
@@ -49,7 +50,7 @@ class ControlNets:
     def models(self, refresh: bool = False) -> list[ControlNetInfo]:
         with self._lock:
             if refresh or self._models is None:
-                self._models = controlnets.scan(self.models_dir, self.hub_ids)
+                self._models = controlnets.scan(self.models_dir, self.hub_ids, root=self.root)
             return list(self._models)
 
     def model_titles(self, family: str | None = None) -> list[str]:
@@ -117,7 +118,7 @@ class ControlNets:
                                    "(or a pose JSON), or disable the unit.")
             if unit.model in (None, "", "None"):
                 raise ControlError(f"ControlNet unit {i} is enabled but no model is selected. Put ControlNet "
-                                   f"models into {self.models_dir / 'ControlNet'} and refresh.")
+                                   f"models into {self.root} and refresh.")
             model = controlnets.find(self.models(), unit.model) or controlnets.find(self.models(refresh=True),
                                                                                    unit.model)
             if model is None:

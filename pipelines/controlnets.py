@@ -127,9 +127,11 @@ def _inspect(path: Path | None, hub_id: str | None = None) -> ControlNetInfo:
     return info
 
 
-def scan(models_dir: Path, hub_ids: Sequence[str] = (), *, hub_cache: Path | None = None) -> list[ControlNetInfo]:
-    """Everything under models_dir/ControlNet (recursively) plus the given hub ids, sorted by name."""
-    root = Path(models_dir) / "ControlNet"
+def scan(models_dir: Path, hub_ids: Sequence[str] = (), *, hub_cache: Path | None = None,
+         root: Path | None = None) -> list[ControlNetInfo]:
+    """Everything under `root` (default models_dir/ControlNet; --controlnet-dir), recursively and through the
+    owner's symlinks, plus the given hub ids, sorted by name."""
+    root = Path(root) if root is not None else Path(models_dir) / "ControlNet"
     infos = [_inspect(p) for p in walk_models(root, "config.json", SUFFIXES)] if root.is_dir() else []
     ids = dict.fromkeys(h.strip() for h in hub_ids if h.strip())
     infos += [_inspect(hub_cached_folder(h, hub_cache), h) for h in ids]

@@ -24,10 +24,13 @@ import logging
 import os
 import re
 import struct
+import threading
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Iterator, Mapping, Sequence
+
+from pipelines.folders import check_name, walk
 
 log = logging.getLogger("studio.discovery")
 
@@ -333,36 +336,42 @@ def _load_cache(cache_file: Path | None) -> dict:
         return {}
 
 
-def cached_sha256(path: Path, cache_file: Path | None) -> str | None:
+def cached_sha256(path: Path, cache_file: Path | None, *, addnet: bool = False) -> str | None:
     """The cached sha256 of `path` if the cache entry matches its current size and mtime, else None."""
     try:
         key, size, mtime = _cache_key(hash_target(path))
     except OSError:
         return None
-    entry = _load_cache(cache_file).get(key)
+    entry = _load_cache(cache_file).get(key + ("#addnet" if addnet else ""))
     if isinstance(entry, dict) and entry.get("size") == size and entry.get("mtime_ns") == mtime:
         return entry.get("sha256")
     return None
 
 
-def sha256_of(path: Path, cache_file: Path | None = None) -> str:
-    """Full-file sha256 (1 MiB blocks), cached in `cache_file` keyed by path + size + mtime."""
-    hit = cached_sha256(path, cache_file)
+def sha256_of(path: Path, cache_file: Path | None = None, *, addnet: bool = False) -> str:
+    """Full-file sha256 (1 MiB blocks), cached in `cache_file` keyed by path + size + mtime.
+
+    `addnet=True`: kohya's "addnet" hash of a .safetensors file, the sha256 of everything after its JSON header
+    (A1111 hashes LoRA safetensors this way, so metadata edits keep the hash)."""
+    hit = cached_sha256(path, cache_file, addnet=addnet)
     if hit:
         return hit
     target = hash_target(path)
     key, size, mtime = _cache_key(target)
     digest = hashlib.sha256()
     with open(target, "rb") as f:
+        if addnet:
+            (length,) = struct.unpack("<Q", f.read(8))
+            f.seek(8 + length)
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     value = digest.hexdigest()
     if cache_file is not None:
         cache_file = Path(cache_file)
         cache = _load_cache(cache_file)  # re-read: another process may have added entries
-        cache[key] = {"size": size, "mtime_ns": mtime, "sha256": value}
+        cache[key + ("#addnet" if addnet else "")] = {"size": size, "mtime_ns": mtime, "sha256": value}
         cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_name(f"{cache_file.name}.{os.getpid()}.tmp")
+        tmp = cache_file.with_name(f"{cache_file.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         tmp.write_text(json.dumps(cache, indent=1, sort_keys=True), encoding="utf-8")
         os.replace(tmp, cache_file)
     return value
@@ -382,33 +391,17 @@ def models_root(models_dir: Path) -> Path:
     return Path(models_dir) / "Stable-diffusion"
 
 
-def resolve_model_path(models_dir: Path, name: str) -> Path:
-    """models/Stable-diffusion/<name>, refusing names that escape that folder (.., absolute, symlinks)."""
-    root = models_root(models_dir).resolve()
-    clean = str(name).replace("\\", "/")
-    rel = PurePosixPath(clean)
-    if not clean or rel.is_absolute() or ".." in rel.parts or re.match(r"^[A-Za-z]:", clean):
-        raise ValueError(f"invalid model name {name!r}: must be a path inside models/Stable-diffusion")
-    target = (root / rel).resolve()
-    if not target.is_relative_to(root):
-        raise ValueError(f"invalid model name {name!r}: it points outside models/Stable-diffusion")
-    return target
+def resolve_model_path(root: Path, name: str) -> Path:
+    """`root`/<name> for a name a client sent; ValueError for `..`, absolute or drive-letter names. Symlinks the
+    owner placed under `root` are followed (shared model folders); a name still has to be one that `scan` listed."""
+    return Path(root) / check_name(name)
 
 
 def walk_models(root: Path, marker: str = "model_index.json",
                 suffixes: tuple[str, ...] = CHECKPOINT_SUFFIXES) -> Iterator[Path]:
-    """Weight files and diffusers folders (a folder holding `marker`, not entered) under root; hidden entries
-    skipped, sorted."""
-    for dirpath, dirnames, filenames in os.walk(root):
-        here = Path(dirpath)
-        if here != root and marker in filenames:
-            dirnames[:] = []
-            yield here
-            continue
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for fn in sorted(filenames):
-            if not fn.startswith(".") and fn.lower().endswith(suffixes):
-                yield here / fn
+    """Weight files and diffusers folders (a folder holding `marker`, not entered) under root, following the
+    owner's symlinks (pipelines/folders.py)."""
+    return walk(root, suffixes, marker)
 
 
 def _inspect_local(root: Path, path: Path, hash_cache: Path | None) -> CheckpointInfo:
@@ -416,8 +409,6 @@ def _inspect_local(root: Path, path: Path, hash_cache: Path | None) -> Checkpoin
     info = CheckpointInfo(name=name, source="folder" if path.is_dir() else "file", path=path,
                           distilled=bool(_DISTILLED.search(name)))
     try:
-        if not path.resolve().is_relative_to(root.resolve()):
-            raise ValueError("links outside models/Stable-diffusion; move the file there instead")
         info.family, info.native, info.inpainting = detect_family(path)
         info.sha256 = cached_sha256(path, hash_cache)
     except Exception as e:  # one bad file must not break the list
@@ -457,12 +448,13 @@ def _inspect_hub(repo_id: str, hub_cache: Path | None, hash_cache: Path | None) 
 
 
 def scan(models_dir: Path, hub_ids: Sequence[str] = (), *, hub_cache: Path | None = None,
-         hash_cache: Path | None = None) -> list[CheckpointInfo]:
-    """All checkpoints under models_dir/Stable-diffusion plus the given hub ids, sorted by name.
+         hash_cache: Path | None = None, root: Path | None = None) -> list[CheckpointInfo]:
+    """All checkpoints under `root` (default models_dir/Stable-diffusion; `--ckpt-dir`) plus the given hub ids,
+    sorted by name.
 
     Nothing is hashed here; hashes already in the cache (default models_dir/.cache/hashes.json) are filled in.
     """
-    root = models_root(models_dir)
+    root = Path(root) if root is not None else models_root(models_dir)
     hash_cache = hash_cache if hash_cache is not None else default_hash_cache(models_dir)
     infos = [_inspect_local(root, p, hash_cache) for p in walk_models(root)] if root.is_dir() else []
     infos += [_inspect_hub(h, hub_cache, hash_cache) for h in dict.fromkeys(hub_ids)]

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from pipelines.folders import ModelFolders
+
 DEFAULT_HUB_MODELS = (
     "stable-diffusion-v1-5/stable-diffusion-v1-5",
     "stabilityai/stable-diffusion-xl-base-1.0",
@@ -43,10 +45,24 @@ class Settings:
     preview_decoder: str = "auto"  # auto | taesd | latent: how live previews are decoded
     api_auth: tuple[str, str] | None = None  # login for the REST API only (default: --auth protects both)
     max_upload_mb: int = 50  # largest request body / uploaded file
+    # A1111's folder flags: a kind of model kept outside models/ (None: A1111's place under models/)
+    ckpt_dir: Path | None = None
+    lora_dir: Path | None = None
+    lyco_dir: Path | None = None
+    vae_dir: Path | None = None
+    embeddings_dir: Path | None = None
+    controlnet_models_dir: Path | None = None
+    esrgan_models_path: Path | None = None
+
+    @property
+    def folders(self) -> ModelFolders:
+        return ModelFolders.under(self.models_dir, checkpoints=self.ckpt_dir, lora=self.lora_dir, lyco=self.lyco_dir,
+                                  embeddings=self.embeddings_dir, vae=self.vae_dir,
+                                  controlnet=self.controlnet_models_dir, esrgan=self.esrgan_models_path)
 
     @property
     def controlnet_dir(self) -> Path:
-        return self.models_dir / "ControlNet"
+        return self.folders.controlnet
 
     @property
     def host(self) -> str:
@@ -54,7 +70,7 @@ class Settings:
 
     @property
     def checkpoints_dir(self) -> Path:
-        return self.models_dir / "Stable-diffusion"
+        return self.folders.checkpoints
 
     @property
     def cache_dir(self) -> Path:
@@ -118,6 +134,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="largest request body or uploaded file in MB (default: 50)")
     p.add_argument("--offline", action="store_true",
                    help="never download (annotator weights must be in models/annotators); also set by HF_HUB_OFFLINE=1")
+    folders = p.add_argument_group("model folders (A1111's flags: use an existing models tree as it is)")
+    for flag, dest, kind in (("--ckpt-dir", "ckpt_dir", "checkpoints (default: MODELS/Stable-diffusion)"),
+                             ("--lora-dir", "lora_dir", "LoRAs (default: MODELS/Lora)"),
+                             ("--lyco-dir", "lyco_dir", "LyCORIS files (default: MODELS/LyCORIS)"),
+                             ("--vae-dir", "vae_dir", "VAEs (default: MODELS/VAE)"),
+                             ("--embeddings-dir", "embeddings_dir",
+                              "textual-inversion embeddings (default: MODELS/embeddings and embeddings/ beside MODELS)"),
+                             ("--controlnet-dir", "controlnet_models_dir", "ControlNet models (default: MODELS/ControlNet)"),
+                             ("--esrgan-models-path", "esrgan_models_path", "ESRGAN-family upscalers (default: MODELS/ESRGAN)")):
+        folders.add_argument(flag, dest=dest, type=Path, default=None, metavar="DIR", help=f"folder of {kind}")
     return p
 
 
@@ -138,4 +164,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         controlnet_hub=tuple(a.controlnet_hub), hub_endpoint=hub_endpoint(a.offline), styles_file=a.styles_file,
         memory=a.memory, oom_retry=a.oom_retry, channels_last=a.channels_last, compile=a.compile,
         preview_decoder=a.preview_decoder, api_auth=a.api_auth, max_upload_mb=a.max_upload_mb,
+        ckpt_dir=a.ckpt_dir, lora_dir=a.lora_dir, lyco_dir=a.lyco_dir, vae_dir=a.vae_dir,
+        embeddings_dir=a.embeddings_dir, controlnet_models_dir=a.controlnet_models_dir,
+        esrgan_models_path=a.esrgan_models_path,
     )

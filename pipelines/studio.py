@@ -57,6 +57,7 @@ class Studio:
         self.engine = engine
         self.hardware = hardware
         self.controlnet = ControlNets(settings.models_dir, settings.controlnet_hub, runner, engine,
+                                      root=settings.controlnet_dir,
                                       hub_endpoint=settings.hub_endpoint)
         self.styles = StyleStore(settings.styles_file)  # saved prompt styles (styles.csv)
         self._lock = threading.RLock()
@@ -71,7 +72,7 @@ class Studio:
 
     # -- models ----------------------------------------------------------------------------------
     def refresh_models(self) -> list[CheckpointInfo]:
-        found = discovery.scan(self.settings.models_dir, self.settings.hub_models)
+        found = discovery.scan(self.settings.models_dir, self.settings.hub_models, root=self.settings.checkpoints_dir)
         with self._lock:
             self._models = found
             if self._current not in {m.name for m in found}:
@@ -320,15 +321,16 @@ class Studio:
     def upscaler_names(self) -> list[str]:
         from extensions import upscalers  # loads torch: only when asked
 
-        return [u.name for u in upscalers.all_upscalers(self.settings.models_dir)]
+        return [u.name for u in upscalers.all_upscalers(self.settings.models_dir, self.settings.esrgan_models_path)]
 
     def _check_upscaler(self, name: str) -> None:
         from extensions import upscalers
 
         try:
-            upscalers.get_upscaler(name, self.settings.models_dir)
+            upscalers.get_upscaler(name, self.settings.models_dir, self.settings.esrgan_models_path)
         except ValueError as e:
-            raise BadRequest(f"{e}. Put ESRGAN-family models into {self.settings.models_dir / 'ESRGAN'}.") from None
+            where = self.settings.esrgan_models_path or self.settings.models_dir / "ESRGAN"
+            raise BadRequest(f"{e}. Put ESRGAN-family models into {where}.") from None
 
     def _upscale_target(self, params: BaseModel, image: Any) -> tuple[int, int]:
         from pipelines.engine.upscale import check_target

@@ -195,22 +195,27 @@ def test_folder_hash_is_the_unet_weights(models):
     assert ensure_hash(CheckpointInfo(name="x/y", source="hub", hub_id="x/y")) is None  # not downloaded
 
 
-def test_resolve_model_path_refuses_escapes(models, tmp_path):
-    root = (models / "Stable-diffusion").resolve()
-    assert resolve_model_path(models, "sd1/dreamy_v3.safetensors") == root / "sd1" / "dreamy_v3.safetensors"
-    assert resolve_model_path(models, "sd1\\dreamy_v3.safetensors") == root / "sd1" / "dreamy_v3.safetensors"
-    for bad in ("../secret.safetensors", "sd1/../../x", "/etc/passwd", "C:\\models\\x.ckpt", ""):
-        with pytest.raises(ValueError):
-            resolve_model_path(models, bad)
+def test_names_are_checked_and_owner_symlinks_are_followed(models, tmp_path):
+    root = models / "Stable-diffusion"
+    assert resolve_model_path(root, "sd1/dreamy_v3.safetensors") == root / "sd1" / "dreamy_v3.safetensors"
+    assert resolve_model_path(root, "sd1\\dreamy_v3.safetensors") == root / "sd1" / "dreamy_v3.safetensors"
+    for bad in ("../secret.safetensors", "sd1/../../x", "/etc/passwd", "C:\\models\\x.ckpt", "", "a\x00b"):
+        with pytest.raises(ValueError, match="invalid"):
+            resolve_model_path(root, bad)
 
-    outside = tmp_path / "outside.safetensors"
-    shutil.copy(models / "Stable-diffusion" / "sd1" / "dreamy_v3.safetensors", outside)
+    # a file and a folder the owner linked in from a shared tree are listed and classified like local ones
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shutil.copy(root / "sd1" / "dreamy_v3.safetensors", shared / "outside.safetensors")
+    (shared / "more").mkdir()
+    shutil.copy(root / "sd1" / "dreamy_v3.safetensors", shared / "more" / "deep.safetensors")
+    (shared / "more" / "loop").symlink_to(shared, target_is_directory=True)  # a link loop ends
     (tmp_path / "Stable-diffusion").mkdir()
-    (tmp_path / "Stable-diffusion" / "link.safetensors").symlink_to(outside)
-    with pytest.raises(ValueError, match="outside"):
-        resolve_model_path(tmp_path, "link.safetensors")
-    [info] = scan(tmp_path)
-    assert info.family == "unknown" and "outside" in info.error
+    (tmp_path / "Stable-diffusion" / "link.safetensors").symlink_to(shared / "outside.safetensors")
+    (tmp_path / "Stable-diffusion" / "linked-dir").symlink_to(shared / "more", target_is_directory=True)
+    infos = {i.name: i for i in scan(tmp_path)}
+    assert set(infos) == {"link.safetensors", "linked-dir/deep.safetensors", "linked-dir/loop/outside.safetensors"}
+    assert all(i.family == "sd15" and not i.error for i in infos.values()), infos
 
 
 def _fake_hf_cache(cache: Path, repo_id: str, folder: Path) -> Path:

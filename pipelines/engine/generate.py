@@ -91,9 +91,10 @@ class Engine:
                  hash_cache: Path | None = None, rng: str = "cpu", preview_every: int = 5,
                  models_dir: Path = Path("models"), hub_endpoint: str | None = None, memory_mode: str = "high",
                  oom_retry: bool = False, channels_last: bool = False, compile_unet: bool = False,
-                 preview_decoder: str = "auto", compile_backend: str = "inductor"):
+                 preview_decoder: str = "auto", compile_backend: str = "inductor", esrgan_dir: Path | None = None):
         self.hw = hardware
         self.models_dir = Path(models_dir)
+        self.esrgan_dir = esrgan_dir  # --esrgan-models-path (None: models/ESRGAN)
         self.hash_cache = hash_cache
         self.manager = manager
         self.writer = writer

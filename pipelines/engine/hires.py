@@ -108,7 +108,7 @@ class HiresPlan(Txt2ImgPlan):
                 run.keep += list(zip(output, seeds))
             from extensions import upscalers
 
-            up = upscalers.get_upscaler(p.hr_upscaler, engine.models_dir)
+            up = upscalers.get_upscaler(p.hr_upscaler, engine.models_dir, engine.esrgan_dir)
             ext = engine.extension_context(ctx)
             scale = max(tw / r.width, th / r.height)
             image = [imageops.resize_image(up.upscale(img, scale, ext), tw, th, "Crop and resize") for img in output]

@@ -47,7 +47,7 @@ def check_target(size: tuple[int, int], p: dict) -> tuple[int, int]:
 
 def _enlarge(engine: "Engine", ctx: "JobContext", image: Image.Image, name: str, size: tuple[int, int]) -> Image.Image:
     """The image at `size` through upscaler `name` ("None" resamples with Lanczos: the redraw needs the size)."""
-    up = upscalers.get_upscaler("Lanczos" if name == "None" else name, engine.models_dir)
+    up = upscalers.get_upscaler("Lanczos" if name == "None" else name, engine.models_dir, engine.esrgan_dir)
     scale = max(size[0] / image.width, size[1] / image.height)
     big = up.upscale(image, scale, engine.extension_context(ctx))
     return imageops.resize_image(big, *size, "Crop and resize") if big.size != size else big
