@@ -22,10 +22,14 @@ def build_app(settings: Settings):
     import gradio as gr
     from fastapi import FastAPI
 
+    from pipelines import first_run
     from pipelines.engine import devices, memory
     from pipelines.engine.generate import Engine
     from pipelines.engine.manager import ModelManager
     from pipelines.jobs import JobRunner
+    from pipelines.networks.embeddings import Embeddings
+    from pipelines.networks.loras import LoraLibrary
+    from pipelines.networks.vaes import VaeLibrary
     from pipelines.outputs import OutputWriter
     from pipelines.studio import Studio
     from ui.api import build_api
@@ -48,6 +52,9 @@ def build_app(settings: Settings):
     manager = ModelManager(device=hw.device, device_budget=device_budget, cpu_budget=ram_budget)
     mode, why = memory.pick_mode(settings.memory, hw)
     log.info("memory mode: %s (%s): %s", mode, why, memory.DESCRIPTIONS[mode])
+    loras = LoraLibrary(settings.folders.lora, settings.cache_dir / "hashes.json")
+    embeddings = Embeddings(settings.folders.embeddings, settings.cache_dir / "hashes.json")
+    vaes = VaeLibrary(settings.folders, settings.cache_dir / "hashes.json")
     engine = Engine(hw, manager, writer, config_root=settings.cache_dir / "configs",
                     hash_cache=settings.cache_dir / "hashes.json", rng=settings.rng, models_dir=settings.models_dir,
                     preview_every=settings.preview_every, hub_endpoint=settings.hub_endpoint,
@@ -55,9 +62,13 @@ def build_app(settings: Settings):
                     channels_last=settings.channels_last if settings.channels_last is not None
                     else hw.device.type == "cuda",
                     compile_unet=settings.compile, preview_decoder=settings.preview_decoder,
-                    esrgan_dir=settings.esrgan_models_path)
+                    esrgan_dir=settings.esrgan_models_path, loras=loras,
+                    embeddings=embeddings, vaes=vaes, checkpoints_dir=settings.checkpoints_dir)
     runner = JobRunner(max_queued_per_owner=settings.max_queued_per_client).start()
-    studio = Studio(settings, runner, engine, hardware=hw.describe())
+    # the hardware facts the first-run choice (the hub model offered while nothing is local) depends on
+    machine = first_run.Machine(hw.device.type, hw.total_memory, fp16=str(hw.dtype) == "torch.float16")
+    studio = Studio(settings, runner, engine, hardware=hw.describe(), loras=loras, embeddings=embeddings,
+                    vaes=vaes, machine=machine)
     log.info("device: %s", hw.describe())
 
     app = FastAPI(title="Stable Diffusion studio", docs_url="/docs" if settings.api else None)

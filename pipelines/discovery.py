@@ -13,7 +13,8 @@ Family rules (same keys diffusers' `infer_diffusers_model_type` looks at):
 - Inpainting: the UNet's first conv (`input_blocks.0.0.weight`) takes 9 input channels instead of 4.
 - SD 2.x epsilon vs v-prediction: an A1111-style sidecar `<stem>.yaml` decides (`parameterization: "v"`);
   without one, diffusers' rule is used (`global_step == 875000` -> epsilon, the 512 "base" models), then
-  the file name ("512"/"base" -> epsilon), else v-prediction 768 px like diffusers' default for SD 2.
+  the file name ("512"/"base"/"turbo" -> epsilon; SD-Turbo is a 512 px epsilon distillation), else v-prediction
+  768 px like diffusers' default for SD 2.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from pipelines.folders import check_name, walk
 log = logging.getLogger("studio.discovery")
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt")
+VAE_SUFFIXES = (".vae.safetensors", ".vae.pt", ".vae.ckpt")  # a VAE beside its checkpoint: not a checkpoint (A1111)
 UNET = "model.diffusion_model."
 
 
@@ -77,6 +79,7 @@ HUB_FAMILIES: dict[str, tuple[str, int | None]] = {
     "stabilityai/stable-diffusion-2-inpainting": ("sd2-inpaint", None),
     "stabilityai/stable-diffusion-xl-base-1.0": ("sdxl", None),
     "stabilityai/sdxl-turbo": ("sdxl", 512),
+    "stabilityai/sd-turbo": ("sd2", None),  # SD 2.1 distilled (ADD): 512 px, epsilon, 1-4 steps without CFG
     "diffusers/stable-diffusion-xl-1.0-inpainting-0.1": ("sdxl-inpaint", None),
 }
 
@@ -204,7 +207,7 @@ def _is_v_parameterization(yaml_text: str | None, global_step: int | None, name:
         return re.search(r"""^\s*parameterization:\s*["']?v["']?\s*(#.*)?$""", yaml_text, re.M) is not None
     if global_step == 875000:  # diffusers: SD 2.x "base" checkpoints (epsilon, 512 px)
         return False
-    return not re.search(r"512|base", PurePosixPath(name).stem, re.IGNORECASE)
+    return not re.search(r"512|base|turbo", PurePosixPath(name).stem, re.IGNORECASE)
 
 
 def classify_weights(shapes: Mapping[str, Sequence[int]], *, global_step: int | None = None,
@@ -299,6 +302,24 @@ def detect_family(path: Path) -> tuple[str, int, bool]:
     sidecar = path.with_suffix(".yaml")
     yaml_text = sidecar.read_text(encoding="utf-8", errors="replace") if sidecar.is_file() else None
     return classify_weights(header.shapes, global_step=header.global_step, yaml_text=yaml_text, name=path.name)
+
+
+FAMILY_CONTEXT = {"sd15": 768, "sd15-inpaint": 768, "sd2": 1024, "sd2-v": 1024, "sd2-inpaint": 1024, "sdxl": 2048,
+                  "sdxl-inpaint": 2048}
+
+
+def context_width(info: CheckpointInfo) -> int | None:
+    """The width of the checkpoint's cross-attention (what a LoRA's attn2.to_k layers must take): from the UNet
+    config of a folder, the weights' header of a file, else the family's (a hub id not downloaded yet)."""
+    try:
+        if info.path is not None and Path(info.path).is_dir():
+            width = _read_json(Path(info.path) / "unet" / "config.json").get("cross_attention_dim")
+            return int(width) if isinstance(width, int) else None
+        if info.path is not None:
+            return _cross_attention_width(read_header(Path(info.path)).shapes)
+    except (OSError, ValueError):
+        return None
+    return FAMILY_CONTEXT.get(info.family)
 
 
 # ---------------------------------------------------------------- hashes
@@ -456,7 +477,8 @@ def scan(models_dir: Path, hub_ids: Sequence[str] = (), *, hub_cache: Path | Non
     """
     root = Path(root) if root is not None else models_root(models_dir)
     hash_cache = hash_cache if hash_cache is not None else default_hash_cache(models_dir)
-    infos = [_inspect_local(root, p, hash_cache) for p in walk_models(root)] if root.is_dir() else []
+    infos = [_inspect_local(root, p, hash_cache) for p in walk_models(root)
+             if not p.name.lower().endswith(VAE_SUFFIXES)] if root.is_dir() else []
     infos += [_inspect_hub(h, hub_cache, hash_cache) for h in dict.fromkeys(hub_ids)]
     return sorted(infos, key=lambda i: (i.name.lower(), i.name))
 

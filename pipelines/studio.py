@@ -14,14 +14,19 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from pydantic import BaseModel, ValidationError
 
-from pipelines import discovery, imageops, outputs
+from pipelines import discovery, first_run, imageops, outputs
 from pipelines.advisor import rules as advisor
 from pipelines.advisor.prompt_builder import StyleStore
 from pipelines.advisor.prompt_rules import clip_token_counter
 from pipelines.control_service import ControlError, ControlNets
 from pipelines.discovery import CheckpointInfo
 from pipelines.errors import BadRequest
+from pipelines.hub import HubSizes
 from pipelines.jobs import Job, JobRunner
+from pipelines.networks import listing, tags
+from pipelines.networks.embeddings import Embeddings
+from pipelines.networks.loras import LoraInfo, LoraLibrary, incompatibility
+from pipelines.networks.vaes import VaeFile, VaeLibrary
 from pipelines.params.specs import (
     LATENT_UPSCALERS,
     ExtrasParams,
@@ -51,8 +56,20 @@ def describe_validation(e: ValidationError) -> str:
 
 
 class Studio:
-    def __init__(self, settings: Settings, runner: JobRunner, engine: "Engine", *, hardware: str = ""):
+    def __init__(self, settings: Settings, runner: JobRunner, engine: "Engine", *, hardware: str = "",
+                 loras: LoraLibrary | None = None, embeddings: Embeddings | None = None,
+                 vaes: VaeLibrary | None = None, machine: first_run.Machine | None = None):
         self.settings = settings
+        # the hardware facts (app.py): the hub model that suits it is offered, and chosen while nothing is local
+        self.machine = machine
+        self.hub_sizes = HubSizes(settings.hub_endpoint)  # download sizes of hub ids, asked once each
+        # the VAE files sd_vae may name (app.py gives the engine the same listing)
+        self.vaes = vaes if vaes is not None else VaeLibrary(settings.folders, settings.cache_dir / "hashes.json")
+        # textual-inversion embeddings: the listing the engine reads vectors from (app.py gives the same one to both)
+        self.textual_inversion = embeddings if embeddings is not None else Embeddings(
+            settings.folders.embeddings, settings.cache_dir / "hashes.json")
+        # the LoRA / LyCORIS listing the engine applies from (app.py builds one and gives it to both)
+        self.loras = loras if loras is not None else LoraLibrary(settings.folders.lora, settings.cache_dir / "hashes.json")
         self.runner = runner
         self.engine = engine
         self.hardware = hardware
@@ -63,23 +80,38 @@ class Studio:
         self._lock = threading.RLock()
         self._models: list[CheckpointInfo] = []
         self._current: str | None = None
+        self._chosen = False  # the current model was asked for (--ckpt, a switch), not picked by refresh_models
         self._count_tokens: Callable[[str], int] | None = None  # the advisor's CLIP token counter, on first use
+        self._context_widths: dict[tuple[Any, ...], int | None] = {}  # per checkpoint file: a .ckpt is slow to read
         self._options: dict[str, Any] = {"CLIP_stop_at_last_layers": 1, "samples_format": "png",
-                                          "outdir_samples": str(settings.outputs_dir)}
+                                          "outdir_samples": str(settings.outputs_dir), "sd_vae": "Automatic"}
         self.refresh_models()
         if settings.ckpt:
-            self._current = self.find_model(settings.ckpt).name
+            self._current, self._chosen = self.find_model(settings.ckpt).name, True
 
     # -- models ----------------------------------------------------------------------------------
+    def hub_ids(self) -> tuple[str, ...]:
+        """The hub ids listed: --hub-model's (or the defaults), plus the one that suits this machine."""
+        recommended = (self.machine.recommended,) if self.machine is not None else ()
+        return tuple(dict.fromkeys((*self.settings.hub_models, *recommended)))
+
     def refresh_models(self) -> list[CheckpointInfo]:
-        found = discovery.scan(self.settings.models_dir, self.settings.hub_models, root=self.settings.checkpoints_dir)
+        found = discovery.scan(self.settings.models_dir, self.hub_ids(), root=self.settings.checkpoints_dir)
         with self._lock:
             self._models = found
-            if self._current not in {m.name for m in found}:
+            current = next((m for m in found if m.name == self._current), None)
+            # a hub model picked on the first run gives way to a checkpoint put into the folder since
+            first_run_pick = current is not None and current.source == "hub" and current.path is None and not self._chosen
+            if current is None or first_run_pick:
+                # a local checkpoint; else a hub model already downloaded; else the one that suits this machine
                 local = [m for m in found if m.source != "hub" and not m.error]
-                pool = local or found
+                cached = [m for m in found if m.source == "hub" and m.path is not None and not m.error]
+                recommended = [m for m in found if self.machine is not None and m.name == self.machine.recommended]
+                pool = local or cached or recommended or found
                 self._current = pool[0].name if pool else None
         log.info("%d checkpoints (%d local)", len(found), sum(m.source != "hub" for m in found))
+        self.loras.refresh()  # the refresh button re-scans the other model folders too
+        self.vaes.refresh()
         return found
 
     def models(self) -> list[CheckpointInfo]:
@@ -115,7 +147,7 @@ class Studio:
         def switch(ctx: Any) -> str:
             self.engine.warm(ctx, info)
             with self._lock:
-                self._current = info.name
+                self._current, self._chosen = info.name, True
             return info.name
 
         return self.runner.submit(switch, kind="load-model", owner=owner)
@@ -125,7 +157,56 @@ class Studio:
         info = self.find_model(name) if name else self.current_model()
         if info.error:
             raise BadRequest(f"{info.name} cannot be used: {info.error}")
+        if info.source == "hub" and self.settings.hub_endpoint is None and not self.downloaded(info):
+            raise BadRequest(first_run.offline_text(info.name, self.checkpoints_folder()))
         return info
+
+    # -- first run: a hub model not downloaded yet ---------------------------------------------------
+    def checkpoints_folder(self) -> str:
+        """Where checkpoints go (models/Stable-diffusion, or --ckpt-dir), as an absolute path to show."""
+        return str(Path(self.settings.checkpoints_dir).absolute())
+
+    @staticmethod
+    def downloaded(info: CheckpointInfo) -> bool:
+        """A local file or folder, or a hub id whose snapshot is in the Hugging Face cache (one fetched since the
+        list was made included)."""
+        if info.source != "hub" or info.path is not None:
+            return True
+        return discovery.hub_cached_folder(info.hub_id or info.name) is not None
+
+    def first_run(self, name: str | None = None) -> dict[str, Any]:
+        """What a first Generate with `name` (default: the current model) involves: for a hub id not downloaded
+        yet, how much will be downloaded (the files the loader selects, sizes from the Hub, asked once), or,
+        offline, where to put a checkpoint instead. `notice` is the sentence the UI shows ("" when there is
+        nothing to say). `GET /studio/v1/first-run` answers this."""
+        folder = self.checkpoints_folder()
+        models = self.models()
+        answer: dict[str, Any] = {
+            "model": None, "source": None, "downloaded": None, "offline": self.settings.hub_endpoint is None,
+            "checkpoints_dir": folder, "accepted": [".safetensors", ".ckpt", "diffusers folder (with model_index.json)"],
+            "local_checkpoints": sum(m.source != "hub" for m in models),
+            "recommended": self.machine.recommended if self.machine is not None else None,
+            "machine": dataclasses.asdict(self.machine) if self.machine is not None else None,
+            "download": None, "notice": "",
+        }
+        if name:
+            info = self.find_model(name)
+        else:
+            try:
+                info = self.current_model()
+            except BadRequest:  # nothing listed at all (no local checkpoint, no hub id)
+                answer["notice"] = first_run.no_model_text(folder)
+                return answer
+        answer.update(model=info.name, source=info.source, downloaded=self.downloaded(info))
+        if answer["downloaded"] or info.error:
+            return answer
+        if answer["offline"]:
+            answer["notice"] = first_run.offline_text(info.name, folder)
+            return answer
+        size = self.hub_sizes.size(info.hub_id or info.name, fp16=self.machine.fp16 if self.machine else False)
+        answer["download"] = size.to_dict()
+        answer["notice"] = first_run.download_text(info.name, size.text, size.error)
+        return answer
 
     def hint_context(self, info: CheckpointInfo | None = None) -> HintContext:
         try:
@@ -133,7 +214,106 @@ class Studio:
         except BadRequest:
             return HintContext()
         family = info.family if info.family != "unknown" else "sd15"
-        return HintContext(family=family, native=info.native or 512, distilled=info.distilled)
+        half = str(getattr(getattr(self.engine, "hw", None), "dtype", "")) == "torch.float16"
+        return HintContext(family=family, native=info.native or 512, distilled=info.distilled, half=half,
+                           vaes=tuple(v.name for v in self.vaes.list()))
+
+    # -- VAEs (A1111's sd_vae) ------------------------------------------------------------------------
+    def vae_list(self, refresh: bool = False) -> list[VaeFile]:
+        return self.vaes.refresh() if refresh else self.vaes.list()
+
+    def vae_names(self) -> list[str]:
+        """What sd_vae may be: Automatic, None and every listed VAE."""
+        return self.vaes.names()
+
+    def check_vae(self, name: Any) -> str:
+        """A sd_vae value's canonical spelling; BadRequest naming the available VAEs for one not listed."""
+        try:
+            return self.vaes.check(name)
+        except ValueError as e:
+            raise BadRequest(str(e)) from None
+
+    def vae_option(self) -> str:
+        """The sd_vae option: the VAE of jobs that name none (the UI's VAE dropdown sets it)."""
+        with self._lock:
+            return str(self._options.get("sd_vae") or "Automatic")
+
+    def job_vae(self, params: BaseModel) -> BaseModel:
+        """The request with its VAE settled before it is queued: none given is the sd_vae option (as it is now),
+        a name is checked against the list (BadRequest naming the available ones). The engine picks the file."""
+        if "sd_vae" not in type(params).model_fields:
+            return params
+        given = params.sd_vae
+        name = self.check_vae(given if given not in (None, "") else self.vae_option())
+        return params if name == given else params.model_copy(update={"sd_vae": name})
+
+    # -- textual-inversion embeddings -----------------------------------------------------------------
+    def embeddings(self) -> dict[str, dict[str, dict[str, Any]]]:
+        """A1111's `GET /sdapi/v1/embeddings` for the current checkpoint: "loaded" (usable with its text encoders)
+        and "skipped" (each with the reason). Without a checkpoint every readable one counts as loaded."""
+        try:
+            dims = self.textual_inversion.te_dims(self.current_model())
+        except BadRequest:
+            dims = None
+        return self.textual_inversion.split(dims)
+
+    def refresh_embeddings(self) -> None:
+        self.textual_inversion.refresh()
+
+    # -- LoRA / LyCORIS ---------------------------------------------------------------------------
+    def lora_list(self, refresh: bool = False) -> list[LoraInfo]:
+        return self.loras.refresh() if refresh else self.loras.list()
+
+    def check_loras(self, params: BaseModel, info: CheckpointInfo) -> None:
+        """Every `<lora:...>` tag of the request's prompts names a listed file made for this checkpoint's family;
+        BadRequest naming the tag otherwise (checked before the job is queued)."""
+        prompts = [getattr(params, "prompt", "")]
+        if getattr(params, "enable_hr", False):
+            prompts.append(getattr(params, "hr_prompt", ""))
+        context = None
+        for prompt in prompts:
+            for tag in tags.parse(prompt or "").loras:
+                lora = self.loras.find(tag.name)
+                if lora is None:
+                    listed = ", ".join(i.name for i in self.loras.list()[:20]) or "none"
+                    raise BadRequest(f"Unknown LoRA '{tag.name}' in {tag.text}. Listed: {listed}. Put LoRA files "
+                                     f"into {self.settings.folders.lora[0]} and refresh.")
+                if lora.error:
+                    raise BadRequest(f"LoRA '{tag.name}' cannot be used: {lora.error}")
+                context = context if context is not None else self.context_width(info)
+                if why := incompatibility(lora, info.family, context):
+                    raise BadRequest(f"LoRA '{tag.name}' does not fit {info.name}: {why}.")
+
+    def context_width(self, info: CheckpointInfo) -> int | None:
+        """`discovery.context_width`, remembered per checkpoint file (size and mtime)."""
+        key: tuple[Any, ...] = (info.name, info.family, str(info.path))
+        try:
+            if info.path is not None:
+                st = info.path.stat()
+                key += (st.st_size, st.st_mtime_ns)
+        except OSError:
+            pass
+        with self._lock:
+            if key in self._context_widths:
+                return self._context_widths[key]
+        width = discovery.context_width(info)
+        with self._lock:
+            self._context_widths[key] = width
+        return width
+
+    # -- the Networks panel and the advisor: everything listed, judged against a checkpoint --------------------
+    def networks(self, model: str | None = None, *, checkpoints: bool = True) -> listing.Networks:
+        """The LoRAs, embeddings and checkpoints listed (`checkpoints=False`: not those, which the advisor does not
+        need), each with why it does not fit `model` (default: the current checkpoint; an unknown name or no
+        checkpoint at all: nothing is judged)."""
+        try:
+            info: CheckpointInfo | None = self.find_model(model) if model else self.current_model()
+        except BadRequest:
+            info = None
+        context = self.context_width(info) if info is not None else None
+        te_dims = self.textual_inversion.te_dims(info) if info is not None else None
+        return listing.describe(info, self.loras.list(), context, self.textual_inversion.list(), te_dims,
+                                self.models() if checkpoints else [], self.settings.folders.lora[0])
 
     # -- advice ----------------------------------------------------------------------------------
     def advise(self, values: Mapping[str, Any], mode: str = "txt2img", model: str | None = None) -> tuple[
@@ -143,7 +323,10 @@ class Studio:
         if mode not in advisor.MODES:
             raise BadRequest(f"mode: {mode!r} is not one of {', '.join(advisor.MODES)}")
         info = self.find_model(model) if model else None
-        ctx = dataclasses.replace(self.hint_context(info), mode=mode)
+        ctx = dataclasses.replace(self.hint_context(info), mode=mode,
+                                  networks=self.networks(model, checkpoints=False))
+        if values.get("sd_vae") in (None, ""):  # the VAE the job would get: the sd_vae option
+            values = {**values, "sd_vae": self.vae_option()}
         return ctx, advisor.check(values, ctx, self.count_tokens)
 
     def count_tokens(self, text: str) -> int:
@@ -187,6 +370,8 @@ class Studio:
             params = self.parse_txt2img(params)
         info = self.usable_model(model)
         self._check_size(params, info)
+        self.check_loras(params, info)
+        params = self.job_vae(params)
         if params.enable_hr and params.hr_upscaler not in LATENT_UPSCALERS:
             self._check_upscaler(params.hr_upscaler)
         controls = self._controls(params, info, has_input=False)
@@ -197,7 +382,7 @@ class Studio:
     def sweep_lists(self) -> dict[str, Any]:
         """The choice lists a sweep axis may need beyond the specs' own (read only when that axis is used)."""
         return {"checkpoint": lambda: [m.name for m in self.models() if not m.error],
-                "hr_upscaler": lambda: [*LATENT_UPSCALERS, *self.upscaler_names()[1:]]}
+                "hr_upscaler": lambda: [*LATENT_UPSCALERS, *self.upscaler_names()[1:]], "vae": self.vae_names}
 
     def sweep_choices(self, axis: str) -> list[str]:
         """Every value of a choice axis (sampler, checkpoint...); [] for other axes."""
@@ -234,6 +419,8 @@ class Studio:
             params = self.parse_txt2img(cell.params)
             info = self.usable_model(cell.checkpoint)
             self._check_size(params, info)
+            self.check_loras(params, info)
+            params = self.job_vae(params)
         except BadRequest as e:
             raise BadRequest(f"{plan.describe(cell)}: {e}") from None
         return params, info
@@ -273,6 +460,8 @@ class Studio:
         params = params.model_copy(update={"enable_hr": True, "batch_size": 1, "n_iter": 1, "width": image.width,
                                            "height": image.height, "controlnet": []})
         self._check_size(params, info)
+        self.check_loras(params, info)
+        params = self.job_vae(params)
         return self.runner.submit(lambda ctx: self.engine.hires_fix(ctx, params, info, image), kind="hires-fix",
                                   owner=owner)
 
@@ -292,6 +481,8 @@ class Studio:
                                  "leaves nothing to repaint.")
         w, h = imageops.output_size(image.size, params.width, params.height, params.scale_by, info.native)
         self._check_size(params.model_copy(update={"width": w, "height": h}), info)
+        self.check_loras(params, info)
+        params = self.job_vae(params)
         controls = self._controls(params, info, has_input=True)
         kind = "inpaint" if mask is not None else "img2img"
         return self.runner.submit(lambda ctx: self.engine.img2img(ctx, params, info, image, mask, controls),
@@ -367,6 +558,8 @@ class Studio:
             params = self.parse_sd_upscale(params)
         self._check_image(image)
         info = self.usable_model(model)
+        self.check_loras(params, info)
+        params = self.job_vae(params)
         self._check_upscaler(params.upscaler_1)
         w, h = self._upscale_target(params, image)
         if params.tile_width > w or params.tile_height > h:
@@ -410,6 +603,8 @@ class Studio:
         return opts
 
     def set_options(self, values: Mapping[str, Any]) -> Job | None:
+        if "sd_vae" in values:  # checked before anything changes: BadRequest naming the available VAEs
+            values = {**values, "sd_vae": self.check_vae(values["sd_vae"])}
         job = None
         if values.get("sd_model_checkpoint"):
             job = self.select_model(str(values["sd_model_checkpoint"]))

@@ -89,6 +89,10 @@ def test_rules_are_listed_with_examples(server):
     assert contradiction["example"]["negative_prompt"] == "blue jacket" and "denim" in contradiction["why"]
     # each example, sent back, triggers its rule
     for r in rules:
+        # their examples need such files in the model folders, or an SDXL model in fp16: tests/test_networks_advice.py
+        # and tests/test_vae.py trigger those
+        if r["id"] in ("lora-family", "embedding-family", "sdxl-vae-fp16"):
+            continue
         mode = r["modes"][0]
         found = check(server, {"mode": mode, "settings": r["example"], "model": "tiny-sd15"}).json()
         assert r["id"] in {f["rule"] for f in found["findings"]}, (r["id"], found)

@@ -4,7 +4,8 @@ names that try to leave the models folder, pickles that carry code, and Gradio's
 One server is shared by the module, started with a UI login (--auth), a separate API login (--api-auth) and a
 2 MB body limit. Its models folder holds the tiny SD 1.5 model, code-carrying pickles (a checkpoint, an ESRGAN
 upscaler, a ControlNet) whose payload would create a marker file, and a symlink to a valid model kept OUTSIDE
-the models folder, which no name (relative, absolute, encoded) may select.
+the models folder. The owner's link is listed under its own name (shared model folders), but no other name
+(relative, absolute, encoded, through the link) may select what lies outside.
 Covered elsewhere: Settings defaults (127.0.0.1 unless --listen) in test_settings.py; the API under --auth
 alone in test_api.py::test_auth; weights_only loading in test_discovery.py, test_controlnet_models.py and
 test_upscalers.py (in-process); resolve_model_path in test_discovery.py.
@@ -176,7 +177,8 @@ NAMES = ["../../../etc/passwd", "/etc/passwd", "..\\..\\x.safetensors", "models/
          "%2e%2e%2f%2e%2e%2fetc%2fpasswd", "..%2F..%2Foutside%2Ftiny-outside", "tiny-sd15\x00/../../etc/passwd",
          "\x00", "file:///etc/passwd", "http://127.0.0.1/x.safetensors",
          "../../outside/tiny-outside", "tiny-sd15/../../../outside/tiny-outside", "{outside}",
-         "{outside}/model_index.json", "linked", "linked/unet", "evil.ckpt/../tiny-sd15/../../../outside/tiny-outside"]
+         "{outside}/model_index.json", "linked/unet", "linked/../../../outside/tiny-outside",
+         "evil.ckpt/../tiny-sd15/../../../outside/tiny-outside"]
 
 
 def name_requests(name: str) -> dict[str, tuple[str, dict]]:
@@ -215,7 +217,9 @@ def test_names_cannot_leave_the_models_folder(server, root, name):
         assert set(err) == {"error", "detail"} and err["detail"], (where, err)
     assert_serving(server)  # still the listed model
     listed = [m["filename"] for m in api(server, "GET", "/sdapi/v1/sd-models").json()]
-    assert not any("outside" in str(f) or "linked" in str(f) for f in listed), listed
+    assert not any("outside" in str(f) for f in listed), listed
+    # the owner's symlink is followed and listed under its own name (shared model folders); nothing else is
+    assert any(str(f).endswith("Stable-diffusion/linked") for f in listed), listed
     assert not (root / "code-ran").exists()
 
 

@@ -124,8 +124,10 @@ def test_values_are_checked_against_the_specs():
     assert len(plan(("Var. seed", "1, 2"), ("Var. strength", "0.1, 0.5")).cells) == 4
     with pytest.raises(ValueError, match="Steps is on two axes"):
         plan(("Steps", "2, 3"), ("Steps", "4"))
-    with pytest.raises(ValueError, match=r"Z axis: axis type 'VAE' is not supported"):
-        plan(("Steps", "2"), ("Nothing", ""), ("VAE", "a"))
+    with pytest.raises(ValueError, match=r"Z axis: axis type 'Styles' is not supported"):
+        plan(("Steps", "2"), ("Nothing", ""), ("Styles", "a"))
+    with pytest.raises(ValueError, match=r"Z axis \(VAE\): 'a' is not a known vae; choose from: Automatic, None"):
+        plan(("Steps", "2"), ("Nothing", ""), ("VAE", "a"), lists={"vae": lambda: ["Automatic", "None"]})
 
 
 def test_choice_values_are_canonical_and_applied():

@@ -58,8 +58,9 @@ def newest(folder) -> list:
 
 
 def editor_position(page, size: tuple[int, int]) -> dict:
-    """Where the editor's image of `size` lies on screen: it is shown centred in the canvas at the displayed zoom
-    (read once the fit-to-canvas zoom has settled: it changes while the image texture loads)."""
+    """Where the editor's image of `size` lies in the canvas: it is shown centred in the canvas at the displayed
+    zoom (read once the fit-to-canvas zoom has settled: it changes while the image texture loads). Offsets from the
+    canvas' corner, as the page may scroll before the stroke is drawn (`paint` finds the canvas on screen then)."""
     expect(page.locator("#inpaint-editor").get_by_text("Upload or paste an image")).to_be_hidden(timeout=15_000)
     zoom = page.locator("#inpaint-editor").get_by_text(re.compile(r"^\d+%$"))
     expect(zoom).to_be_visible()
@@ -72,8 +73,8 @@ def editor_position(page, size: tuple[int, int]) -> dict:
     wait_for(settled, timeout=30, interval=0.25, what="the editor's zoom to settle")
     scale = int(seen[-1].rstrip("%")) / 100
     box = page.locator("#inpaint-editor canvas").first.bounding_box()
-    return dict(left=box["x"] + box["width"] / 2 - size[0] * scale / 2,
-                top=box["y"] + box["height"] / 2 - size[1] * scale / 2, scale=scale)
+    return dict(left=box["width"] / 2 - size[0] * scale / 2, top=box["height"] / 2 - size[1] * scale / 2,
+                scale=scale)
 
 
 def load_editor(page, path) -> dict:
@@ -98,7 +99,11 @@ def load_editor(page, path) -> dict:
 def paint(page, where: dict, start: tuple[float, float], end: tuple[float, float]) -> None:
     """A brush stroke between two points in image pixels, drawn with the mouse (the editor joins the points;
     few moves, as each one re-renders the canvas, which is slow in a software-rendered headless browser)."""
-    to_screen = lambda x, y: (where["left"] + x * where["scale"], where["top"] + y * where["scale"])  # noqa: E731
+    canvas = page.locator("#inpaint-editor canvas").first
+    canvas.scroll_into_view_if_needed()  # mouse events land only inside the viewport
+    box = canvas.bounding_box()
+    to_screen = lambda x, y: (box["x"] + where["left"] + x * where["scale"],  # noqa: E731
+                              box["y"] + where["top"] + y * where["scale"])
     page.mouse.move(*to_screen(*start))
     page.mouse.down()
     page.mouse.move(*to_screen((start[0] + end[0]) / 2, (start[1] + end[1]) / 2))

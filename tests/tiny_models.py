@@ -172,3 +172,46 @@ def build_controlnet(unet_source_dir: Path, out: Path, *, single_file: bool = Fa
     save_file(to_original_layout(state) if original_layout else state, str(out))
     out.with_suffix(".json").write_text(controlnet.to_json_string(), encoding="utf-8")
     return out
+
+
+_VAE_ATTENTION = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
+
+
+def vae_to_original_layout(state_dict: dict) -> dict:
+    """A diffusers AutoencoderKL state dict renamed to the original (LDM) layout VAE files are shared in
+    (vae-ft-mse-840000-ema-pruned.safetensors): the inverse of diffusers' `convert_ldm_vae_checkpoint`. The mid-block
+    attention's linear weights become 1x1 convolutions, as the original layout stores them."""
+    ups = 1 + max(int(m[1]) for k in state_dict if (m := re.match(r"decoder\.up_blocks\.(\d+)\.", k)))
+    out = {}
+    for key, value in state_dict.items():
+        new = key
+        if m := re.fullmatch(r"(encoder|decoder)\.mid_block\.attentions\.0\.(group_norm|to_q|to_k|to_v|to_out\.0)\.(\w+)",
+                             key):
+            new = f"{m[1]}.mid.attn_1.{_VAE_ATTENTION[m[2]]}.{m[3]}"
+            if m[3] == "weight" and m[2] != "group_norm":
+                value = value.reshape(*value.shape, 1, 1)
+        elif m := re.fullmatch(r"(encoder|decoder)\.mid_block\.resnets\.(\d)\.(.+)", key):
+            new = f"{m[1]}.mid.block_{int(m[2]) + 1}.{m[3]}"
+        elif m := re.fullmatch(r"encoder\.down_blocks\.(\d+)\.(.+)", key):
+            new = f"encoder.down.{m[1]}.{m[2]}"
+        elif m := re.fullmatch(r"decoder\.up_blocks\.(\d+)\.(.+)", key):
+            new = f"decoder.up.{ups - 1 - int(m[1])}.{m[2]}"
+        new = (new.replace(".resnets.", ".block.").replace(".downsamplers.0.conv", ".downsample.conv")
+               .replace(".upsamplers.0.conv", ".upsample.conv").replace(".conv_shortcut.", ".nin_shortcut.")
+               .replace(".conv_norm_out.", ".norm_out."))
+        out[new] = value
+    return out
+
+
+def build_vae_file(path: Path, *, seed: int = 1, original_layout: bool = True, prefix: str = "") -> Path:
+    """A tiny VAE (`_vae(seed)`) saved as one .safetensors file, in the original layout VAEs are downloaded in (or
+    diffusers' own), its keys under `prefix` (e.g. "first_stage_model."). Returns the path."""
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().contiguous() for k, v in _vae(seed).state_dict().items()}
+    if original_layout:
+        state = vae_to_original_layout(state)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({prefix + k: v.contiguous() for k, v in state.items()}, str(path))
+    return path

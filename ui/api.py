@@ -96,6 +96,8 @@ class OverrideSettings(BaseModel):
     CLIP_stop_at_last_layers: int | None = Field(
         None, ge=PARAMS["clip_skip"].minimum, le=PARAMS["clip_skip"].maximum,
         description="clip skip, where the request has no clip_skip")
+    sd_vae: str | None = Field(None, description="VAE for this request, where the request has no sd_vae: Automatic, "
+                                                 "None or a name from GET /sdapi/v1/sd-vae (unknown: 422)")
 
 
 def _passed_as_is(model: type[BaseModel]) -> Any:
@@ -225,6 +227,9 @@ class OptionsUpdate(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     sd_model_checkpoint: str | None = Field(None, description="select this checkpoint (GET /sdapi/v1/sd-models)")
+    sd_vae: str | None = Field(None, description="the VAE of requests that name none: Automatic (a NAME.vae.* file "
+                                                 "beside the checkpoint, else its own), None (the checkpoint's own) "
+                                                 "or a name from GET /sdapi/v1/sd-vae (unknown: 404)")
 
 
 class PngInfoRequest(BaseModel):
@@ -280,7 +285,7 @@ _REQUESTS: dict[str, type[BaseModel]] = {"txt2img": Txt2ImgRequest, "img2img": I
                                          "extra-single-image": ExtrasSingleRequest,
                                          "extra-batch-images": ExtrasBatchRequest, "sd-upscale": SdUpscaleRequest,
                                          "hires-fix": HiresFixRequest}
-_OVERRIDES = {"sd_model_checkpoint", "CLIP_stop_at_last_layers"}
+_OVERRIDES = {"sd_model_checkpoint", "CLIP_stop_at_last_layers", "sd_vae"}
 
 
 def parse_request(body: Any, mode: str = "txt2img") -> tuple[BaseModel, str | None, list[str]]:
@@ -299,6 +304,9 @@ def parse_request(body: Any, mode: str = "txt2img") -> tuple[BaseModel, str | No
     if isinstance(overrides, dict) and overrides.get("CLIP_stop_at_last_layers") is not None \
             and data.get("clip_skip") is None:
         data["clip_skip"] = overrides["CLIP_stop_at_last_layers"]
+    if isinstance(overrides, dict) and overrides.get("sd_vae") is not None and data.get("sd_vae") is None \
+            and "sd_vae" in fields:
+        data["sd_vae"] = overrides["sd_vae"]  # checked against the listed VAEs by the studio, before queueing
     warnings = []
     blur_xy = [v for v in (data.get("mask_blur_x"), data.get("mask_blur_y")) if type(v) is int]
     if mode == "img2img" and data.get("mask_blur") is None and blur_xy:  # A1111: mask_blur sets both axes
@@ -346,6 +354,13 @@ def _find_model(studio: Studio, name: str) -> Any:
         return studio.find_model(name)
     except BadRequest as e:
         raise ApiError(404, "ModelNotFound", str(e)) from None
+
+
+def _find_vae(studio: Studio, name: Any) -> str:
+    try:
+        return studio.check_vae(name)
+    except BadRequest as e:
+        raise ApiError(404, "VaeNotFound", str(e)) from None
 
 
 def apply_request_styles(studio: Studio, req: Any, params: dict[str, Any]) -> None:
@@ -513,9 +528,46 @@ def build_api(studio: Studio, auth: tuple[str, str] | None = None) -> APIRouter:
     def refresh_checkpoints() -> None:
         studio.refresh_models()
 
+    @own.get("/first-run")
+    def first_run(model: str | None = None) -> dict[str, Any]:
+        """What the first Generate with `model` (default: the current one) involves: for a hub id not downloaded
+        yet, the download ("download": {"bytes", "size", "files", "error"}: exactly the files the loader fetches,
+        sizes from the Hub), or offline, where to put a checkpoint ("checkpoints_dir", "accepted"); "notice" is
+        the sentence the UI shows ("" when there is nothing to say); "recommended" the hub id that suits this
+        machine. 404 for an unknown model."""
+        try:
+            return studio.first_run(model or None)
+        except BadRequest as e:
+            raise ApiError(404, "ModelNotFound", str(e)) from None
+
+    @api.get("/loras")
+    def loras() -> list[dict[str, Any]]:
+        """A1111's LoRA list (name, alias, path, metadata), plus family, formats and the card's preview file."""
+        return [i.to_dict() for i in studio.lora_list()]
+
+    @api.post("/refresh-loras")
+    def refresh_loras() -> None:
+        studio.lora_list(refresh=True)
+
+    @api.get("/embeddings")
+    def embeddings() -> dict[str, dict[str, dict[str, Any]]]:
+        """A1111's textual-inversion list for the current checkpoint: "loaded" and "skipped" (with a "reason")."""
+        return studio.embeddings()
+
+    @api.post("/refresh-embeddings")
+    def refresh_embeddings() -> None:
+        studio.refresh_embeddings()
+
     @api.get("/sd-vae")
-    def sd_vae() -> list:
-        return []
+    def sd_vae() -> list[dict[str, str]]:
+        """The VAE files (A1111's list: models/VAE, or --vae-dir, and NAME.vae.* files among the checkpoints):
+        `model_name` is what sd_vae takes (besides Automatic and None), `filename` the full path."""
+        return [v.as_dict() for v in studio.vae_list()]
+
+    @api.post("/refresh-vae")
+    def refresh_vae() -> None:
+        """Scan the VAE folders again."""
+        studio.vae_list(refresh=True)
 
     @api.get("/samplers")
     def list_samplers() -> list[dict[str, Any]]:
@@ -535,6 +587,8 @@ def build_api(studio: Studio, auth: tuple[str, str] | None = None) -> APIRouter:
             raise ApiError(422, "ValidationError", "body: expected a JSON object of option names and values")
         if body.get("sd_model_checkpoint"):
             body["sd_model_checkpoint"] = _find_model(studio, str(body["sd_model_checkpoint"])).name
+        if "sd_vae" in body:
+            body["sd_vae"] = _find_vae(studio, body["sd_vae"])
         job = submit_job(lambda: studio.set_options(body))
         if job is not None:
             wait_job(job)  # the previous model stays selected when this load fails

@@ -24,7 +24,7 @@ from pipelines.imageops import to_rgb
 from pipelines.jobs import EventKind, Job, QueueFull
 from pipelines.params.specs import PARAMS
 from pipelines.studio import MAX_INPUT_PIXELS, BadRequest, Studio
-from ui.topbar import status_text
+from ui.topbar import download_note, status_text
 from ui.widgets import QUIET
 
 CSS = """
@@ -62,6 +62,8 @@ def message_html(text: str, kind: str = "error") -> Any:
 
 
 def step_text(ev: Any) -> str:
+    if (note := download_note(ev)) is not None:  # a hub model's first use: bytes, not steps
+        return note
     if (ev.total or 0) <= 1:  # e.g. "loading <model>" before the first step
         return f"{ev.label or 'Working'}…"
     parts = [f"Step {ev.step}/{ev.total}"]

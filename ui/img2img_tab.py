@@ -39,6 +39,7 @@ from ui.generation import (
     wire_generation,
     wire_seed_buttons,
 )
+from ui.networks_panel import build_networks, lora_verdicts_box
 from ui.prompt_helper import build_prompt_helper
 from ui.topbar import current_name, hint_context
 from ui.widgets import QUIET, ParamWidget, bind_hints, param_widget
@@ -125,10 +126,12 @@ class Img2Img:
     receive: Callable[..., dict]  # receive("img2img"|"inpaint", image path, parsed infotext, *receive_inputs values)
 
 
-def build_img2img(studio: Studio, checkpoint: gr.Dropdown, status: gr.Markdown) -> Img2Img:
+def build_img2img(studio: Studio, checkpoint: gr.Dropdown, status: gr.Markdown,
+                  vae: ParamWidget | None = None) -> Img2Img:
+    """`vae`: the top bar's VAE dropdown as this tab's sd_vae field (else the field is built in Advanced)."""
     name0 = current_name(studio)
     ctx = hint_context(studio, name0, "img2img")
-    w: dict[str, ParamWidget] = {}
+    w: dict[str, ParamWidget] = {"sd_vae": vae} if vae is not None else {}
 
     def add(name: str, **kw: Any) -> None:
         w[name] = param_widget(name, ctx, "img2img", **kw)
@@ -136,8 +139,11 @@ def build_img2img(studio: Studio, checkpoint: gr.Dropdown, status: gr.Markdown) 
     with gr.Row(elem_id="img2img-top"):
         with gr.Column(scale=5):
             add("prompt")
+            lora_hints = lora_verdicts_box("img2img")  # each <lora:...> tag's verdict, under the prompt's
             add("negative_prompt")
             build_prompt_helper(studio, "img2img", w["prompt"].input, w["negative_prompt"].input)
+            build_networks(studio, "img2img", w["prompt"].input, w["negative_prompt"].input, checkpoint, status,
+                           lora_hints)
         with gr.Column(scale=1, min_width=220, elem_id="img2img-actions", elem_classes="gen-actions"):
             actions = build_actions("img2img")
     with gr.Row(elem_id="img2img-main"):
@@ -357,7 +363,7 @@ def build_img2img(studio: Studio, checkpoint: gr.Dropdown, status: gr.Markdown) 
                 continue
             if parsed.get(n) is not None:
                 vals[n] = parsed[n]
-            elif full and n in common:
+            elif full and n in common and not PARAMS[n].nullable:  # a derived field (the VAE) stays as it is
                 vals[n] = PARAMS[n].default
         native = ctx_of(name, target).native
         pw, ph = parsed.get("width"), parsed.get("height")

@@ -9,7 +9,16 @@ import gradio as gr
 
 from pipelines.params.infotext import parse_infotext
 from pipelines.studio import Studio
-from ui import advisor_panel, controlnet_panel, generation, img2img_tab, txt2img_tab, widgets, workflow_panel
+from ui import (
+    advisor_panel,
+    controlnet_panel,
+    generation,
+    img2img_tab,
+    networks_panel,
+    txt2img_tab,
+    widgets,
+    workflow_panel,
+)
 from ui.generation import Output, picked
 from ui.img2img_tab import Img2Img, build_img2img
 from ui.params_tab import build_params
@@ -21,7 +30,7 @@ from ui.widgets import QUEUED
 
 HEAD = generation.HEAD  # the Skip buttons' tooltips
 CSS = "\n".join([widgets.CSS, generation.CSS, txt2img_tab.CSS, img2img_tab.CSS, controlnet_panel.CSS,
-                 advisor_panel.CSS, workflow_panel.CSS, """
+                 advisor_panel.CSS, workflow_panel.CSS, networks_panel.CSS, """
 .gradio-container {max-width: 1560px !important; overflow: clip !important;}  /* clip, not hidden: sticky works */
 #status-line {font-size: 13px; color: var(--body-text-color-subdued); align-self: center;}
 """])
@@ -81,11 +90,11 @@ def build_ui(studio: Studio) -> gr.Blocks:
         top = build_topbar(studio)
         with gr.Tabs(elem_id="tabs") as tabs:
             with gr.Tab("txt2img", id="txt2img", elem_id="tab-txt2img"):
-                t2i = build_txt2img(studio, top.checkpoint, top.status)
+                t2i = build_txt2img(studio, top.checkpoint, top.status, vae=top.vae)
             with gr.Tab("img2img", id="img2img", elem_id="tab-img2img"):
-                i2i = build_img2img(studio, top.checkpoint, top.status)
+                i2i = build_img2img(studio, top.checkpoint, top.status, vae=top.vae)
             with gr.Tab("Upscale", id="upscale", elem_id="tab-upscale"):
-                up = build_upscale(studio, top.checkpoint, top.status)
+                up = build_upscale(studio, top.checkpoint, top.status, vae=top.vae)
             with gr.Tab("PNG Info", id="pnginfo", elem_id="tab-pnginfo"):
                 png = build_pnginfo(studio)
             with gr.Tab("Parameters", id="params", elem_id="tab-params"):
@@ -99,5 +108,6 @@ def build_ui(studio: Studio) -> gr.Blocks:
                        [*t2i.fields.values(), *t2i.controlnet.restore_outputs, tabs], **QUEUED)
         wire_send_to(i2i, tabs, [t2i.output, i2i.output, up.output], png)
         wire_send_to_upscale(up, tabs, [t2i.output, i2i.output, up.output])
-        demo.load(top.on_load, outputs=[top.checkpoint, top.status], queue=False, api_visibility="private")
+        demo.load(top.on_load, outputs=[top.checkpoint, top.vae.input, top.status], queue=False,
+                  api_visibility="private")
     return demo

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import gradio as gr
 
-from pipelines.params.doc import render_advice, render_param, render_workflow
+from pipelines.params.doc import render_advice, render_lora_intro, render_param, render_workflow
+from pipelines.params.networks import NETWORK_PARAMS
 from pipelines.params.specs import PARAMS, HintContext
 from pipelines.studio import Studio
 from ui.topbar import current_name, hint_context
@@ -32,7 +33,8 @@ def reference_markdown(ctx: HintContext, model: str | None) -> str:
             "selected above. Verdicts: 🟢 best (recommended zone), 🔵 ok (fine for a purpose), "
             "🟠 caution (works, often worse), 🔴 avoid (almost always worse or wasteful).\n\n")
     params = "\n\n---\n\n".join(render_param(p, ctx) + linked_note(n, ctx) for n, p in PARAMS.items())
-    return head + params + "\n\n---\n\n" + render_workflow(ctx) + "\n\n" + render_advice(ctx)
+    loras = "\n\n".join([render_lora_intro(), *(render_param(p, ctx) for p in NETWORK_PARAMS.values())])
+    return head + params + "\n\n---\n\n" + loras + "\n\n---\n\n" + render_workflow(ctx) + "\n\n" + render_advice(ctx)
 
 
 def build_params(studio: Studio, checkpoint: gr.Dropdown) -> gr.Markdown:

@@ -28,7 +28,8 @@ def fields_table(parsed: Mapping[str, Any]) -> str:
 def txt2img_values(parsed: Mapping[str, Any]) -> list[Any]:
     """Values for every txt2img field, in TXT2IMG_FIELDS order.
 
-    Full infotext: fields it omits mean their default (no variation, clip skip 1...); size kept when absent.
+    Full infotext: fields it omits mean their default (no variation, clip skip 1...); derived ones (size, the VAE)
+    are kept when absent.
     Plain text (no parameters line): only the prompt is filled.
     """
     full = "steps" in parsed
@@ -36,7 +37,7 @@ def txt2img_values(parsed: Mapping[str, Any]) -> list[Any]:
     for name in TXT2IMG_FIELDS:
         if name in parsed and parsed[name] is not None:
             out.append(parsed[name])
-        elif full and name not in ("width", "height"):
+        elif full and not PARAMS[name].nullable:
             out.append(PARAMS[name].default)
         else:
             out.append(gr.skip())

@@ -27,6 +27,7 @@ from ui.generation import (
     wire_generation,
     wire_seed_buttons,
 )
+from ui.networks_panel import build_networks, lora_verdicts_box
 from ui.prompt_helper import build_prompt_helper
 from ui.sweep_panel import build_sweep
 from ui.topbar import current_name, hint_context
@@ -54,9 +55,11 @@ class Txt2Img:
         return self.output.info
 
 
-def build_txt2img(studio: Studio, checkpoint: gr.Dropdown, status: gr.Markdown) -> Txt2Img:
+def build_txt2img(studio: Studio, checkpoint: gr.Dropdown, status: gr.Markdown,
+                  vae: ParamWidget | None = None) -> Txt2Img:
+    """`vae`: the top bar's VAE dropdown as this tab's sd_vae field (else the field is built in Advanced)."""
     ctx = hint_context(studio, current_name(studio))
-    w: dict[str, ParamWidget] = {}
+    w: dict[str, ParamWidget] = {"sd_vae": vae} if vae is not None else {}
 
     def add(name: str, **kw: Any) -> None:
         w[name] = param_widget(name, ctx, "txt2img", **kw)
@@ -64,8 +67,11 @@ def build_txt2img(studio: Studio, checkpoint: gr.Dropdown, status: gr.Markdown) 
     with gr.Row(elem_id="txt2img-top"):
         with gr.Column(scale=5):
             add("prompt")
+            lora_hints = lora_verdicts_box("txt2img")  # each <lora:...> tag's verdict, under the prompt's
             add("negative_prompt")
             build_prompt_helper(studio, "txt2img", w["prompt"].input, w["negative_prompt"].input)
+            build_networks(studio, "txt2img", w["prompt"].input, w["negative_prompt"].input, checkpoint, status,
+                           lora_hints)
         with gr.Column(scale=1, min_width=220, elem_id="txt2img-actions", elem_classes="gen-actions"):
             actions = build_actions("txt2img")
             flow = build_workflow("txt2img")

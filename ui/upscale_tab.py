@@ -60,9 +60,11 @@ def cost_text(studio: Studio, mode: str, image: Any, values: dict[str, Any]) -> 
             f"denoising steps**, plus the seams fix if chosen. Use it on an image you have already chosen.")
 
 
-def build_upscale(studio: Studio, checkpoint: gr.Dropdown, status: gr.Markdown) -> Upscale:
+def build_upscale(studio: Studio, checkpoint: gr.Dropdown, status: gr.Markdown,
+                  vae: ParamWidget | None = None) -> Upscale:
+    """`vae`: the top bar's VAE dropdown as the tiled SD upscale's sd_vae (else it is built in Advanced)."""
     ctx = hint_context(studio, current_name(studio), mode="img2img")
-    w: dict[str, ParamWidget] = {}
+    w: dict[str, ParamWidget] = {"sd_vae": vae} if vae is not None else {}
 
     def add(name: str, **kw: Any) -> None:
         w[name] = param_widget(name, ctx, "upscale", **kw)
@@ -121,6 +123,8 @@ def build_upscale(studio: Studio, checkpoint: gr.Dropdown, status: gr.Markdown) 
                         add(name)
                 with gr.Accordion("Advanced", open=False):
                     add("clip_skip")
+                    if vae is None:
+                        add("sd_vae")
         with gr.Column(scale=1, elem_id="upscale-output"):
             out = build_output("upscale")
 

@@ -52,7 +52,14 @@ def hint_html(spec: ParamSpec, value: Any, ctx: HintContext, others: Mapping[str
             f'<span class="why">{html.escape(h.why)}</span>{rec}</div>')
 
 
+# What a distilled model (turbo / LCM / lightning: `HintContext.distilled`) starts with instead of the spec's
+# defaults: few steps, CFG off (1.0), inside their "best" bands in pipelines/params/specs.py.
+DISTILLED_DEFAULTS = {"steps": 4, "cfg_scale": 1.0}
+
+
 def initial_value(spec: ParamSpec, ctx: HintContext) -> Any:
+    if ctx.distilled and spec.name in DISTILLED_DEFAULTS:
+        return DISTILLED_DEFAULTS[spec.name]
     return ctx.native if spec.default is None and spec.name in ("width", "height") else spec.default
 
 

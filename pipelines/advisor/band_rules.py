@@ -11,8 +11,8 @@ from typing import Any, Mapping
 from pipelines.advisor.findings import MODES, Finding, Rule, Situation, fmt
 from pipelines.params.spec import VERDICT_ORDER, HintContext, ParamSpec
 
-# Fields with rules of their own (size, hires target) or nothing to advise (seeds: any value is fine).
-NOT_BAND_RULES = {"width", "height", "hr_scale", "seed", "subseed", "hr_resize_x", "hr_resize_y", "scale_by"}
+# Fields with rules of their own (size, hires target, the VAE) or nothing to advise (seeds: any value is fine).
+NOT_BAND_RULES = {"width", "height", "hr_scale", "seed", "subseed", "hr_resize_x", "hr_resize_y", "scale_by", "sd_vae"}
 
 
 def _active(spec: ParamSpec, v: Mapping[str, Any], mode: str) -> bool:

@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterable, Mapping
 from pipelines import imageops
 from pipelines.advisor.band_rules import NOT_BAND_RULES, band_rule
 from pipelines.advisor.findings import MODES, SEVERITY_ORDER, Finding, Rule, Situation, fmt
+from pipelines.advisor.network_rules import embedding_family, lora_family, lora_missing, lora_total, lora_weight
 from pipelines.advisor.prompt_builder import NEGATIVE_PRESETS
 from pipelines.advisor.prompt_rules import (
     contradictions,
@@ -27,7 +28,9 @@ from pipelines.advisor.prompt_rules import (
     scenery_negative,
     trim_to_chunk,
 )
+from pipelines.networks.vaes import fp16_fixed
 from pipelines.params import samplers
+from pipelines.params.networks import NetworkItem, Networks
 from pipelines.params.spec import VERDICT_ORDER, HintContext
 from pipelines.params.specs import PARAMS, approx_tokens, defaults
 
@@ -139,6 +142,34 @@ _masked_noise_denoise = _denoise_floor(
                  "or nothing and needs 0.75 or more to become an image.")
 
 
+def _sdxl_vae_fp16(s: Situation) -> Finding | None:
+    """SDXL in fp16 without an fp16-fixed VAE: its own VAE is decoded in float32 (it overflows fp16), and a VAE file
+    that is not fixed overflows first (the NaN guard decodes it again). The fix picks a listed fixed VAE."""
+    if not (s.ctx.half and s.ctx.family.startswith("sdxl")):
+        return None
+    chosen = str(s.values.get("sd_vae") or "Automatic")
+    if fp16_fixed(chosen):
+        return None
+    fixed = next((name for name in s.ctx.vaes if fp16_fixed(name)), None)
+    why = (f"SDXL's VAE overflows in fp16 ({'its own' if chosen in ('Automatic', 'None') else chosen}): the decode "
+           "falls back to float32, slower and with more memory (a VAE file that is not fixed gives NaNs first and "
+           "is decoded twice). ")
+    if fixed is None:
+        return Finding("sdxl-vae-fp16", "info", "sd_vae", why + "Save the fp16-fixed VAE (madebyollin's "
+                       "sdxl-vae-fp16-fix) in models/VAE as sdxl-vae-fp16-fix.safetensors, refresh and choose it.")
+    return Finding("sdxl-vae-fp16", "info", "sd_vae", why + f"{fixed} is fixed: it decodes in fp16.",
+                   {"sd_vae": fixed}, f"Use VAE {fixed}")
+
+
+_NET_PROMPT = "a lighthouse on a cliff at sunset, oil painting"
+# what the LoRA / embedding rules' examples find in the model folders (an SD 1.x checkpoint is selected)
+_EXAMPLE_NETWORKS = Networks(
+    model="an SD 1.x checkpoint",
+    loras=(NetworkItem("detail-tweaker", "SD 1.x"), NetworkItem("film-grain", "SD 1.x"),
+           NetworkItem("xl-style", "SDXL", "it was trained for SDXL (2048-wide cross-attention); the model is SD 1.x "
+                                           "(768-wide)")),
+    embeddings=(NetworkItem("EasyNegativeXL", "SDXL", "made for two text encoders, 768- and 1280-wide (SDXL); this "
+                                                      "model has a 768-wide text encoder (SD 1.x)"),))
 _LONG = "a portrait of an old fisherman, " + ", ".join(f"detail {i} of the weathered wooden boat" for i in range(14))
 
 RULES: tuple[Rule, ...] = (
@@ -170,6 +201,27 @@ RULES: tuple[Rule, ...] = (
     Rule("prompt-long", "Prompt longer than one 75-token chunk",
          "Tokens near the start weigh more; prompts are encoded in chunks of 75 tokens and later chunks weigh "
          "less.", long_prompt, {"prompt": _LONG, "_mode": "txt2img"}),
+    Rule("lora-weight", "LoRA tag weight outside its recommended band",
+         "One LoRA's weight: 0.6-1.0 applies it as trained; below 0.4 it does little, past 1.0-1.3 it burns in "
+         "(oversaturation, warped anatomy, repeated motifs). Negative weights are for slider LoRAs.",
+         lora_weight, {"prompt": f"{_NET_PROMPT} <lora:detail-tweaker:1.8>", "_mode": "txt2img"}),
+    Rule("lora-total-weight", "Stacked LoRAs too strong together",
+         "Stacked LoRAs fight each other: keep their total weight up to ~1.5 (1.5-2.5 caution, above ~2.5 avoid) "
+         "by lowering each one.", lora_total,
+         {"prompt": f"{_NET_PROMPT} <lora:detail-tweaker:1> <lora:film-grain:1>", "_mode": "txt2img"}),
+    Rule("lora-missing", "LoRA tag naming no listed file",
+         "A tag names a LoRA by its file name (or the trainer's alias); one that is not in the LoRA folder stops the "
+         "job.", lora_missing, {"prompt": f"{_NET_PROMPT} <lora:not-downloaded:0.8>", "_mode": "txt2img"},
+         HintContext(networks=_EXAMPLE_NETWORKS)),
+    Rule("lora-family", "LoRA made for another model family",
+         "A LoRA or embedding of another family (SD 1.x on SDXL...) does not fit: the shapes differ, so it fails or "
+         "does nothing useful.", lora_family,
+         {"prompt": f"{_NET_PROMPT} <lora:xl-style:0.8>", "_mode": "txt2img"}, HintContext(networks=_EXAMPLE_NETWORKS)),
+    Rule("embedding-family", "Embedding made for another model family",
+         "An embedding's vectors are as wide as the text encoder it was trained for: on another family it is "
+         "skipped and its name is read as plain words.", embedding_family,
+         {"prompt": _NET_PROMPT, "negative_prompt": "EasyNegativeXL, blurry", "_mode": "txt2img"},
+         HintContext(networks=_EXAMPLE_NETWORKS)),
     Rule("hires-while-exploring", "Finalizing before the composition is chosen",
          "Explore with random seeds at native size; hires fix or tiled upscale only the chosen image.",
          _exploring_hires, {"enable_hr": True, "batch_size": 4, "_mode": "txt2img"}, modes=("txt2img",)),
@@ -181,6 +233,12 @@ RULES: tuple[Rule, ...] = (
          "'latent noise' and 'latent nothing' start the masked area from scratch: use denoising 0.75 or more.",
          _masked_noise_denoise, {"inpainting_fill": "latent noise", "denoising_strength": 0.5, "_mode": "inpaint"},
          modes=("inpaint",)),
+    Rule("sdxl-vae-fp16", "SDXL in fp16 without an fp16-fixed VAE",
+         "SDXL's VAE overflows fp16: decoded in float32 it costs time and memory, decoded in fp16 it gives NaNs (a "
+         "black image; the NaN guard then decodes again in float32). An fp16-fixed VAE (sdxl-vae-fp16-fix) decodes "
+         "in fp16 with the same images.",
+         _sdxl_vae_fp16, {"sd_vae": "Automatic", "_mode": "txt2img"},
+         HintContext(family="sdxl", native=1024, half=True, vaes=("sdxl-vae-fp16-fix.safetensors",))),
     *filter(None, (band_rule(spec) for name, spec in PARAMS.items()
                    if name not in NOT_BAND_RULES and set(spec.modes) & set(MODES))),
 )

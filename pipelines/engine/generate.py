@@ -26,18 +26,27 @@ from extensions.base import ExtensionContext
 from pipelines import discovery
 from pipelines.discovery import CheckpointInfo
 from pipelines.engine import control, fastpath, memory, modes, previews, prompts
+from pipelines.engine import vae as vae_loader
 from pipelines.engine.control import ControlRequest
 from pipelines.engine.devices import Hardware, apply_attention, free_memory
+from pipelines.engine.embeddings import EmbeddingLoader
 from pipelines.engine.loading import Components, load_components
+from pipelines.engine.lora import LoraPatcher, LoraUse
 from pipelines.engine.manager import ModelManager
 from pipelines.engine.plans import HIRES_KEYS, Plan
 from pipelines.engine.request import Resolved, Run
+from pipelines.errors import BadRequest
+from pipelines.folders import ModelFolders
 from pipelines.jobs import JobContext, Skipped
+from pipelines.networks import tags
+from pipelines.networks.vaes import VaeFile, VaeLibrary
 from pipelines.outputs import OutputWriter
 from pipelines.params import infotext, samplers
 from pipelines.params.infotext import VERSION
 
 if TYPE_CHECKING:  # the request models the specs generate (pipelines/params/specs.py)
+    from pipelines.networks.embeddings import Embeddings
+    from pipelines.networks.loras import LoraLibrary
     from pipelines.params.specs import Img2ImgParams, Txt2ImgParams
 
 log = logging.getLogger("studio.generate")
@@ -65,6 +74,8 @@ class GenerationResult:
     control_maps: dict[int, Image.Image] = field(default_factory=dict)  # unit number -> map its preprocessor made
     denoising_steps: int = 0  # UNet steps run, one per image per step (pipelines/params/cost.py counts the same way)
     memory_mode: str = ""  # the memory mode the job ended in (lower than set after an out-of-memory retry)
+    vae: str | None = None  # the VAE used when not the checkpoint's own (A1111's sd_vae_name), and its short hash
+    vae_hash: str | None = None
 
     def add(self, image: Image.Image, path: Path, seed: int, subseed: int, text: str) -> None:
         self.images.append(image)
@@ -91,17 +102,26 @@ class Engine:
                  hash_cache: Path | None = None, rng: str = "cpu", preview_every: int = 5,
                  models_dir: Path = Path("models"), hub_endpoint: str | None = None, memory_mode: str = "high",
                  oom_retry: bool = False, channels_last: bool = False, compile_unet: bool = False,
-                 preview_decoder: str = "auto", compile_backend: str = "inductor", esrgan_dir: Path | None = None):
+                 preview_decoder: str = "auto", compile_backend: str = "inductor", esrgan_dir: Path | None = None,
+                 loras: "LoraLibrary | None" = None, embeddings: "Embeddings | None" = None,
+                 vaes: VaeLibrary | None = None, checkpoints_dir: Path | None = None):
         self.hw = hardware
         self.models_dir = Path(models_dir)
         self.esrgan_dir = esrgan_dir  # --esrgan-models-path (None: models/ESRGAN)
+        self.loras = loras  # the listed LoRA / LyCORIS files (pipelines/networks/loras.py)
+        # textual-inversion embeddings: the listing (pipelines/networks/embeddings.py) and the vectors read so far
+        self.embeddings = EmbeddingLoader(embeddings) if embeddings is not None else None
+        self.patcher = LoraPatcher()  # applies them to cached components, reversibly (pipelines/engine/lora.py)
         self.hash_cache = hash_cache
+        # the listed VAE files a job's sd_vae may name (pipelines/networks/vaes.py; app.py shares the studio's)
+        self.vaes = vaes if vaes is not None else VaeLibrary(ModelFolders.under(self.models_dir), hash_cache)
         self.manager = manager
         self.writer = writer
         self.config_root = Path(config_root)
         self.rng = rng
         self.preview_every = preview_every
-        self.hub_endpoint = hub_endpoint  # annotator downloads; None = offline
+        self.hub_endpoint = hub_endpoint  # annotator and hub-model downloads; None = offline
+        self.checkpoints_dir = checkpoints_dir  # where a hub model's offline error says to put a checkpoint
         self.memory_mode = memory_mode  # pipelines/engine/memory.py: high | normal | low | minimal; each job starts in it
         self.oom_retry = oom_retry  # retry once in the next lower memory mode after an out-of-memory error
         self.channels_last = channels_last  # pipelines/engine/fastpath.py, applied as a UNet/ControlNet is loaded
@@ -136,7 +156,8 @@ class Engine:
             if ctx is not None:
                 ctx.progress(0, 1, label=f"loading {info.name}")
             c = load_components(info, dtype=self.hw.dtype, config_root=self.config_root,
-                                progress=self.download_progress(ctx))
+                                progress=self.download_progress(ctx), checkpoints_dir=self.checkpoints_dir,
+                                hub_endpoint=self.hub_endpoint, offline=self.hub_endpoint is None)
             if ctx is not None:
                 ctx.progress(0, 1, label=f"hashing {info.name}")
             discovery.ensure_hash(info, self.hash_cache)  # A1111 "Model hash", cached after the first time
@@ -147,8 +168,11 @@ class Engine:
 
         mode = run.mode if run is not None else self.memory_mode
         offload = memory.offloads(mode) and self.hw.device.type != "cpu"
-        with self.manager.use(keys, load, place="cpu" if offload else "device") as objs:
+        place = "cpu" if offload else "device"
+        with self.manager.use(keys, load, place=place) as objs, self.job_vae(run, objs[f"{ident}::vae"], place) as vae:
             comps = Components(**{f: objs[f"{ident}::{f}"] for f in COMPONENT_FIELDS})
+            if vae is not None:  # the job's VAE (sd_vae) in place of the checkpoint's, before any offload hook
+                comps.vae = vae
             if not offload:
                 yield comps
                 return
@@ -162,6 +186,41 @@ class Engine:
                 finally:
                     if run is not None:
                         run.offload = None
+
+    @contextmanager
+    def job_vae(self, run: Run | None, base: Any, place: str = "device") -> Iterator[Any]:
+        """The job's own VAE (`run.vae`, A1111's sd_vae) from the component cache, pinned while inside; on a miss
+        loaded with the config of the checkpoint's VAE `base` (pipelines/engine/vae.py). Cached per file and config
+        like any component, so a VAE switch never reloads the UNet. None: the job uses the checkpoint's own."""
+        vae = run.vae if run is not None else None
+        if vae is None:
+            yield None
+            return
+        key = f"vae:{self.identity(vae)}::{vae_loader.config_digest(base.config)}"
+
+        def load() -> dict[str, Any]:
+            run.ctx.progress(0, 1, label=f"loading VAE {vae.name}")
+            model = vae_loader.load_vae(vae, base.config, dtype=self.hw.dtype, config_root=self.config_root)
+            apply_attention(model, self.hw.attention)
+            return {key: model}
+
+        with self.manager.use([key], load, place=place) as objs:
+            yield objs[key]
+
+    def choose_vae(self, choice: str | None, info: CheckpointInfo) -> VaeFile | None:
+        """The VAE a job with `sd_vae` = `choice` uses on `info` (None: the checkpoint's own); BadRequest for a name
+        that is not listed (the studio checks names before a job is queued)."""
+        try:
+            return self.vaes.choose(choice, info)
+        except ValueError as e:
+            raise BadRequest(str(e)) from None
+
+    def vae_infotext(self, run: Run) -> dict[str, str]:
+        """A1111's `VAE hash` (10 hex digits of its sha256) and `VAE` (its name), for a job whose VAE is not the
+        checkpoint's own."""
+        if run.vae is None:
+            return {}
+        return {"VAE hash": self.vaes.short_hash(run.vae), "VAE": run.vae.name}
 
     def prepare_denoiser(self, model: torch.nn.Module) -> torch.nn.Module:
         """Channels-last / torch.compile for a UNet or ControlNet, once per module (pipelines/engine/fastpath.py)."""
@@ -207,10 +266,13 @@ class Engine:
         """`params`: a validated Img2ImgParams; inpaint when a mask is given."""
         return self.generate(ctx, params, info, modes.img2img(image, mask), controls)
 
-    def start(self, ctx: JobContext) -> Run:
-        """A job's own state; the job starts in the configured memory mode (an OOM retry may lower it)."""
+    def start(self, ctx: JobContext, params: Any = None, info: CheckpointInfo | None = None) -> Run:
+        """A job's own state; the job starts in the configured memory mode (an OOM retry may lower it). Given the
+        request and checkpoint, the job's VAE is chosen too (its `sd_vae`)."""
         run = Run(ctx, mode=self.memory_mode)
         ctx.report("memory_mode", run.mode)
+        if info is not None:
+            run.vae = self.choose_vae(getattr(params, "sd_vae", None), info)
         return run
 
     def generate(self, ctx: JobContext, params: "Txt2ImgParams | Img2ImgParams", info: CheckpointInfo, plan: Plan,
@@ -218,7 +280,7 @@ class Engine:
         """Run a job of any mode: `plan` describes what differs between txt2img, hires fix, img2img and inpaint;
         `controls` are the enabled ControlNet units (checked by the studio)."""
         # 1. Resolve the request for this model and input: seeds, schedule type, size.
-        run = self.start(ctx)
+        run = self.start(ctx, params, info)
         r = plan.resolve(params, info, run)
         p = r.params
         values = r.values()
@@ -234,10 +296,12 @@ class Engine:
                 cfg=p.cfg_scale > 1) as run.control:
             ctx.check()
             extra_info = {**plan.infotext_extra(r), **(run.control.infotext() if run.control else {}),
-                          "Version": VERSION}
+                          **self.vae_infotext(run), "Version": VERSION}
+            result.vae, result.vae_hash = extra_info.get("VAE"), extra_info.get("VAE hash")
             self._save_maps(plan, run, result, r.seed)
             # 3. Encode prompt and negative prompt once: emphasis, 75-token chunks, clip skip.
-            embeds = self.encode(comps, p.prompt, p.negative_prompt, p.clip_skip)
+            embeds = self.encode(comps, p.prompt, p.negative_prompt, p.clip_skip, run=run)
+            extra_info = self.with_network_hashes(extra_info, run, getattr(p, "hr_prompt", ""))
 
             # 4. One pass (or two) per batch; every image is saved as soon as it is decoded.
             for it in range(p.n_iter):
@@ -284,6 +348,7 @@ class Engine:
         try:
             step = next(passes)
             while True:
+                self.apply_loras(run, comps, step.prompt if step.prompt is not None else r.params.prompt)
                 out = self.denoise(run, comps, step.kind, step.request, step.embeds or embeds, seeds, step.extra,
                                    pass_steps=step.steps, label=label + step.label, control=run.control,
                                    hires=step.hires)
@@ -326,13 +391,62 @@ class Engine:
                 self.writer.save(fitted, f"{key} map: {infos[key]}", plan.mode, seed,
                                  suffix=f"-controlnet-{unit.request.index}")
 
-    def encode(self, comps: Components, prompt: str, negative: str, clip_skip: int) -> dict[str, torch.Tensor]:
-        """Prompt embeddings for the pipeline (A1111 emphasis, 75-token chunks, clip skip; SDXL's two encoders)."""
+    def lora_uses(self, prompt: str) -> list[LoraUse]:
+        """The LoRA files a prompt's `<lora:...>` tags name (BadRequest for an unknown name; the studio checks the
+        names and families before a job is queued)."""
+        uses = []
+        for tag in tags.parse(prompt).loras:
+            info = self.loras.find(tag.name) if self.loras is not None else None
+            if info is None or info.error:
+                raise BadRequest(f"Unknown LoRA '{tag.name}' in {tag.text}" + (f": {info.error}" if info else ""))
+            uses.append(LoraUse(info, tag.te, tag.unet, tag.dyn))
+        return uses
+
+    def apply_loras(self, run: Run | None, comps: Components, prompt: str) -> None:
+        """Patch the components with the prompt's LoRAs, or restore them when it names none (a no-op when the
+        components already carry that set). The job records each LoRA for its infotext's `Lora hashes`."""
+        uses = self.lora_uses(prompt)
+        report = self.patcher.activate(comps, uses)
+        if run is None:
+            return
+        for use, tag in zip(uses, tags.parse(prompt).loras):
+            run.loras.setdefault(tag.name, use.info)
+        for name, count in report.unmatched.items():
+            run.note(f"LoRA {name}: {count} of its layers match no layer of this model; they were left out")
+        if not report.unchanged and uses:
+            run.ctx.report("loras", [u.info.name for u in uses])
+
+    def with_network_hashes(self, extra: dict[str, Any], run: Run, *more_prompts: str) -> dict[str, Any]:
+        """The infotext extras plus A1111's `Lora hashes: "name: hash12, ..."` for the LoRAs the job used (and
+        those a later pass's prompt names), before "Version" as A1111 orders them."""
+        for prompt in more_prompts:
+            for use, tag in zip(self.lora_uses(prompt or ""), tags.loras_in(prompt or "")):
+                run.loras.setdefault(tag.name, use.info)
+        hashes = [f"{name.replace(':', '').replace(',', '')}: {self.loras.hash(info)[:12]}"
+                  for name, info in run.loras.items()] if self.loras is not None else []
+        head = {k: v for k, v in extra.items() if k != "Version"}
+        ti = self.embeddings.ti_hashes(run.embeddings) if self.embeddings is not None else None
+        return {**head, **({"Lora hashes": ", ".join(hashes)} if hashes else {}), **({"TI hashes": ti} if ti else {}),
+                **({"Version": extra["Version"]} if "Version" in extra else {})}
+
+    def encode(self, comps: Components, prompt: str, negative: str, clip_skip: int, *,
+               run: Run | None = None) -> dict[str, torch.Tensor]:
+        """Prompt embeddings for the pipeline (A1111 emphasis, 75-token chunks, clip skip; SDXL's two encoders).
+        The prompt's LoRA tags are applied first (the text encoder is patched too) and removed from the text."""
+        self.apply_loras(run, comps, prompt)
+        if tags.loras_in(negative) and run is not None:
+            run.note("LoRA tags in the negative prompt have no effect (as in A1111); they were removed from its text")
+        prompt, negative = tags.strip(prompt), tags.strip(negative)
         sdxl = comps.sdxl
-        return prompts.encode_prompts(
-            prompt, negative, tokenizers=[t for t in (comps.tokenizer, comps.tokenizer_2) if t],
-            text_encoders=[e for e in (comps.text_encoder, comps.text_encoder_2) if e is not None],
-            clip_skip=clip_skip, device=self.hw.device, dtype=self.hw.dtype, sdxl=sdxl, zero_empty_negative=sdxl)
+        tokenizers = [t for t in (comps.tokenizer, comps.tokenizer_2) if t]
+        encoders = [e for e in (comps.text_encoder, comps.text_encoder_2) if e is not None]
+        embeds = prompts.encode_prompts(
+            prompt, negative, tokenizers=tokenizers, text_encoders=encoders, clip_skip=clip_skip,
+            device=self.hw.device, dtype=self.hw.dtype, sdxl=sdxl, zero_empty_negative=sdxl,
+            embeddings=self.embeddings.for_encoders(tokenizers, encoders) if self.embeddings is not None else None)
+        if run is not None:  # textual-inversion embeddings the prompts used, for the infotext's `TI hashes`
+            run.embeddings.extend(name for name in embeds.used if name not in run.embeddings)
+        return embeds
 
     def noise(self, seeds: list[int], subseeds: list[int], strength: float, shape: tuple[int, ...]) -> torch.Tensor:
         """Initial latents, one generator per image so a seed gives the same picture in any batch position."""

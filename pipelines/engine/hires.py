@@ -117,16 +117,17 @@ class HiresPlan(Txt2ImgPlan):
         second = r.for_pass(width=tw, height=th, sampler=p.hr_sampler_name or r.sampler,
                             scheduler="Automatic" if p.hr_sampler_name else r.scheduler,
                             steps=cost.schedule_length(steps, p.denoising_strength), strength=p.denoising_strength)
-        embeds = None
+        embeds = prompt = None
         if p.hr_prompt or p.hr_negative_prompt:
-            embeds = engine.encode(comps, p.hr_prompt or p.prompt, p.hr_negative_prompt or p.negative_prompt,
-                                   p.clip_skip)
+            prompt = p.hr_prompt or p.prompt  # A1111: the hires pass runs with its own prompt's LoRAs
+            embeds = engine.encode(comps, prompt, p.hr_negative_prompt or p.negative_prompt, p.clip_skip, run=run)
         if comps.inpainting_unet and self.latent:  # 9-channel UNets condition on pixels: decode first
             image = engine.decode(comps, image, run.warnings)
         extra: dict[str, Any] = dict(image=image, strength=p.denoising_strength,
                                      generator=engine.generators([s + HIRES_SALT for s in seeds]))
         kind = inpaint_everywhere(comps, extra, image) or "img2img"
-        return Pass(kind, second, extra, self.second_pass_steps(r), embeds=embeds, hires=True, label=": hires pass")
+        return Pass(kind, second, extra, self.second_pass_steps(r), embeds=embeds, prompt=prompt, hires=True,
+                    label=": hires pass")
 
 
 class HiresOnImagePlan(HiresPlan):

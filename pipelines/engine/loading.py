@@ -25,7 +25,9 @@ from typing import Any, Callable
 
 import torch
 
-from pipelines.discovery import FAMILIES, CheckpointInfo, detect_family, read_header
+from pipelines import hub
+from pipelines.discovery import FAMILIES, CheckpointInfo, detect_family, hub_cached_folder, read_header
+from pipelines.hub import MODEL_PARTS
 
 log = logging.getLogger("studio.loading")
 
@@ -37,7 +39,6 @@ PIPELINES = {
     "sd15-inpaint": "StableDiffusionInpaintPipeline", "sd2-inpaint": "StableDiffusionInpaintPipeline",
     "sdxl": "StableDiffusionXLPipeline", "sdxl-inpaint": "StableDiffusionXLInpaintPipeline",
 }
-MODEL_PARTS = ("unet", "vae", "text_encoder", "text_encoder_2")
 
 
 class LoadError(RuntimeError):
@@ -118,9 +119,7 @@ def materialize_config(family: str, config_root: Path) -> Path:
 # ---------------------------------------------------------------- loaders
 
 
-def _is_fp16(filename: str) -> bool:
-    """diffusers/transformers 'fp16' variant files: model.fp16.safetensors, model.fp16-00001-of-00002.safetensors."""
-    return re.search(r"\.fp16[.-]", filename) is not None
+_is_fp16 = hub.is_fp16  # model.fp16.safetensors, model.fp16-00001-of-00002.safetensors
 
 
 def _weights_variant(folder: Path, dtype: torch.dtype) -> str | None:
@@ -185,53 +184,70 @@ def _load_single_file(path: Path, family: str, dtype: torch.dtype, config_root: 
 
 
 def hub_allow_patterns(files: list[str], dtype: torch.dtype) -> list[str]:
-    """Which files of a diffusers hub repo to fetch: configs/tokenizers and one weights variant per model part.
-
-    Skips root-level single files, the safety checker and the weights variant not wanted.
-    """
-    keep = [f for f in files if f.endswith((".json", ".txt")) and not f.startswith("safety_checker/")
-            and ("/" in f or f == "model_index.json")]
-    for part in MODEL_PARTS:
-        weights = [f for f in files if f.startswith(part + "/") and f.endswith((".safetensors", ".bin"))]
-        groups = [[f for f in weights if f.endswith(".safetensors") and _is_fp16(f)],
-                  [f for f in weights if f.endswith(".safetensors") and not _is_fp16(f)],
-                  [f for f in weights if f.endswith(".bin") and not _is_fp16(f)],
-                  [f for f in weights if f.endswith(".bin") and _is_fp16(f)]]
-        if dtype != torch.float16:
-            groups[0], groups[1] = groups[1], groups[0]
-        keep += next((g for g in groups if g), [])
-    return sorted(set(keep))
+    """Which files of a diffusers hub repo to fetch: configs/tokenizers and one weights variant per model part
+    (pipelines/hub.py `select_files`, the rule the UI's download size is computed with)."""
+    return hub.select_files(files, fp16=dtype == torch.float16)
 
 
-def _tqdm_to(progress: Progress | None, label: str) -> type:
-    """A tqdm class whose updates are forwarded to `progress(label + desc, n, total)`."""
+def _tqdm_to(progress: Progress | None, label: str, expected: int = 0) -> type:
+    """A tqdm class for `snapshot_download` whose byte counts reach `progress(label, bytes done, bytes in all)`.
+
+    huggingface_hub drives three bars with it: bytes received, bytes written ("Reconstructing...") and files
+    fetched. Only the bytes written are forwarded (every file, plain or Xet, reports them), against `expected`
+    (the size of the selected files) while the bar's own total is still growing as files start."""
     from tqdm.auto import tqdm
 
     class Forwarding(tqdm):
+        def __init__(self, *args, **kwargs):
+            # what the bar counts, kept here: a disabled tqdm keeps neither its description nor its count
+            desc = str(kwargs.get("desc") or "")
+            self._bytes_written = kwargs.get("unit") == "B" and not desc.lower().startswith("downloading")
+            self._written = int(kwargs.get("initial") or 0)
+            super().__init__(*args, **kwargs)
+
         def update(self, n=1):
             shown = super().update(n)
-            if progress:
-                progress(f"{label}: {self.desc or ''}".rstrip(": "), int(self.n), int(self.total or 0))
+            if progress and self._bytes_written:
+                self._written += int(n or 0)
+                progress(label, self._written, max(expected, int(getattr(self, "total", 0) or 0), self._written, 1))
             return shown
 
     return Forwarding
 
 
-def _hub_folder(info: CheckpointInfo, dtype: torch.dtype, progress: Progress | None) -> Path:
-    """A complete local snapshot of a hub id (cached, or downloaded now)."""
+def _hub_folder(info: CheckpointInfo, dtype: torch.dtype, progress: Progress | None,
+                checkpoints_dir: Path | None = None, hub_endpoint: str | None = None, offline: bool = False) -> Path:
+    """A complete local snapshot of a hub id (cached, or downloaded now from `hub_endpoint`, default the
+    huggingface_hub's). Offline, or when the download fails, the LoadError names `checkpoints_dir` (where a
+    checkpoint can be put instead) and the kinds of files accepted."""
     if info.path is not None and (info.path / "model_index.json").is_file() and _has_weights(info.path / "unet"):
         return info.path
     repo = info.hub_id or info.name
+    where = str(checkpoints_dir) if checkpoints_dir is not None else "models/Stable-diffusion"
     try:
-        from huggingface_hub import HfApi, snapshot_download
+        from huggingface_hub import constants, snapshot_download
 
-        patterns = hub_allow_patterns(HfApi().list_repo_files(repo), dtype)
-        return Path(snapshot_download(repo, allow_patterns=patterns, tqdm_class=_tqdm_to(progress, f"download {repo}")))
+        if offline or constants.HF_HUB_OFFLINE:
+            cached = hub_cached_folder(repo)  # downloaded since the list was made
+            if cached is not None and _has_weights(cached / "unet"):
+                return cached
+            raise LoadError(f"{repo} is not downloaded and this studio is offline (--offline or HF_HUB_OFFLINE=1). "
+                            f"Put a checkpoint into {where}: a .safetensors or .ckpt file, or a diffusers folder "
+                            f"(one with model_index.json).")
+        sizes = hub.repo_files(repo, hub_endpoint)
+        plan = hub.download_size(repo, sizes, fp16=dtype == torch.float16)
+        if not any(f.endswith(hub.WEIGHTS) for f in plan.files):  # not a diffusers repo, or no weights in it
+            raise ValueError(plan.error or "no weights found in the repository")
+        tqdm_class = _tqdm_to(progress, f"download {repo}", sum(sizes.get(f) or 0 for f in plan.files))
+        return Path(snapshot_download(repo, allow_patterns=list(plan.files), tqdm_class=tqdm_class,
+                                      endpoint=hub_endpoint))
+    except LoadError:
+        raise
     except Exception as e:
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise LoadError(
             f"Could not download {repo} from the Hugging Face Hub ({textwrap.shorten(reason, 200)}). To use it offline, put the "
-            f"model (a .safetensors file or a diffusers folder) in models/Stable-diffusion."
+            f"model (a .safetensors or .ckpt file, or a diffusers folder) in {where}."
         ) from e
 
 
@@ -249,12 +265,14 @@ def _short_reason(e: BaseException) -> str:
 
 
 def load_components(info: CheckpointInfo, *, dtype: torch.dtype, config_root: Path,
-                    progress: Progress | None = None) -> Components:
-    """Load `info`'s components in `dtype` on the CPU. Files and folders never touch the network."""
+                    progress: Progress | None = None, checkpoints_dir: Path | None = None,
+                    hub_endpoint: str | None = None, offline: bool = False) -> Components:
+    """Load `info`'s components in `dtype` on the CPU. Files and folders never touch the network; a hub id not
+    downloaded yet is fetched from `hub_endpoint` unless `offline` (then the error names `checkpoints_dir`)."""
     start = time.perf_counter()
     try:
         if info.source == "hub":
-            path = _hub_folder(info, dtype, progress)
+            path = _hub_folder(info, dtype, progress, checkpoints_dir, hub_endpoint, offline)
             family = detect_family(path)[0]
         else:
             if info.path is None:

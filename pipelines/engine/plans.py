@@ -44,6 +44,7 @@ class Pass:
     extra: dict[str, Any] = field(default_factory=dict)  # further pipeline arguments (latents, image, mask...)
     steps: int = 0  # denoising steps it runs (progress and cost)
     embeds: dict | None = None  # prompt embeddings of its own (Hires. fix's prompt); None: the job's
+    prompt: str | None = None  # the prompt `embeds` came from (its LoRA tags apply to this pass); None: the job's
     hires: bool = False  # ControlNet units weigh their residuals softly, as A1111 does in the hires pass
     label: str = ""  # appended to the batch's progress label
 

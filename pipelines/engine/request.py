@@ -27,6 +27,8 @@ if TYPE_CHECKING:
     from pipelines.engine.control import Control
     from pipelines.engine.memory import OffloadChain
     from pipelines.jobs import JobContext
+    from pipelines.networks.loras import LoraInfo
+    from pipelines.networks.vaes import VaeFile
 
 
 def resolve_seed(seed: int | None) -> int:
@@ -85,6 +87,9 @@ class Run:
     offload: "OffloadChain | None" = None  # offload hooks while the job's models live in RAM
     control: "Control | None" = None  # the job's ControlNet units
     keep: list[tuple[Image.Image, int]] = field(default_factory=list)  # extra images to save as they are (image, seed)
+    loras: dict[str, "LoraInfo"] = field(default_factory=dict)  # LoRAs used, by the name the prompt gave (infotext)
+    embeddings: list[str] = field(default_factory=list)  # textual-inversion embeddings the prompts used (infotext)
+    vae: "VaeFile | None" = None  # the external VAE the job decodes (and encodes) with; None: the checkpoint's own
     done: int = 0  # denoising steps run so far (progress)
     total: int = 0  # denoising steps the job will run
 

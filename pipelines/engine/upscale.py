@@ -101,7 +101,7 @@ def sd_upscale(engine: "Engine", ctx: "JobContext", params: "SdUpscaleParams", i
     passes) finished so far; the infotext and the job's warnings say how many."""
     # 1. Enlarge to the target size with the chosen upscaler.
     p = params
-    run = engine.start(ctx)
+    run = engine.start(ctx, params, info)  # and the job's VAE (sd_vae)
     seed = resolve_seed(p.seed)
     values = p.model_dump()
     size = check_target(image.size, values)
@@ -124,7 +124,7 @@ def sd_upscale(engine: "Engine", ctx: "JobContext", params: "SdUpscaleParams", i
 
     # 2. Pin the checkpoint and encode the prompt once for every tile.
     with engine.components(info, run=run) as comps:
-        embeds = engine.encode(comps, p.prompt, p.negative_prompt, p.clip_skip)
+        embeds = engine.encode(comps, p.prompt, p.negative_prompt, p.clip_skip, run=run)
         done = {"regions": 0, "steps": 0}
         stop = {"skipped": False}
 
@@ -164,12 +164,14 @@ def sd_upscale(engine: "Engine", ctx: "JobContext", params: "SdUpscaleParams", i
         run.note(f"Skipped: {done['regions']} of {regions} tiles and seam passes were redrawn; the rest of the "
                  "image is the upscaler's output.")
     text = infotext.build_infotext(values, seed=seed, model_name=info.model_name, model_hash=info.short_hash,
-                                   extra={"Size": f"{size[0]}x{size[1]}", "Tiled upscale": tiles,
-                                          "Version": VERSION})
+                                   extra=engine.with_network_hashes({"Size": f"{size[0]}x{size[1]}",
+                                                                     "Tiled upscale": tiles, **engine.vae_infotext(run),
+                                                                     "Version": VERSION}, run))
     path = engine.writer.save(final, text, "extras", seed)
     result.add(final, path, seed, seed, text)
     result.denoising_steps = done["steps"]
     result.memory_mode = run.mode
+    result.vae, result.vae_hash = (run.vae.name, engine.vaes.short_hash(run.vae)) if run.vae else (None, None)
     ctx.image(final, {"path": str(path), "seed": seed, "infotext": text}, label="done")
     return result
 

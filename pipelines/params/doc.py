@@ -11,6 +11,7 @@ import dataclasses
 from pipelines.advisor import rules as advisor
 from pipelines.advisor import workflow
 from pipelines.params.control import CONTROL_PARAMS
+from pipelines.params.networks import NETWORK_PARAMS
 from pipelines.params.specs import PARAMS, HintContext, ParamSpec
 
 _MARK = {"best": "🟢 best", "ok": "🔵 ok", "caution": "🟠 caution", "avoid": "🔴 avoid"}
@@ -20,7 +21,7 @@ def _limits(p: ParamSpec) -> str:
     if p.choices is not None:
         return ", ".join(p.choices())
     if p.minimum is None:
-        return "text"
+        return "any number" if p.kind in ("int", "float") else "text"
     step = f", step {p.step:g}" if p.step not in (None, 1) else ""
     mult = f", multiple of {p.multiple_of}" if p.multiple_of else ""
     return f"{p.minimum:g} to {p.maximum:g}{step}{mult}"
@@ -60,7 +61,18 @@ def render_markdown(ctx: HintContext | None = None, mode: str | None = None) -> 
         body.append("## ControlNet units\n\nEach unit of the ControlNet panel (and each entry of the API's "
                     "`alwayson_scripts.controlnet.args`) has these settings.")
         body += [render_param(p, ctx) for p in CONTROL_PARAMS.values()]
+    if mode in (None, "lora"):
+        body.append(render_lora_intro())
+        body += [render_param(p, ctx) for p in NETWORK_PARAMS.values()]
     return "\n".join(head) + "\n\n".join(body) + "\n"
+
+
+def render_lora_intro() -> str:
+    return ("## LoRA tags\n\nA prompt applies a LoRA with A1111's tag `<lora:name:weight>` (`<lyco:...>` too; "
+            "`<lora:name:TE:UNET>` gives the text encoder's and the UNet's weights apart). The verdict line under the "
+            "prompt judges each tag's weight, and the total of stacked tags, with these bands; the advisor's LoRA "
+            "rules (below in the advisor's list) fix them. A weight on the edge of two bands gets the better verdict "
+            "(1 is best).")
 
 
 def _settings(values: dict) -> str:
@@ -82,7 +94,11 @@ def render_advice(ctx: HintContext) -> str:
             continue
         example = dict(rule.example)
         mode = example.pop("_mode", "txt2img")
-        rule_ctx = dataclasses.replace(ctx, mode=mode, distilled=rule.example_ctx.distilled)
+        own = rule.example_ctx
+        rule_ctx = dataclasses.replace(ctx, mode=mode, distilled=own.distilled, half=own.half, vaes=own.vaes,
+                                       networks=own.networks)
+        if own.family != HintContext().family:  # a rule about one family shows its finding on that family
+            rule_ctx = dataclasses.replace(rule_ctx, family=own.family, native=own.native)
         found = [f for f in advisor.check(example, rule_ctx) if f.rule == rule.id]
         lines += [f"### {rule.title} (`{rule.id}`)", "", rule.why, "", f"- Applies to: {', '.join(rule.modes)}",
                   f"- Example ({mode}): {_settings(example)}"]

@@ -30,7 +30,9 @@ _SIZE_RE = re.compile(r"^\s*(\d+)\s*x\s*(\d+)\s*$")
 # Parameters written in this order (before Size/Model go their own keys); the rest follow.
 _HEAD = ("steps", "sampler_name", "scheduler", "cfg_scale")
 # written above only under their own conditions (or not as Key: value at all)
-_CONDITIONAL = frozenset({"prompt", "negative_prompt", "seed", "subseed", "subseed_strength", "clip_skip"})
+_CONDITIONAL = frozenset({"prompt", "negative_prompt", "seed", "subseed", "subseed_strength", "clip_skip",
+                          "sd_vae"})  # the VAE: written by the engine as "VAE hash" / "VAE" when not the model's own
+_AFTER_MODEL = ("VAE hash", "VAE")  # extras A1111 writes right after "Model"
 
 
 def _fmt(value: Any) -> str:
@@ -80,6 +82,9 @@ def build_infotext(
         fields["Model hash"] = model_hash
     if model_name:
         fields["Model"] = model_name
+    for k in _AFTER_MODEL:
+        if (extra or {}).get(k) is not None:
+            fields[k] = extra[k]
     strength = float(values.get("subseed_strength") or 0)
     if strength > 0 and subseed is not None:
         fields[key["subseed"]] = subseed

@@ -8,9 +8,12 @@ Pure Python: no torch.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping
 
 from pydantic import Field
+
+if TYPE_CHECKING:
+    from pipelines.params.networks import Networks
 
 Verdict = Literal["best", "ok", "caution", "avoid"]
 VERDICT_ORDER: dict[str, int] = {"best": 0, "ok": 1, "caution": 2, "avoid": 3}
@@ -60,6 +63,11 @@ class HintContext:
     native: int = 512  # native training size of the model family, pixels per side
     distilled: bool = False  # turbo / LCM / lightning models want few steps and low CFG
     mode: str = "txt2img"  # txt2img, img2img or inpaint: denoising advice differs between the last two
+    half: bool = False  # the models run in fp16, where SDXL's own VAE overflows (decoded in float32 instead)
+    vaes: tuple[str, ...] = ()  # the VAE files listed (GET /sdapi/v1/sd-vae), for advice that names one
+    # the LoRAs / embeddings / checkpoints listed and whether each fits the model (the studio fills it in for the
+    # advisor and the LoRA tags' verdicts; None: not known, and the rules about them stay silent)
+    networks: Networks | None = None
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from typing import Any, Mapping
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 from pydantic.json_schema import SkipJsonSchema
 
+from pipelines.networks import tags
 from pipelines.params import samplers
 from pipelines.params.control import ControlUnit
 from pipelines.params.spec import Band, Bands, HintContext, JudgeFn, ParamSpec, pydantic_field
@@ -113,8 +114,9 @@ _TOKEN_RE = re.compile(r"[A-Za-z]+|\d|[^\sA-Za-z\d]")
 
 
 def plain_prompt(text: str) -> str:
-    """A prompt as the text encoder sees its words: emphasis syntax ((word:1.2), [word]) and BREAK removed."""
-    text = re.sub(r":\s*-?[\d.]+\s*\)", ")", text or "")
+    """A prompt as the text encoder sees its words: extra-network tags (<lora:...>), emphasis syntax ((word:1.2),
+    [word]) and BREAK removed."""
+    text = re.sub(r":\s*-?[\d.]+\s*\)", ")", tags.strip(text))
     text = re.sub(r"\bBREAK\b", " ", text)
     return re.sub(r"(?<!\\)[()\[\]]", " ", text)
 
@@ -163,6 +165,19 @@ INPAINT_AREAS = ("Whole picture", "Only masked")  # A1111 inpaint_full_res false
 
 
 MODEL_UPSCALER = "a model in models/ESRGAN"  # how the bands name "any upscaler model"
+VAE_CHOICES = ("Automatic", "None")  # plus every listed VAE file (pipelines/networks/vaes.py)
+VAE_FILE = "a VAE from models/VAE"  # how the bands name "any VAE file"
+_VAE_BANDS: Bands = (
+    Band("best", "the checkpoint's own VAE, or the NAME.vae.safetensors saved beside it", values=("Automatic",)),
+    Band("best", "a VAE made for the model's family (SD 1.x/2.x or SDXL): e.g. fixes washed-out colours",
+         values=(VAE_FILE,)),
+    Band("ok", "the checkpoint's own VAE, even when a VAE file is saved beside it", values=("None",)),
+)
+
+
+def _vae_band(value: Any, ctx: HintContext, others: Mapping[str, Any]) -> Band:
+    v = str(value or "Automatic")
+    return next((b for b in _VAE_BANDS if v in b.values), _VAE_BANDS[1])
 
 
 def _upscaler_band(value: Any, hires: bool = True) -> Band:
@@ -321,6 +336,16 @@ PARAMS: dict[str, ParamSpec] = {
                 Band("caution", "drops more of the text encoder: weaker prompt adherence", 3, 12),
             ),
             minimum=1, maximum=12, step=1, infotext_key="Clip skip", group="advanced",
+        ),
+        ParamSpec(
+            "sd_vae", "SD VAE", "choice", None,
+            "The VAE that turns latents into pixels (and an input image into latents). Automatic: a "
+            "NAME.vae.safetensors beside the checkpoint, else the checkpoint's own; None: the checkpoint's own; or a "
+            "file from models/VAE (GET /sdapi/v1/sd-vae), e.g. vae-ft-mse-840000-ema-pruned for SD 1.x checkpoints "
+            "with washed-out colours, sdxl-vae-fp16-fix for SDXL in fp16. Empty: the sd_vae option (the VAE "
+            "dropdown; A1111's setting, also settable per request in override_settings).",
+            _VAE_BANDS, choices=lambda: list(VAE_CHOICES), infotext_key="VAE", group="model", judge=_vae_band,
+            nullable=True, modes=_ALL, extra={"open": True},
         ),
         ParamSpec(
             "enable_hr", "Hires. fix", "bool", False,

@@ -24,7 +24,7 @@ from pipelines.params.control import CONTROL_PARAMS
 from pipelines.params.spec import ParamSpec
 from pipelines.params.specs import PARAMS
 
-Lists = Mapping[str, Callable[[], Sequence[str]]]  # choice lists the studio supplies ("checkpoint", "hr_upscaler")
+Lists = Mapping[str, Callable[[], Sequence[str]]]  # choice lists the studio supplies ("checkpoint", "hr_upscaler", "vae")
 @dataclass(frozen=True)
 class AxisType:
     name: str  # our label; the grid shows "name: value"
@@ -68,6 +68,7 @@ AXES: dict[str, AxisType] = {a.name: a for a in (
     _axis("Schedule type", "choice", "scheduler", aliases=("Scheduler",)),
     _axis("Checkpoint name", "checkpoint", list_key="checkpoint", show_name=False, reloads_model=True, cost=1.0,
           aliases=("Checkpoint", "Model")),
+    _axis("VAE", "choice", "sd_vae", list_key="vae", cost=0.7, aliases=("SD VAE",)),  # A1111's cost: loads a VAE
     _axis("Clip skip", "int", "clip_skip"),
     _axis("Denoising", "float", "denoising_strength", needs="hires", aliases=("Denoising strength",)),
     _axis("Hires upscaler", "choice", "hr_upscaler", list_key="hr_upscaler", needs="hires"),

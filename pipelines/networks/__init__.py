@@ -1,0 +1,1 @@
+"""The models people bring besides checkpoints: LoRA / LyCORIS files, textual-inversion embeddings, VAEs. No torch."""
