@@ -98,6 +98,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--runs", type=int, default=2)
     ap.add_argument("--rank", type=int, default=32)
+    ap.add_argument("--json", type=Path, default=None, help="also write the figures to this file")
     args = ap.parse_args()
     device = torch.device(args.device)
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
@@ -165,6 +166,9 @@ def main() -> None:
                          "app_over_fused": round(t_app / t_fused, 3), "app_over_unfused": round(t_app / t_unfused, 3),
                          "max_pixel_diff_vs_fused": int(np.abs(img_app.astype(np.float32) - img_fused).max() * 255)}
     print(json.dumps(out, indent=1))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(out, indent=1), encoding="utf-8")
     print("\n| section | seconds | layers | ms/layer | peak |")
     print("|---|---|---|---|---|")
     for k, v in out.items():

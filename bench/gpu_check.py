@@ -21,6 +21,8 @@ Stages, in order (a stage is skipped when what it needs failed, or when the run'
                        fp16 VAE NaN guard (an injected fp16 overflow: decoded again in float32, one warning)
   bench-sd15-eager     bench/bench_speed.py: the app against plain diffusers in the same process, SD 1.5 at
   bench-sd15-compiled  512x512, eager and compiled
+  bench-lora           bench/bench_lora.py: LoRA apply / switch / remove (rank 32 over every layer) and generation
+                       with a LoRA, the app's patcher against diffusers' load_lora_weights + fuse_lora
   build-sdxl           SDXL architecture with random weights, fp16
   bench-sdxl-eager     bench/bench_speed.py, SDXL at 1024x1024, eager and compiled (few steps: SDXL's compile
   bench-sdxl-compiled  warm-up is the most expensive part of the run)
@@ -62,9 +64,11 @@ if str(ROOT) not in sys.path:
 
 # The engine test files: every generation mode, ControlNet, tiled upscale, memory modes, fast paths, previews.
 ENGINE_TESTS = ["tests/test_generate.py", "tests/test_hires.py", "tests/test_img2img.py", "tests/test_controlnet.py",
-                "tests/test_upscale.py", "tests/test_workflow.py", "tests/test_memory.py", "tests/test_fastpath.py"]
+                "tests/test_upscale.py", "tests/test_workflow.py", "tests/test_memory.py", "tests/test_fastpath.py",
+                "tests/test_lora.py", "tests/test_embeddings.py", "tests/test_vae.py"]
 # --quick: one or two tests per area (the whole files take ~10 minutes on the 2-core CPU machine).
 QUICK_TESTS = [
+    "tests/test_lora.py::test_each_format_equals_the_hand_merged_model",
     "tests/test_generate.py::test_same_seed_same_image_and_seed_sequence",
     "tests/test_generate.py::test_sdxl_and_inpainting_checkpoints",
     "tests/test_hires.py::test_resize_to_and_second_pass_settings",
@@ -171,6 +175,11 @@ STAGES: list[Stage] = [
     Stage("bench-sd15-compiled", "app vs plain diffusers, SD 1.5, compiled", 120, 240,
           lambda r: r.bench(r.sizes.sd15_arch, r.sizes.sd15_size, r.sizes.sd15_steps, r.sizes.sd15_runs,
                             model_dir(r, r.sizes.sd15_arch), True, "bench-sd15-compiled"), needs=("build-sd15",)),
+    Stage("bench-lora", "LoRA apply / switch / remove and generation, app vs diffusers load+fuse, SD 1.5", 120, 240,
+          lambda r: [sys.executable, str(ROOT / "bench" / "bench_lora.py"), "--device", r.args.device,
+                     "--dtype", "fp32" if r.args.device == "cpu" else "fp16", "--json", str(r.result_file("bench-lora")),
+                     *(["--size", "64", "--steps", "2", "--runs", "1", "--rank", "4"] if r.args.quick else
+                       ["--size", str(r.sizes.sd15_size), "--steps", str(r.sizes.sd15_steps), "--runs", "2"])]),
     Stage("build-sdxl", "SDXL architecture, random weights, fp16", 90, 120,
           lambda r: r.child("build", "--arch", r.sizes.sdxl_arch)),
     Stage("bench-sdxl-eager", "app vs plain diffusers, SDXL, eager", 120, 150,
