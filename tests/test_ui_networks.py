@@ -13,7 +13,7 @@ import pytest
 import requests
 
 from tests.conftest import Server
-from tests.test_ui import CHROMIUM, CHROMIUM_ARGS, GENERATION_TIMEOUT, set_number
+from tests.test_ui import GENERATION_TIMEOUT, browser, page, set_number  # noqa: F401  (shared fixtures; `page` opens this module's server)
 
 pytestmark = pytest.mark.browser  # the real app in chromium
 
@@ -64,30 +64,6 @@ def server(tiny_store, tmp_path_factory):
               str(models / "embeddings" / f"{XL_EMBEDDING}.safetensors"))
     with Server(models, root / "outputs", "--api") as server:
         yield server
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from pathlib import Path
-
-    if not Path(CHROMIUM).exists():
-        pytest.skip("no chromium at /usr/bin/chromium")
-    with playwright.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
-
-
-@pytest.fixture
-def page(server, browser):
-    context = browser.new_context(viewport={"width": 1440, "height": 1000})
-    pg = context.new_page()
-    pg.set_default_timeout(20_000)
-    pg.goto(server.url)
-    expect(pg.locator("#txt2img-generate")).to_be_visible(timeout=60_000)
-    expect(pg.locator("#checkpoint input")).to_have_value(re.compile("tiny-sd15"))
-    yield pg
-    context.close()
 
 
 def open_panel(page):

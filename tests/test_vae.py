@@ -420,6 +420,8 @@ def test_api_lists_refreshes_and_sets_the_vae(server):
 
 @pytest.fixture(scope="module")
 def browser():
+    # tests.test_ui is imported here, not at the top: it skips its module without playwright, and this module's
+    # engine tests must run where playwright is missing (the GPU check)
     from tests.test_ui import CHROMIUM, CHROMIUM_ARGS, playwright
 
     if not Path(CHROMIUM).exists():
