@@ -30,6 +30,13 @@ BODY_25_TO_COCO_18 = (0, 1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 13, 14, 15, 16, 17,
 HAND_EDGES = ((0, 1), (1, 2), (2, 3), (3, 4), (0, 5), (5, 6), (6, 7), (7, 8), (0, 9), (9, 10), (10, 11),
               (11, 12), (0, 13), (13, 14), (14, 15), (15, 16), (0, 17), (17, 18), (18, 19), (19, 20))
 PARTS = ("pose_keypoints_2d", "hand_left_keypoints_2d", "hand_right_keypoints_2d", "face_keypoints_2d")
+# controlnet-aux's draw_bodypose tables (kept inside that function there): limbs as 0-based COCO-18 index pairs, and
+# one RGB colour per limb (drawn at 60%) and per joint. The pose editor (ui/pose_editor.py) draws with these.
+BODY_LIMBS = ((1, 2), (1, 5), (2, 3), (3, 4), (5, 6), (6, 7), (1, 8), (8, 9), (9, 10), (1, 11), (11, 12), (12, 13),
+              (1, 0), (0, 14), (14, 16), (0, 15), (15, 17))
+BODY_COLORS = ((255, 0, 0), (255, 85, 0), (255, 170, 0), (255, 255, 0), (170, 255, 0), (85, 255, 0), (0, 255, 0),
+               (0, 255, 85), (0, 255, 170), (0, 255, 255), (0, 170, 255), (0, 85, 255), (0, 0, 255), (85, 0, 255),
+               (170, 0, 255), (255, 0, 255), (255, 0, 170), (255, 0, 85))
 
 Point = tuple[float, float] | None
 
@@ -136,6 +143,11 @@ def render_pose_json(data: str | bytes | dict | list) -> Image.Image:
 # -- drawing and encoding detector results ------------------------------------------------------------------
 
 
+def hand_edge_color(i: int) -> list[float]:
+    """The RGB colour (0-255 floats) of hand edge i: HSV hues spread over HAND_EDGES, as controlnet-aux draws them."""
+    return [c * 255 for c in colorsys.hsv_to_rgb(i / len(HAND_EDGES), 1.0, 1.0)]
+
+
 def _draw_hand(canvas: Any, keypoints: list[Any] | None) -> Any:
     """controlnet-aux's draw_handpose without matplotlib: edges in HSV-spread colours, joints in blue."""
     import cv2
@@ -157,7 +169,7 @@ def _draw_hand(canvas: Any, keypoints: list[Any] | None) -> Any:
     for i, (a, b) in enumerate(HAND_EDGES):
         pa, pb = at(a), at(b)
         if pa and pb:
-            color = [c * 255 for c in colorsys.hsv_to_rgb(i / len(HAND_EDGES), 1.0, 1.0)]
+            color = hand_edge_color(i)
             cv2.line(canvas, pa, pb, color, thickness=2)
     for k in keypoints:
         p = pixel(k)

@@ -32,8 +32,10 @@ from pipelines.params.specs import (
     ExtrasParams,
     HintContext,
     Img2ImgParams,
+    OutpaintParams,
     SdUpscaleParams,
     Txt2ImgParams,
+    ZoomParams,
 )
 from pipelines.settings import Settings
 
@@ -44,6 +46,7 @@ log = logging.getLogger("studio")
 
 
 MAX_INPUT_PIXELS = 4096 * 4096  # uploads beyond this are refused with a message, not processed
+MAX_ZOOM_PIXELS = 2**30  # frames x width x height of an infinite zoom's video (about 3 GB of RGB frames)
 
 
 def describe_validation(e: ValidationError) -> str:
@@ -53,6 +56,15 @@ def describe_validation(e: ValidationError) -> str:
         msg = err.get("msg", "invalid").removeprefix("Value error, ")
         parts.append(f"{where}: {msg}" if where else msg)
     return "; ".join(parts)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Sized:
+    """What `_check_size` reads of a request without a batch (the zoom: one image at a time)."""
+
+    width: int | None
+    height: int | None
+    batch_size: int = 1
 
 
 class Studio:
@@ -488,6 +500,33 @@ class Studio:
         return self.runner.submit(lambda ctx: self.engine.img2img(ctx, params, info, image, mask, controls),
                                   kind=kind, owner=owner)
 
+    @staticmethod
+    def parse_outpaint(data: Mapping[str, Any]) -> BaseModel:
+        return Studio.validate(OutpaintParams, data)
+
+    def submit_outpaint(self, params: BaseModel | Mapping[str, Any], image: Any, *, model: str | None = None,
+                        owner: str | None = None) -> Job:
+        """Outpainting (pipelines/engine/outpaint.py): `image` extended by outpaint_left/right/up/down px, one inpaint
+        pass per step. A batch runs as batches of one (same seeds). BadRequest naming the field before queueing."""
+        from pipelines import outpaint
+
+        if not isinstance(params, BaseModel):
+            params = self.parse_outpaint(params)
+        self._check_image(image)
+        info = self.usable_model(model)
+        try:
+            w, h = outpaint.check_amounts(image.size, params.outpaint_left, params.outpaint_right, params.outpaint_up,
+                                          params.outpaint_down)
+        except ValueError as e:
+            raise BadRequest(str(e)) from None
+        params = params.model_copy(update={"n_iter": params.n_iter * params.batch_size, "batch_size": 1})
+        self._check_size(params.model_copy(update={"width": w, "height": h}), info)
+        self.check_loras(params, info)
+        params = self.job_vae(params)
+        controls = self._controls(params, info, has_input=True)
+        return self.runner.submit(lambda ctx: self.engine.outpaint(ctx, params, info, image, controls),
+                                  kind="outpaint", owner=owner)
+
     def _controls(self, params: BaseModel, info: CheckpointInfo, *, has_input: bool) -> list[Any]:
         for unit in params.controlnet:
             if unit.enabled and unit.image is not None:
@@ -569,6 +608,54 @@ class Studio:
 
         return self.runner.submit(lambda ctx: upscale.sd_upscale(self.engine, ctx, params, info, image),
                                   kind="sd-upscale", owner=owner)
+
+    # -- infinite zoom ----------------------------------------------------------------------------
+    def parse_zoom(self, data: Mapping[str, Any] | BaseModel) -> BaseModel:
+        """ZoomParams, the prompt schedule read too: BadRequest naming the field ("prompt: keyframe 9 is beyond...")."""
+        from pipelines import zoom
+
+        params = data if isinstance(data, BaseModel) else self.validate(ZoomParams, data)
+        try:
+            zoom.parse_schedule(params.prompt, params.zoom_keyframes)
+        except zoom.ScheduleError as e:
+            raise BadRequest(f"prompt: {e}") from None
+        return params
+
+    def zoom_cost(self, data: Mapping[str, Any] | BaseModel, has_image: bool) -> dict[str, Any]:
+        """What a zoom would cost (keyframes, denoising steps, frames, seconds); nothing runs."""
+        from pipelines.params import cost
+
+        params = self.parse_zoom(data)
+        answer = cost.zoom_cost(params.model_dump(), has_image)
+        return {**answer, "text": cost.zoom_cost_text(answer)}
+
+    def submit_zoom(self, params: BaseModel | Mapping[str, Any], image: Any = None, *, model: str | None = None,
+                    owner: str | None = None) -> Job:
+        """The infinite zoom: keyframes by outpainting from `image` (None: a txt2img keyframe 0), then the video.
+        The job's result is a ZoomResult; an interrupted job keeps its keyframes and video in details["zoom"]."""
+        params = self.parse_zoom(params)
+        if image is not None:
+            self._check_image(image)
+        info = self.usable_model(model)
+        self._check_size(_Sized(params.width, params.height), info)
+        frames = (params.zoom_keyframes - 1) * params.zoom_frames_per_keyframe + 1
+        w, h = params.width or info.native, params.height or info.native
+        if frames * w * h > MAX_ZOOM_PIXELS:  # the frames are held in memory while the video and the GIF are written
+            raise BadRequest(f"zoom_frames_per_keyframe: {frames} frames of {w}x{h} are too many to hold; keep frames x "
+                             f"width x height under {MAX_ZOOM_PIXELS / 1e9:.2f} G pixels (fewer keyframes, frames per "
+                             "keyframe or a smaller size)")
+        self.check_loras(params, info)
+        params = self.job_vae(params)
+        from pipelines import zoom
+
+        try:
+            zoom.encoder(params.zoom_format)
+        except (ValueError, ImportError) as e:
+            raise BadRequest(str(e)) from None
+        from pipelines.engine.zoom import infinite_zoom
+
+        return self.runner.submit(lambda ctx: infinite_zoom(self.engine, ctx, params, info, image), kind="zoom",
+                                  owner=owner)
 
     @staticmethod
     def _check_image(image: Any) -> None:

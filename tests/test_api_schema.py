@@ -36,7 +36,7 @@ T = 60  # seconds; every HTTP call is bounded
 MODEL = "tiny-sd15"
 # Generation operations: their valid cases run real jobs (made tiny by `cheap`).
 GENERATION = ("/sdapi/v1/txt2img", "/sdapi/v1/img2img", "/studio/v1/hires-fix", "/studio/v1/sd-upscale",
-              "/studio/v1/sweep")
+              "/studio/v1/sweep", "/studio/v1/zoom", "/studio/v1/outpaint")
 # Cases per operation. The coverage phase (schemathesis' boundary values and one-violation cases) runs on the fast
 # operations only: on the generation ones its hundreds of cases would cost minutes of jobs.
 ANY_EXAMPLES, VALID_EXAMPLES = 6, 10
@@ -127,7 +127,10 @@ def cheap(body: Any) -> Any:
     for field, cap in (("width", 64), ("height", 64), ("steps", 2), ("batch_size", 1), ("n_iter", 1),
                        ("hr_second_pass_steps", 1), ("hr_scale", 1.5), ("hr_resize_x", 96), ("hr_resize_y", 96),
                        ("upscaling_resize", 2), ("tile_width", 64), ("tile_height", 64), ("tile_padding", 8),
-                       ("seams_fix_width", 16), ("seams_fix_padding", 8)):
+                       ("seams_fix_width", 16), ("seams_fix_padding", 8), ("zoom_keyframes", 2),
+                       ("zoom_frames_per_keyframe", 2), ("outpaint_left", 16), ("outpaint_right", 16),
+                       ("outpaint_up", 16), ("outpaint_down", 16), ("left", 16), ("right", 16), ("up", 16),
+                       ("down", 16)):
         _cap(body, field, cap)
     if isinstance(body.get("params"), dict):  # a sweep's txt2img fields, and one small axis
         cheap(body["params"])
@@ -172,6 +175,8 @@ def _valid_axis(axis: dict[str, Any], params: dict[str, Any], used: set[str]) ->
         values = "Automatic"
     elif t.name == "Hires upscaler":
         values = "Latent"
+    elif t.name == "VAE":
+        values = "None"  # the checkpoint's own VAE: always a valid choice
     elif values is None:
         values = str(t.spec.minimum if t.spec and t.spec.minimum is not None else 1)
     return {"type": axis["type"], "values": values}
@@ -221,6 +226,11 @@ def test_no_server_error(case):
     """Valid and invalid data alike: a 4xx with its reason, never a 5xx (valid generation requests run tiny)."""
     if case.path in GENERATION:
         case.body = cheap(case.body)
+        if case.path == "/studio/v1/zoom" and isinstance(case.body, dict):  # its defaults are minutes of work
+            for field, value in (("steps", 2), ("zoom_keyframes", 2), ("zoom_frames_per_keyframe", 2), ("width", 64),
+                                 ("height", 64)):
+                if case.body.get(field) is None:
+                    case.body[field] = value
         if case.meta and case.meta.generation.mode.is_positive and isinstance(case.body, dict):
             _images(case.body)
     case.call_and_validate(checks=[not_a_server_error])

@@ -212,3 +212,19 @@ def test_parameters_tab_and_model_errors(page):
     page.locator("#checkpoint input").click()  # the current model is shared: give it back
     page.get_by_role("option").filter(has_text="tiny-sd15").click()
     expect(page.locator("#status-line")).to_contain_text("loaded", timeout=60_000)
+
+
+def test_mission_tabs_are_top_level_and_open(page):
+    """txt2img · img2img · Inpaint · ControlNet · Upscale, then PNG Info and Parameters, each opening its tab."""
+    names = ["txt2img", "img2img", "Inpaint", "ControlNet", "Upscale", "PNG Info", "Parameters"]
+    top = page.locator("#tabs [role=tablist]").first.locator("button[role=tab]")  # nested tab bars come later
+    expect(top).to_have_count(len(names))
+    assert [t.strip() for t in top.all_inner_texts()] == names
+    shown = {"txt2img": "#txt2img-generate", "img2img": "#img2img-image", "Inpaint": "#inpaint-editor",
+             "ControlNet": "#controlnet-cn0-image", "Upscale": "#tab-upscale", "PNG Info": "#pnginfo-image",
+             "Parameters": "#tab-params"}
+    for name in names:
+        top.filter(has_text=re.compile(f"^{re.escape(name)}$")).click()
+        expect(page.locator(shown[name]).first).to_be_visible()
+        if name in ("img2img", "Inpaint", "ControlNet"):
+            page.screenshot(path=f"/tmp/tabs-{name.lower()}.png")

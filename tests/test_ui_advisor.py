@@ -61,15 +61,20 @@ def test_cross_field_findings_and_fix_all(page):
     expect(page.locator("#txt2img-advisor-summary")).to_contain_text("follow the recommendations")
 
 
-def test_img2img_advice_follows_the_sub_tab(page):
+def test_img2img_and_inpaint_advice_judge_by_their_own_bands(page):
     page.get_by_role("tab", name="img2img").first.click()
     page.locator("#img2img-prompt textarea").fill("a castle in the mountains")
     set_number(page, "denoising-strength", 0.9, prefix="img2img")
     finding = advice(page, "band:denoising_strength", "img2img")
     expect(finding).to_contain_text("use txt2img")
-    page.locator("#img2img-modes button[role=tab]").filter(has_text=re.compile("^Inpaint$")).click()
+    page.locator("#tabs button[role=tab]").filter(has_text=re.compile("^Inpaint$")).click()
+    page.locator("#inpaint-prompt textarea").fill("a castle in the mountains")
+    set_number(page, "denoising-strength", 0.9, prefix="inpaint")
     # inpaint judges denoising by its own bands: 0.9 is fine for new content
-    expect(finding).to_have_count(0)
+    expect(page.locator("#inpaint-advisor-summary")).to_contain_text("Advisor")  # it has judged
+    expect(advice(page, "band:denoising_strength", "inpaint")).to_have_count(0)
+    page.locator("#inpaint-modes button[role=tab]").filter(has_text=re.compile("^Inpaint upload$")).click()
+    expect(advice(page, "band:denoising_strength", "inpaint")).to_have_count(0)
 
 
 def test_parameters_tab_documents_the_rules_and_the_workflow(page):

@@ -271,3 +271,41 @@ def test_img2img_unit_uses_the_input_image(page, files):
     assert "ControlNet 0: " in text and "Module: canny" in text
     used = shown_image(page, cn(page, "map", prefix="img2img"))  # after the job: the map it used, at its size
     assert used.shape[:2] == (64, 64) and used[..., 0].max() > 200
+
+
+def test_controlnet_tab_detect_generate_and_send_to_a_unit(page, server, files):
+    """The ControlNet tab: reference -> Canny -> detected map beside it -> generate -> "→ txt2img Unit 1"."""
+    ws = "controlnet"  # the workspace's unit: `controlnet-cn0-*`
+    page.locator("#tabs button[role=tab]").filter(has_text=re.compile("^ControlNet$")).click()
+    expect(cn(page, "enabled", prefix=ws)).to_be_hidden()  # always on: the tab is the unit
+    cn(page, "image", prefix=ws).locator("input[type=file]").set_input_files(str(files / "disc.png"))
+    expect(cn(page, "image", prefix=ws).locator("img")).to_be_visible()
+    control_type(page, "Canny", prefix=ws)
+    expect(cn(page, "module", prefix=ws).locator("input")).to_have_value("canny")
+    expect(cn(page, "model", prefix=ws).locator("input")).to_have_value(re.compile("^tiny_sd15_canny"))
+    set_cn_number(page, "weight", 0.8, prefix=ws)
+
+    page.locator("#controlnet-cn0-preview-button").click()  # "Detect"
+    edges = shown_image(page, cn(page, "map", prefix=ws))
+    assert edges.shape[:2] == (512, 512)  # the default preprocessor resolution
+    white = edges[..., 0] > 200
+    assert 0.002 < white.mean() < 0.05 and ((edges[..., 0] < 30) | white).mean() > 0.97, white.mean()
+    ref, shown = (page.locator(f"#controlnet-cn0-{k}").bounding_box() for k in ("image", "map"))
+    assert abs(ref["y"] - shown["y"]) < 5 and shown["x"] > ref["x"] + ref["width"] / 2  # side by side
+
+    images = lambda: [p for p in saved(server) if "controlnet" not in p.stem]  # noqa: E731  (not the maps saved)
+    before = len(images())
+    text = ui.generate(page, prompt="a golden coin", steps=2, prefix=ws)
+    assert "ControlNet 0: " in text and "Module: canny" in text and "Weight: 0.8" in text
+    assert len(images()) == before + 1
+    page.evaluate("window.scrollTo(0, 0)")
+    page.screenshot(path="/tmp/tabs-controlnet.png", full_page=True)
+    sent = shown_image(page, cn(page, "map", prefix=ws))  # after the job: the map it used
+
+    page.locator("#controlnet-send-txt2img-cn1").click()
+    expect(cn(page, "enabled", 1).locator("input")).to_be_checked(timeout=SEND)  # txt2img, unit 1, panel open
+    expect(cn(page, "module", 1).locator("input")).to_have_value("none")  # the map is a map already
+    expect(cn(page, "model", 1).locator("input")).to_have_value(re.compile("^tiny_sd15_canny"))
+    expect(cn(page, "weight", 1).locator("input[type=number]")).to_have_value("0.8")
+    held = shown_image(page, cn(page, "image", 1))
+    assert held.shape == sent.shape and np.abs(held - sent).mean() < 2

@@ -1,6 +1,7 @@
-"""Browser tests of the img2img tab (img2img, Inpaint with a painted mask, Inpaint upload) and the send-to buttons,
+"""Browser tests of the img2img tab, the Inpaint tab (a painted mask, an uploaded mask) and the send-to buttons,
 against the real server (tiny SD 1.5 model, CPU). Same shared server / Chromium / fresh page per test as
-tests/test_ui.py (its fixtures are reused). Selectors are the elem_ids the UI sets: `img2img-<field>` for inputs.
+tests/test_ui.py (its fixtures are reused). Selectors are the elem_ids the UI sets: `img2img-<field>` for the
+img2img tab's inputs, `inpaint-<field>` for the Inpaint tab's.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from ui.img2img_tab import BRUSH_SIZE
 pytestmark = pytest.mark.browser  # the real app in chromium
 
 W, H = 192, 128  # test input; the tiny model's native size is 64
+SEND = 30_000  # ms: a send-to updates a whole tab (~150 components), slow in a software-rendered browser on a busy CPU
 
 
 # -- helpers ----------------------------------------------------------------------------------------
@@ -40,17 +42,21 @@ def inputs(tmp_path_factory):
     return d
 
 
-def set_number(page, field: str, value) -> None:
-    ui.set_number(page, field, value, prefix="img2img")
+def set_number(page, field: str, value, prefix: str = "img2img") -> None:
+    ui.set_number(page, field, value, prefix=prefix)
 
 
 def open_mode(page, label: str) -> None:
-    page.get_by_role("tab", name="img2img", exact=True).first.click()
-    page.locator("#img2img-modes button[role=tab]").filter(has_text=re.compile(f"^{label}$")).click()
+    """"img2img": the img2img tab; "Inpaint" / "Inpaint upload": that sub-tab of the Inpaint tab."""
+    if label == "img2img":
+        page.locator("#tabs button[role=tab]").filter(has_text=re.compile("^img2img$")).click()
+        return
+    page.locator("#tabs button[role=tab]").filter(has_text=re.compile("^Inpaint$")).first.click()
+    page.locator("#inpaint-modes button[role=tab]").filter(has_text=re.compile(f"^{label}$")).click()
 
 
-def generate(page, prompt: str = "a stone bridge over a river", steps: int = 3) -> str:
-    return ui.generate(page, prompt, steps, prefix="img2img")
+def generate(page, prompt: str = "a stone bridge over a river", steps: int = 3, prefix: str = "img2img") -> str:
+    return ui.generate(page, prompt, steps, prefix=prefix)
 
 
 def newest(folder) -> list:
@@ -166,23 +172,23 @@ def test_img2img_bad_inputs_then_generate(page, server, inputs):
 
 def test_inpaint_changes_only_pixels_under_the_stroke(page, server, inputs):
     open_mode(page, "Inpaint")
-    message = page.locator("#img2img-message")
+    message = page.locator("#inpaint-message")
     where = load_editor(page, inputs / "input.png")
     dw, dh = imageops.default_size((W, H), 64)
-    expect(page.locator("#img2img-width input[type=number]")).to_have_value(str(dw))  # sized from the upload
-    expect(page.locator("#img2img-denoising-strength-hint")).to_contain_text("touch-ups")  # inpaint bands
-    set_number(page, "width", W)  # output at the input's own size: untouched pixels compare 1:1
-    set_number(page, "height", H)
-    set_number(page, "denoising-strength", 0.75)
+    expect(page.locator("#inpaint-width input[type=number]")).to_have_value(str(dw))  # sized from the upload
+    expect(page.locator("#inpaint-denoising-strength-hint")).to_contain_text("touch-ups")  # inpaint bands
+    set_number(page, "width", W, "inpaint")  # output at the input's own size: untouched pixels compare 1:1
+    set_number(page, "height", H, "inpaint")
+    set_number(page, "denoising-strength", 0.75, "inpaint")
 
-    page.locator("#img2img-prompt textarea").fill("a red flower")
-    page.locator("#img2img-generate").click()  # nothing painted yet
+    page.locator("#inpaint-prompt textarea").fill("a red flower")
+    page.locator("#inpaint-generate").click()  # nothing painted yet
     expect(message).to_contain_text("mask is empty")
     before = len(newest(server.outputs_dir / "inpaint")) if (server.outputs_dir / "inpaint").exists() else 0
 
     a, b = (W * 0.4, H * 0.5), (W * 0.6, H * 0.5)
     paint(page, where, a, b)
-    text = generate(page, prompt="a red flower", steps=4)
+    text = generate(page, prompt="a red flower", steps=4, prefix="inpaint")
     expect(message).to_be_hidden()
     assert f"Size: {W}x{H}" in text and "Mask blur: 4" in text
     saved = newest(server.outputs_dir / "inpaint")
@@ -203,14 +209,14 @@ def test_inpaint_changes_only_pixels_under_the_stroke(page, server, inputs):
 def test_inpaint_upload_with_a_mask_of_another_size(page, server, inputs):
     open_mode(page, "Inpaint upload")
     page.locator("#inpaint-upload-image input[type=file]").set_input_files(str(inputs / "input.png"))
-    message = page.locator("#img2img-message")
-    page.locator("#img2img-prompt textarea").fill("a window")
-    page.locator("#img2img-generate").click()
+    message = page.locator("#inpaint-message")
+    page.locator("#inpaint-prompt textarea").fill("a window")
+    page.locator("#inpaint-generate").click()
     expect(message).to_contain_text("No mask")
 
     page.locator("#inpaint-upload-mask input[type=file]").set_input_files(str(inputs / "mask.png"))
-    expect(page.locator("#img2img-width input[type=number]")).to_have_value(str(imageops.default_size((W, H), 64)[0]))
-    generate(page, prompt="a window", steps=2)
+    expect(page.locator("#inpaint-width input[type=number]")).to_have_value(str(imageops.default_size((W, H), 64)[0]))
+    generate(page, prompt="a window", steps=2, prefix="inpaint")
     expect(message).to_contain_text(f"mask was {W // 2}x{H // 2}, resized")  # the engine's warning, shown
     expect(message.locator("[data-kind=warning]")).to_be_visible()
 
@@ -226,25 +232,25 @@ def test_send_txt2img_result_to_inpaint_and_img2img(page, server):
     expect(info).to_have_value(re.compile(r"Seed: \d+"))
     seed = re.search(r"Seed: (\d+)", info.input_value()).group(1)
 
-    page.locator("#txt2img-send-inpaint").click()
-    expect(page.locator("#inpaint-editor canvas").first).to_be_visible()
-    expect(page.locator("#img2img-prompt textarea")).to_have_value("a lighthouse on a cliff")
-    expect(page.locator("#img2img-seed input")).to_have_value(seed)
-    expect(page.locator("#img2img-steps input[type=number]")).to_have_value("2")
-    expect(page.locator("#img2img-width input[type=number]")).to_have_value("64")
-    expect(page.locator("#img2img-denoising-strength-hint")).to_contain_text("touch-ups")  # inpaint bands
-    expect(page.locator("#inpaint-settings")).to_be_visible()
+    page.locator("#txt2img-send-inpaint").click()  # opens the Inpaint tab
+    expect(page.locator("#inpaint-editor canvas").first).to_be_visible(timeout=SEND)
+    expect(page.locator("#inpaint-prompt textarea")).to_have_value("a lighthouse on a cliff")
+    expect(page.locator("#inpaint-seed input")).to_have_value(seed)
+    expect(page.locator("#inpaint-steps input[type=number]")).to_have_value("2")
+    expect(page.locator("#inpaint-width input[type=number]")).to_have_value("64")
+    expect(page.locator("#inpaint-denoising-strength-hint")).to_contain_text("touch-ups")  # inpaint bands
+    expect(page.locator("#inpaint-mask-settings")).to_be_visible()
 
     # the image really is in the editor: paint on it and inpaint at its size
     where = editor_position(page, (64, 64))
     paint(page, where, (16, 32), (48, 32))
-    text = generate(page, prompt="a lighthouse on a cliff", steps=2)
+    text = generate(page, prompt="a lighthouse on a cliff", steps=2, prefix="inpaint")
     assert f"Seed: {seed}" in text and "Size: 64x64" in text
 
     # and the inpaint result goes on to img2img with its parameters
-    page.locator("#img2img-send-img2img").click()
-    expect(page.locator("#img2img-image img")).to_be_visible()
-    expect(page.locator("#inpaint-settings")).to_be_hidden()
+    page.locator("#inpaint-send-img2img").click()
+    expect(page.locator("#img2img-image img")).to_be_visible(timeout=SEND)
+    expect(page.locator("#inpaint-mask-settings")).to_be_hidden()
     expect(page.locator("#img2img-denoising-strength-hint")).to_contain_text("keeps structure")
     expect(page.locator("#img2img-seed input")).to_have_value(seed)
 
@@ -261,3 +267,18 @@ def test_png_info_sends_image_to_img2img(page, server):
     page.locator("#pnginfo-send-img2img").click()
     expect(page.locator("#img2img-image img")).to_be_visible()
     expect(page.locator("#img2img-prompt textarea")).to_have_value(prompt)
+
+
+def test_img2img_inpaint_button_opens_the_image_in_the_inpaint_tab(page, server, inputs):
+    open_mode(page, "img2img")
+    page.locator("#img2img-prompt textarea").fill("a stone bridge at dusk")
+    page.locator("#img2img-to-inpaint").click()  # nothing uploaded: a warning, no switch
+    expect(page.locator(".toast-body").filter(has_text="Upload an image first")).to_be_visible()
+    page.locator("#img2img-image input[type=file]").set_input_files(str(inputs / "input.png"))
+    expect(page.locator("#img2img-image img")).to_be_visible()
+    page.locator("#img2img-to-inpaint").click()
+    editor = page.locator("#inpaint-editor")
+    expect(editor.get_by_text("Upload or paste an image")).to_be_hidden(timeout=SEND)  # the image is in the editor
+    expect(page.locator("#inpaint-prompt textarea")).to_have_value("a stone bridge at dusk")
+    expect(page.locator("#inpaint-width input[type=number]")).to_have_value(str(imageops.default_size((W, H), 64)[0]))
+    editor_position(page, (W, H))  # shown at its own size

@@ -1,6 +1,6 @@
 """The A1111-compatible REST API (`/sdapi/v1/...`), so existing A1111 clients work unchanged, plus our own
 endpoints under `/studio/v1/...` for features A1111 only offers through positional script arguments
-(the tiled SD upscale).
+(the tiled SD upscale, outpainting: ui/api_outpaint.py, which also reads A1111's outpainting script_args).
 
 `build_api(studio, auth)` returns an APIRouter that app.py mounts. Every endpoint is a thin adapter over the
 `Studio` facade: parse and validate the request, submit a job to the shared queue, wait for it, and shape
@@ -32,6 +32,7 @@ from pipelines.params.specs import (
     PARAMS,
     ExtrasParams,
     Img2ImgParams,
+    OutpaintParams,
     SdUpscaleParams,
     Txt2ImgParams,
     schedule_rules,
@@ -53,7 +54,9 @@ from ui.api_common import (  # noqa: F401  (ApiError and encode_png are imported
     wait_job,
 )
 from ui.api_controlnet import AlwaysOnScripts, build_controlnet_api, detected_maps, units_from_request
+from ui.api_outpaint import OutpaintRequest, is_outpaint, readable_body, readable_message, script_fields
 from ui.api_sweep import build_sweep_api, is_xyz, run_xyz
+from ui.api_zoom import build_zoom_api
 
 log = logging.getLogger("studio.api")
 
@@ -250,6 +253,7 @@ _SILENT = {
     "extra-batch-images": frozenset(),
     "sd-upscale": frozenset({"sampler_index"}),
     "hires-fix": frozenset({"sampler_index"}),
+    "outpaint": frozenset({"sampler_index"}),
 }
 
 # Fields we do not implement yet: (is it in use?, what happens instead).
@@ -273,9 +277,12 @@ _UNSUPPORTED: dict[str, _Unsupported] = {
         "subseed_strength": (lambda v: v > 0, "variation seeds are not supported in img2img"),
         "initial_noise_multiplier": (lambda v: v is not None and v != 1, "the initial noise is not scaled"),
         "mask_round": (lambda v: not v, "the mask is always binarised (any painted value repaints)"),
+        "script_name": (lambda v: bool(v) and not is_outpaint(v),  # the outpainting scripts: ui/api_outpaint.py
+                        "only the outpainting scripts (Outpainting mk2, Poor man's outpainting) are implemented"),
     },
     "sd-upscale": {},
     "hires-fix": {},
+    "outpaint": {},
 }
 _UNSUPPORTED["extra-single-image"] = _UNSUPPORTED["extra-batch-images"] = {
     "gfpgan_visibility": (lambda v: v > 0, "face restoration is not implemented yet"),
@@ -284,7 +291,7 @@ _UNSUPPORTED["extra-single-image"] = _UNSUPPORTED["extra-batch-images"] = {
 _REQUESTS: dict[str, type[BaseModel]] = {"txt2img": Txt2ImgRequest, "img2img": Img2ImgRequest,
                                          "extra-single-image": ExtrasSingleRequest,
                                          "extra-batch-images": ExtrasBatchRequest, "sd-upscale": SdUpscaleRequest,
-                                         "hires-fix": HiresFixRequest}
+                                         "hires-fix": HiresFixRequest, "outpaint": OutpaintRequest}
 _OVERRIDES = {"sd_model_checkpoint", "CLIP_stop_at_last_layers", "sd_vae"}
 
 
@@ -314,7 +321,7 @@ def parse_request(body: Any, mode: str = "txt2img") -> tuple[BaseModel, str | No
         if len(set(blur_xy)) > 1:
             warnings.append(f"mask_blur_x/mask_blur_y differ: one blur for both axes, mask_blur={max(blur_xy)}")
     scale_to = mode.startswith("extra-") and data.get("resize_mode") in (1, "1")
-    if mode in ("txt2img", "img2img"):  # ControlNet units come as the A1111 extension sends them
+    if mode in ("txt2img", "img2img", "outpaint"):  # ControlNet units come as the A1111 extension sends them
         if data.pop("controlnet", None) is not None:
             warnings.append("controlnet ignored: send units in alwayson_scripts.controlnet.args")
         data["controlnet"] = units_from_request(data.get("alwayson_scripts"), warnings)
@@ -506,6 +513,18 @@ def build_api(studio: Studio, auth: tuple[str, str] | None = None) -> APIRouter:
         model = model_name(model)
         params = dict(req.model_dump(include=set(Img2ImgParams.model_fields)), controlnet=req.controlnet)
         apply_request_styles(studio, req, params)
+        if is_outpaint(req.script_name):  # A1111's outpainting scripts (ui/api_outpaint.py)
+            if mask is not None:
+                warnings.append("mask ignored: the outpainting scripts make their own")
+            try:
+                outpaint = studio.parse_outpaint({**params, **script_fields(req.script_name, req.script_args)})
+            except BadRequest as e:
+                raise ApiError(422, "ValidationError", str(e)) from None
+            answer = run_generation(lambda: studio.submit_outpaint(outpaint, image, model=model,
+                                                                   owner=client_id(request)), req, warnings)
+            if not req.include_init_images:
+                answer["parameters"].update(init_images=None, mask=None)
+            return answer
         typed = Img2ImgParams.model_construct(**params)  # validated once, as the request; not again
         answer = run_generation(
             lambda: studio.submit_img2img(typed, image, mask, model=model, owner=client_id(request)), req, warnings)
@@ -711,6 +730,30 @@ def build_api(studio: Studio, auth: tuple[str, str] | None = None) -> APIRouter:
         fields instead of script_args). Answers like img2img; `parameters` echoes the request, image null."""
         return one_image(request, body, "sd-upscale", SdUpscaleParams.model_fields, studio.submit_sd_upscale)
 
+    @own.post("/outpaint", openapi_extra=doc(OutpaintRequest))
+    def outpaint(request: Request, body: Any = Depends(json_body)) -> dict[str, Any]:
+        """Outpainting (A1111's "Outpainting mk2" / "Poor man's outpainting", with readable fields): `image`
+        extended by left/right/up/down px; the input's pixels stay identical. Answers like img2img, image null."""
+        try:
+            req, model, warnings = parse_request(readable_body(body), "outpaint")
+        except ApiError as e:
+            raise ApiError(e.status, e.error, readable_message(e.detail, body)) from None
+        image = decode_image(req.image, "image", MAX_INPUT_PIXELS)
+        params = dict(req.model_dump(include=set(OutpaintParams.model_fields)), controlnet=req.controlnet)
+        apply_request_styles(studio, req, params)
+        try:
+            typed = studio.parse_outpaint(params)
+        except BadRequest as e:
+            raise ApiError(422, "ValidationError", readable_message(str(e), body)) from None
+        model = model_name(model)
+        try:
+            answer = run_generation(lambda: studio.submit_outpaint(typed, image, model=model,
+                                                                   owner=client_id(request)), req, warnings)
+        except ApiError as e:
+            raise ApiError(e.status, e.error, readable_message(e.detail, body)) from None
+        answer["parameters"]["image"] = None
+        return answer
+
     @own.post("/hires-fix", openapi_extra=doc(HiresFixRequest))
     def hires_fix(request: Request, body: Any = Depends(json_body)) -> dict[str, Any]:
         """Finalize a chosen image (the guided workflow's last step): answers like txt2img, image null."""
@@ -722,4 +765,5 @@ def build_api(studio: Studio, auth: tuple[str, str] | None = None) -> APIRouter:
     root.include_router(build_controlnet_api(studio, deps))
     root.include_router(build_sweep_api(studio, deps, sweep_params, Txt2ImgRequest))
     root.include_router(build_advisor_api(studio, deps))
+    root.include_router(build_zoom_api(studio, deps))
     return root

@@ -151,6 +151,8 @@ class ControlPanel:
     inputs: list[gr.components.Component] = field(default_factory=list)  # per unit: UNIT_INPUTS, unit after unit
     restore_outputs: list[gr.components.Component] = field(default_factory=list)  # what `restore` may update
     accordion: gr.Accordion | None = None
+    tabs: gr.Tabs | None = None  # the units' sub-tabs (ids `{prefix}-cn{index}`)
+    prefix: str = ""
 
     def units(self, values: Sequence[Any]) -> list[dict[str, Any]]:
         """Values of `inputs` -> one ControlUnit dict per unit (disabled units: {"enabled": False}); the image is
@@ -181,6 +183,45 @@ class ControlPanel:
         """After a generation: each unit's preview shows the map its preprocessor made for the job."""
         used = getattr(result, "control_maps", None) or {}
         return {u.map: used[u.index] for u in self.unit_blocks if u.index in used}
+
+    def receive_outputs(self, index: int) -> list[gr.components.Component]:
+        """What `receive(index, ...)` may update."""
+        u = self.unit_blocks[index]
+        return [u.image, u.map, u.control_type, u.message, *(u.widgets[n].input for n in CONTROL_PARAMS),
+                *u.threshold_boxes.values(), *(u.widgets[n].hint for n in THRESHOLDS),
+                *(c for c in (self.tabs, self.accordion) if c is not None)]
+
+    def receive(self, index: int, image: Any, detected: Any, values: Mapping[str, Any], control_type: str,
+                checkpoint: str | None) -> dict[Any, Any]:
+        """Updates handing a unit's image and settings (CONTROL_PARAMS values) to unit `index`: enabled, its
+        sub-tab selected, the panel open. A detected map goes in as the control image with the preprocessor
+        "none" (it is a map already) and as the unit's preview; without one, the image with its preprocessor."""
+        u = self.unit_blocks[index]
+        w = u.widgets
+        vals = dict(values)
+        if detected is not None:
+            image, vals["module"] = detected, "none"
+        ctype = control_type if control_type in CONTROL_TYPES else type_of(vals.get("module") or "none")
+        modules = module_choices(ctype)
+        if vals.get("module") not in modules:
+            ctype, modules = "All", module_choices("All")
+        models = model_choices(self.studio, family_of(self.studio, checkpoint), ctype)
+        model = pick_model(models, vals.get("model"), "None")
+        updates: dict[Any, Any] = {
+            u.image: image, u.map: detected, u.control_type: ctype, u.message: message_html(""),
+            w["module"].input: gr.Dropdown(choices=modules, value=vals.get("module") or "none"),
+            w["model"].input: gr.Dropdown(choices=models, value=model),
+        }
+        for name in CONTROL_PARAMS:
+            if name not in ("module", "model", *THRESHOLDS) and vals.get(name) is not None:
+                updates[w[name].input] = vals[name]
+        updates[w["enabled"].input] = True
+        updates.update(u.thresholds(vals.get("module") or "none", hint_context(self.studio, checkpoint), vals))
+        if self.tabs is not None:
+            updates[self.tabs] = gr.Tabs(selected=f"{self.prefix}-cn{index}")
+        if self.accordion is not None:
+            updates[self.accordion] = gr.Accordion(open=True)
+        return updates
 
     def restored_note(self, index: int) -> str:
         where = " (or leave it empty to use the img2img input)" if self.img2img else ""
@@ -245,11 +286,11 @@ def build_controlnet(studio: Studio, prefix: str, checkpoint: gr.Dropdown, img2i
     ctx_of = lambda name: hint_context(studio, name)  # noqa: E731
     blocks: list[Unit] = []
     with gr.Accordion("ControlNet", open=False, elem_id=f"{prefix}-controlnet", elem_classes="cn-panel") as acc:
-        with gr.Tabs(elem_id=f"{prefix}-cn-units"):
+        with gr.Tabs(elem_id=f"{prefix}-cn-units") as tabs:
             for i in range(MAX_UNITS):
                 with gr.Tab(f"Unit {i}", id=f"{prefix}-cn{i}", elem_id=f"{prefix}-cn{i}-tab"):
                     blocks.append(_build_unit(studio, prefix, i, ctx, family0, img2img))
-    panel = ControlPanel(studio, blocks, img2img, accordion=acc)
+    panel = ControlPanel(studio, blocks, img2img, accordion=acc, tabs=tabs, prefix=prefix)
     for u in blocks:
         _wire_unit(studio, u, checkpoint, ctx_of, source_inputs, source_of)
         panel.inputs.extend(u.inputs)
@@ -260,7 +301,21 @@ def build_controlnet(studio: Studio, prefix: str, checkpoint: gr.Dropdown, img2i
     return panel
 
 
-def _build_unit(studio: Studio, prefix: str, i: int, ctx: Any, family: str | None, img2img: bool) -> Unit:
+def build_workspace_unit(studio: Studio, prefix: str, checkpoint: gr.Dropdown, *,
+                         source_inputs: Sequence[gr.components.Component] = (),
+                         source_of: Callable[..., Image.Image | None] | None = None) -> ControlPanel:
+    """One always-enabled unit laid out as a workspace (the ControlNet tab): reference and detected map side by
+    side, a "Detect" button, the same settings and wiring as an accordion unit. elem_ids `{prefix}-cn0-*`."""
+    name0 = current_name(studio)
+    unit = _build_unit(studio, prefix, 0, hint_context(studio, name0), family_of(studio, name0), False,
+                       workspace=True)
+    _wire_unit(studio, unit, checkpoint, lambda name: hint_context(studio, name), source_inputs, source_of)
+    return ControlPanel(studio, [unit], inputs=list(unit.inputs), prefix=prefix)
+
+
+def _build_unit(studio: Studio, prefix: str, i: int, ctx: Any, family: str | None, img2img: bool,
+                workspace: bool = False) -> Unit:
+    """`workspace`: the ControlNet tab's unit: always enabled (the checkbox hidden), bigger images, "Detect"."""
     p = f"{prefix}-cn{i}"
     w: dict[str, ParamWidget] = {}
 
@@ -268,19 +323,27 @@ def _build_unit(studio: Studio, prefix: str, i: int, ctx: Any, family: str | Non
         w[name] = param_widget(CONTROL_PARAMS[name], ctx, p, **kw)
 
     with gr.Row(elem_classes="cn-top"):
-        add("enabled", value=False)
+        if workspace:
+            with gr.Column(visible=False, min_width=0):
+                add("enabled", value=True)
+        else:
+            add("enabled", value=False)
         add("pixel_perfect")
+    height = 380 if workspace else 260
     with gr.Row(elem_classes="cn-images"):
         with gr.Column(min_width=200):
             label = "Control image (empty = the img2img input)" if img2img else "Control image"
+            if workspace:
+                label = "Reference: a photo, a map, or a pose JSON (button below)"
             image = image_input(label=label, type="filepath", image_mode=None, sources=["upload", "clipboard"],
-                                height=260, elem_id=f"{p}-image")
+                                height=height, elem_id=f"{p}-image")
             pose_json = gr.UploadButton("📄 Pose JSON", file_types=[".json"], type="filepath", size="sm",
                                         elem_id=f"{p}-pose-json", elem_classes="cn-pose-button")
         with gr.Column(min_width=200):
-            cmap = gr.Image(label="Detected map", type="pil", format="png", interactive=False, height=260,
+            cmap = gr.Image(label="Detected map", type="pil", format="png", interactive=False, height=height,
                             elem_id=f"{p}-map")
-            preview = gr.Button("Preview", size="sm", elem_id=f"{p}-preview-button")
+            preview = gr.Button("Detect" if workspace else "Preview", size="sm", elem_id=f"{p}-preview-button",
+                                variant="secondary")
     message = gr.HTML("", visible=False, elem_id=f"{p}-message", padding=False)
     control_type = gr.Radio(list(CONTROL_TYPES), value="All", label="Control type", elem_id=f"{p}-control-type",
                             elem_classes="cn-type",

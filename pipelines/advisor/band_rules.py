@@ -15,9 +15,15 @@ from pipelines.params.spec import VERDICT_ORDER, HintContext, ParamSpec
 NOT_BAND_RULES = {"width", "height", "hr_scale", "seed", "subseed", "hr_resize_x", "hr_resize_y", "scale_by", "sd_vae"}
 
 
+def advised_modes(spec: ParamSpec) -> tuple[str, ...]:
+    """The advisor modes a parameter is checked in: its own; outpainting's settings (mode "outpaint") in inpaint,
+    when the settings hold them (outpainting is inpainting, pipelines/engine/outpaint.py)."""
+    return tuple(m for m in MODES if m in spec.modes) or (("inpaint",) if "outpaint" in spec.modes else ())
+
+
 def _active(spec: ParamSpec, v: Mapping[str, Any], mode: str) -> bool:
     """Whether a parameter matters for these settings (hires settings only with hires fix on...)."""
-    if mode not in spec.modes:
+    if mode not in advised_modes(spec) or (mode not in spec.modes and spec.name not in v):
         return False
     if mode == "txt2img" and (spec.group == "hires" or spec.name == "denoising_strength"):
         return bool(v.get("enable_hr"))
@@ -94,13 +100,13 @@ def band_rule(spec: ParamSpec) -> Rule | None:
     return Rule(f"band:{spec.name}", f"{spec.label} outside its recommended bands",
                 "; ".join(f"{b.label}: {b.verdict}, {b.why}" for b in spec.bands_for(HintContext())
                           if b.verdict in ("caution", "avoid")),
-                check, example, modes=tuple(m for m in MODES if m in spec.modes))
+                check, example, modes=advised_modes(spec))
 
 
 def _band_example(spec: ParamSpec) -> dict[str, Any] | None:
     """Settings putting the parameter in its worst band for an SD 1.x model (switched on where it needs to be);
     None when no value of it is ever advised against."""
-    mode = next(m for m in MODES if m in spec.modes)
+    mode = advised_modes(spec)[0]
     ctx = HintContext(mode=mode)
     extra: dict[str, Any] = {}
     if mode == "txt2img" and (spec.group == "hires" or spec.name == "denoising_strength"):

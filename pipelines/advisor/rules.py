@@ -16,7 +16,7 @@ import math
 from typing import Any, Callable, Iterable, Mapping
 
 from pipelines import imageops
-from pipelines.advisor.band_rules import NOT_BAND_RULES, band_rule
+from pipelines.advisor.band_rules import NOT_BAND_RULES, advised_modes, band_rule
 from pipelines.advisor.findings import MODES, SEVERITY_ORDER, Finding, Rule, Situation, fmt
 from pipelines.advisor.network_rules import embedding_family, lora_family, lora_missing, lora_total, lora_weight
 from pipelines.advisor.prompt_builder import NEGATIVE_PRESETS
@@ -240,7 +240,7 @@ RULES: tuple[Rule, ...] = (
          _sdxl_vae_fp16, {"sd_vae": "Automatic", "_mode": "txt2img"},
          HintContext(family="sdxl", native=1024, half=True, vaes=("sdxl-vae-fp16-fix.safetensors",))),
     *filter(None, (band_rule(spec) for name, spec in PARAMS.items()
-                   if name not in NOT_BAND_RULES and set(spec.modes) & set(MODES))),
+                   if name not in NOT_BAND_RULES and advised_modes(spec))),
 )
 
 

@@ -266,6 +266,11 @@ class Engine:
         """`params`: a validated Img2ImgParams; inpaint when a mask is given."""
         return self.generate(ctx, params, info, modes.img2img(image, mask), controls)
 
+    def outpaint(self, ctx: JobContext, params: Any, info: CheckpointInfo, image: Image.Image,
+                 controls: list[ControlRequest] = ()) -> GenerationResult:
+        """`params`: a validated OutpaintParams (pipelines/engine/outpaint.py), batch_size 1."""
+        return self.generate(ctx, params, info, modes.outpaint(image), controls)
+
     def start(self, ctx: JobContext, params: Any = None, info: CheckpointInfo | None = None) -> Run:
         """A job's own state; the job starts in the configured memory mode (an OOM retry may lower it). Given the
         request and checkpoint, the job's VAE is chosen too (its `sd_vae`)."""

@@ -68,3 +68,24 @@ def sd_upscale_steps(p: Mapping[str, Any], size: tuple[int, int]) -> int:
     per_tile = max(strength_steps(int(p["steps"]), float(p["denoising_strength"])), 1)
     per_seam = max(strength_steps(int(p["steps"]), float(p["seams_fix_denoise"])), 1)
     return n["tiles"] * per_tile + n["seams"] * per_seam
+
+
+def zoom_cost(p: Mapping[str, Any], has_image: bool) -> dict[str, Any]:
+    """What an infinite zoom costs before it starts: keyframes, inpaint passes and denoising steps (keyframe 0 is
+    a txt2img pass when no image is given, each later keyframe an inpaint pass at the border denoising), and the
+    video's frames and seconds (`per keyframe` frames between each two keyframes, plus the last one)."""
+    keyframes, steps = int(p["zoom_keyframes"]), int(p["steps"])
+    first = 0 if has_image else steps
+    per_redraw = strength_steps(steps, float(p["zoom_denoising"]))
+    frames = (keyframes - 1) * int(p["zoom_frames_per_keyframe"]) + 1
+    fps = int(p["zoom_fps"])
+    return {"keyframes": keyframes, "inpaint_passes": keyframes - 1, "steps_per_keyframe": per_redraw,
+            "denoising_steps": first + (keyframes - 1) * per_redraw, "frames": frames, "fps": fps,
+            "seconds": round(frames / fps, 2)}
+
+
+def zoom_cost_text(c: Mapping[str, Any]) -> str:
+    """The cost as the UI shows it."""
+    return (f"{c['keyframes']} keyframes ({c['inpaint_passes']} inpaint passes × {c['steps_per_keyframe']} steps) = "
+            f"{c['denoising_steps']} denoising steps · video: {c['frames']} frames at {c['fps']} fps = "
+            f"{c['seconds']:g} s")

@@ -150,11 +150,15 @@ def _seed_bands(what: str) -> Bands:
 
 _IMG = frozenset({"img2img", "inpaint"})
 _INP = frozenset({"inpaint"})
+_OUT = frozenset({"outpaint"})  # outpainting (pipelines/outpaint.py): its own settings, besides inpaint's
 _T2I = frozenset({"txt2img"})
 _ALL = frozenset({"txt2img", "img2img", "inpaint", "sd_upscale"})
 _EXTRAS = frozenset({"extras"})  # the Upscale tab's plain upscalers
 _SDUP = frozenset({"sd_upscale"})  # its tiled SD upscale
 _UPS = _EXTRAS | _SDUP
+_ZOOM = frozenset({"zoom"})  # the infinite zoom
+ZOOM_DIRECTIONS = ("zoom out", "zoom in")
+ZOOM_FORMATS = ("mp4", "webm")
 LATENT_UPSCALERS = ("Latent", "Latent (antialiased)", "Latent (bicubic)", "Latent (bicubic antialiased)",
                     "Latent (nearest)", "Latent (nearest-exact)")
 PIXEL_UPSCALERS = ("None", "Lanczos", "Nearest")  # plus every model in models/ESRGAN
@@ -162,6 +166,7 @@ RESIZE_MODES = ("Just resize", "Crop and resize", "Resize and fill", "Just resiz
 MASK_MODES = ("Inpaint masked", "Inpaint not masked")  # A1111 inpainting_mask_invert 0/1
 MASKED_CONTENT = ("fill", "original", "latent noise", "latent nothing")  # A1111 inpainting_fill 0..3
 INPAINT_AREAS = ("Whole picture", "Only masked")  # A1111 inpaint_full_res false/true
+OUTPAINT_FILLS = ("fill", "original", "latent noise", "latent nothing", "matched noise")  # pipelines/outpaint.py
 
 
 MODEL_UPSCALER = "a model in models/ESRGAN"  # how the bands name "any upscaler model"
@@ -502,6 +507,61 @@ PARAMS: dict[str, ParamSpec] = {
             ),
             minimum=0, maximum=256, step=4, infotext_key="Masked area padding", group="inpaint", modes=_INP,
         ),
+        *[ParamSpec(
+            f"outpaint_{side}", f"Extend {side}", "int", 0,
+            f"Pixels added on the {side} of the image by outpainting (0: this side stays as it is).",
+            # the 32-192 band first: a thin strip's one-click fix widens it (a tie with "0" would undo it)
+            (Band("best", "up to a quarter of the native size per step: new content that matches", 32, 192),
+             Band("best", "this side stays", 0, 0),
+             Band("caution", "a thin strip: little room for new content, the seam is most of it", 8, 31),
+             Band("ok", "a wide band: split it into steps (Step size) so each pass sees enough of the image", 200,
+                  512),
+             Band("caution", "very wide: the new area dwarfs the original; the result drifts from it", 520, 2048)),
+            minimum=0, maximum=2048, step=8, infotext_key=f"Outpaint {side}", group="outpaint", modes=_OUT,
+        ) for side in ("left", "right", "up", "down")],
+        ParamSpec(
+            "outpaint_fill", "Outpaint fill", "choice", "fill",
+            "What the new area starts from: fill (the edge colours blended), original (the edge pixels stretched "
+            "outwards), latent noise, latent nothing, or matched noise (Outpainting mk2: noise with the image's "
+            "colour statistics).",
+            (Band("best", "new content that continues the edge colours", values=("fill", "matched noise")),
+             Band("ok", "stretched edge pixels: streaks unless the denoising strength is high", values=("original",)),
+             Band("ok", "pure noise: most new content, needs denoising 0.9-1", values=("latent noise",)),
+             Band("caution", "an empty latent: flat, grey new areas below denoising 1", values=("latent nothing",))),
+            choices=lambda: list(OUTPAINT_FILLS), infotext_key="Outpaint fill", group="outpaint", modes=_OUT,
+        ),
+        ParamSpec(
+            "outpaint_overlap", "Outpaint overlap", "int", 16,
+            "Pixels of the old image, along each extended edge, that each step repaints with the new area so the "
+            "new content grows out of it (the input's own pixels are restored in the final image).",
+            (Band("caution", "no overlap: the new area is drawn next to a fixed edge, seams show more", 0, 3),
+             Band("best", "a band the new content can blend into", 4, 64),
+             Band("caution", "a wide band: the old image's edge is redrawn a lot between steps", 65, 256)),
+            minimum=0, maximum=256, step=1, infotext_key="Outpaint overlap", group="outpaint", modes=_OUT,
+        ),
+        ParamSpec(
+            "outpaint_step", "Step size", "int", 0,
+            "Extend at most this many pixels per side and pass, in several passes (0: everything in one pass).",
+            (Band("best", "one pass: fastest", 0, 0),
+             Band("caution", "tiny steps: many passes, each adds little", 8, 31),
+             Band("best", "a few passes, each seeing most of the image: the mk2 way for big extensions", 32, 256),
+             Band("ok", "large steps", 264, 2048)),
+            minimum=0, maximum=2048, step=8, infotext_key="Outpaint step", group="outpaint", modes=_OUT,
+        ),
+        ParamSpec(
+            "outpaint_noise_q", "Fall-off exponent", "float", 1.0,
+            "Matched noise only: how fast the noise's detail falls off (lower = finer detail), as in mk2.",
+            (Band("ok", "fine, busy noise", 0, 0.49), Band("best", "mk2's range", 0.5, 2),
+             Band("caution", "very smooth blobs: flat new areas", 2.01, 4)),
+            minimum=0, maximum=4, step=0.01, infotext_key="Outpaint fall-off", group="outpaint", modes=_OUT,
+        ),
+        ParamSpec(
+            "outpaint_color_variation", "Color variation", "float", 0.05,
+            "Matched noise only: how colourful the noise is before its colours are matched to the image.",
+            (Band("best", "mostly grey noise, matched to the image's colours", 0, 0.2),
+             Band("ok", "colourful noise", 0.21, 0.6), Band("caution", "very colourful speckles", 0.61, 1)),
+            minimum=0, maximum=1, step=0.01, infotext_key="Outpaint color variation", group="outpaint", modes=_OUT,
+        ),
         ParamSpec(
             "upscaler_1", "Upscaler", "choice", "Lanczos",
             "The upscaler: ESRGAN-family models from models/ESRGAN keep and invent detail; Lanczos/Nearest only "
@@ -625,6 +685,86 @@ PARAMS: dict[str, ParamSpec] = {
              Band("caution", "very wide blending", 17, 64)),
             minimum=0, maximum=64, step=1, group="tiled", modes=_SDUP,
         ),
+        # -- infinite zoom (the Inpaint tab's "Infinite zoom"; pipelines/zoom.py, pipelines/engine/zoom.py) --------
+        ParamSpec(
+            "zoom_factor", "Zoom factor", "float", 0.7,
+            "Each keyframe is the previous one shrunk by this factor into the centre, with the new border inpainted. "
+            "0.7: the border is about half the frame; lower factors zoom faster but invent more per keyframe.",
+            (Band("avoid", "more than three quarters of every keyframe is new: repeats and mush show", 0.25, 0.45),
+             Band("caution", "more than half of the frame is inpainted each step: repeats start to show", 0.46, 0.59),
+             Band("best", "a border of a third to a half of the frame: coherent and still fast", 0.6, 0.8),
+             Band("ok", "slow zoom: many keyframes for a long way", 0.81, 0.9)),
+            minimum=0.25, maximum=0.9, step=0.05, infotext_key="Zoom factor", group="zoom", modes=_ZOOM,
+        ),
+        ParamSpec(
+            "zoom_keyframes", "Keyframes", "int", 6,
+            "How many keyframes to make, the first included (the input image, or a txt2img result when there is "
+            "none). Each later one costs an inpaint pass.",
+            (Band("best", "a short zoom to try settings", 2, 8), Band("ok", "a long zoom", 9, 32),
+             Band("caution", "very long: small errors add up over many inpaint passes", 33, 100)),
+            minimum=2, maximum=100, step=1, infotext_key="Zoom keyframes", group="zoom", modes=_ZOOM,
+        ),
+        ParamSpec(
+            "zoom_overlap", "Overlap", "int", 8,
+            "Pixels of the shrunk image's edge that are repainted too, so the new border blends into it.",
+            (Band("caution", "no overlap: a visible frame around every keyframe", 0, 1),
+             Band("best", "blends the seam", 2, 32), Band("caution", "repaints much of the previous keyframe", 33, 128)),
+            minimum=0, maximum=128, step=1, infotext_key="Zoom overlap", group="zoom", modes=_ZOOM,
+        ),
+        ParamSpec(
+            "zoom_mask_blur", "Zoom mask blur", "int", 4,
+            "Soft edge (px) of the border mask, where the inpainted border meets the overlap.",
+            (Band("caution", "hard edge: visible seams", 0, 0), Band("best", "a soft seam", 1, 16),
+             Band("caution", "wide blend: the seam smears", 17, 64)),
+            minimum=0, maximum=64, step=1, infotext_key="Zoom mask blur", group="zoom", modes=_ZOOM,
+        ),
+        ParamSpec(
+            "zoom_fill", "Border starts from", "choice", "fill",
+            "What the new border starts from before it is inpainted (A1111's masked content): fill (the colours "
+            "around it), original (black), latent noise or latent nothing.",
+            (Band("best", "the surrounding colours: the border continues the picture", values=("fill",)),
+             Band("ok", "noise: more invention, needs border denoising near 1", values=("latent noise",)),
+             Band("caution", "black or empty borders: dark frames unless denoising is 1",
+                  values=("original", "latent nothing"))),
+            choices=lambda: list(MASKED_CONTENT), infotext_key="Zoom fill", group="zoom", modes=_ZOOM,
+            extra={"by_index": False},
+        ),
+        ParamSpec(
+            "zoom_denoising", "Border denoising", "float", 1.0,
+            "Denoising strength of the border's inpaint pass: 1 paints it from scratch (the border is empty).",
+            (Band("avoid", "the empty border stays visible", 0.05, 0.59),
+             Band("caution", "traces of the filled border remain", 0.6, 0.84), Band("best", "a new border", 0.85, 1)),
+            minimum=0.05, maximum=1, step=0.05, infotext_key="Zoom denoising", group="zoom", modes=_ZOOM,
+        ),
+        ParamSpec(
+            "zoom_frames_per_keyframe", "Frames per keyframe", "int", 24,
+            "Video frames between two keyframes (crop-and-scale interpolation at a constant zoom speed): with "
+            "the fps, the video's length.",
+            (Band("caution", "jumps from keyframe to keyframe", 1, 5), Band("ok", "a fast zoom", 6, 15),
+             Band("best", "a smooth zoom", 16, 60), Band("caution", "very slow: the upscaled crops look soft", 61, 240)),
+            minimum=1, maximum=240, step=1, group="zoom", modes=_ZOOM,
+        ),
+        ParamSpec(
+            "zoom_fps", "FPS", "int", 24,
+            "Frames per second of the video and the GIF (GIFs store 1/100 s per frame: 24 fps plays at ~25).",
+            (Band("caution", "choppy", 1, 11), Band("best", "smooth", 12, 30), Band("ok", "very smooth, big files", 31, 60)),
+            minimum=1, maximum=60, step=1, group="zoom", modes=_ZOOM,
+        ),
+        ParamSpec(
+            "zoom_direction", "Direction", "choice", ZOOM_DIRECTIONS[0],
+            "Zoom out plays the keyframes in the order they were made (the picture widens); zoom in plays the same "
+            "frames backwards.",
+            (Band("best", "the picture widens", values=ZOOM_DIRECTIONS[:1]),
+             Band("best", "dives into the first keyframe", values=ZOOM_DIRECTIONS[1:])),
+            choices=lambda: list(ZOOM_DIRECTIONS), group="zoom", modes=_ZOOM, extra={"by_index": False},
+        ),
+        ParamSpec(
+            "zoom_format", "Video format", "choice", ZOOM_FORMATS[0],
+            "The video file: MP4 (H.264, plays everywhere) or WebM (VP9, smaller). An animated GIF is written too.",
+            (Band("best", "plays everywhere", values=ZOOM_FORMATS[:1]),
+             Band("ok", "smaller files; not every player has VP9", values=ZOOM_FORMATS[1:])),
+            choices=lambda: list(ZOOM_FORMATS), group="zoom", modes=_ZOOM, extra={"by_index": False},
+        ),
     ]
 }
 
@@ -632,10 +772,15 @@ TXT2IMG_FIELDS = [n for n, p in PARAMS.items() if "txt2img" in p.modes]
 IMG2IMG_FIELDS = [n for n, p in PARAMS.items() if "img2img" in p.modes]
 INPAINT_FIELDS = [n for n, p in PARAMS.items() if "inpaint" in p.modes]
 EXTRAS_FIELDS = [n for n, p in PARAMS.items() if "extras" in p.modes]
+# outpainting: the inpaint fields (mask settings set by outpainting itself) plus its own
+OUTPAINT_FIELDS = [*INPAINT_FIELDS, *[n for n, p in PARAMS.items() if "outpaint" in p.modes]]
 # the tiled SD upscale: an img2img pass per tile, so the img2img basics plus its own settings
 SD_UPSCALE_FIELDS = ["prompt", "negative_prompt", "sampler_name", "scheduler", "steps", "cfg_scale", "seed", "clip_skip",
                      "denoising_strength", *[n for n, p in PARAMS.items() if "sd_upscale" in p.modes
                                              and n != "denoising_strength"]]
+# the infinite zoom: txt2img basics (the prompt may be a schedule "0: forest, 4: castle") plus its own settings
+ZOOM_FIELDS = ["prompt", "negative_prompt", "sampler_name", "scheduler", "steps", "cfg_scale", "seed", "clip_skip",
+               "width", "height", "sd_vae", *[n for n, p in PARAMS.items() if "zoom" in p.modes]]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -721,6 +866,16 @@ Img2ImgParams: type[BaseModel] = create_model(
 )
 
 
+OutpaintParams: type[BaseModel] = create_model(
+    "OutpaintParams",
+    __base__=_ParamsBase,
+    __doc__="Outpainting: extend an image by left/right/up/down px through inpaint passes (mask settings other "
+            "than mask blur are set by outpainting).",
+    controlnet=_UNITS,
+    **{name: pydantic_field(PARAMS[name]) for name in OUTPAINT_FIELDS},
+)
+
+
 ExtrasParams: type[BaseModel] = create_model(
     "ExtrasParams", __base__=BaseModel, __doc__="The Upscale tab's plain upscale (A1111 'extras').",
     **{name: pydantic_field(PARAMS[name]) for name in EXTRAS_FIELDS},
@@ -729,6 +884,11 @@ ExtrasParams: type[BaseModel] = create_model(
 SdUpscaleParams: type[BaseModel] = create_model(
     "SdUpscaleParams", __base__=_ParamsBase, __doc__="The Upscale tab's tiled SD upscale.",
     **{name: pydantic_field(PARAMS[name]) for name in SD_UPSCALE_FIELDS},
+)
+
+ZoomParams: type[BaseModel] = create_model(
+    "ZoomParams", __base__=_ParamsBase, __doc__="The infinite zoom: keyframes by outpainting, played as a video.",
+    **{name: pydantic_field(PARAMS[name]) for name in ZOOM_FIELDS},
 )
 
 
