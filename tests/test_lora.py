@@ -220,6 +220,9 @@ def test_unknown_and_wrong_family_are_refused_before_queueing(lw, tmp_path):
         studio.submit_txt2img({"prompt": "x", "enable_hr": True, "hr_prompt": "<lora:gone:1>", "steps": 1},
                               model="tiny-sd15")
     assert studio.submit_txt2img({"prompt": "x <lora:for-sd15:1>", "steps": 1}, model="tiny-sd15").wait(120)
+    # a hires prompt is not used without Hires. fix: its tags are neither checked nor applied nor recorded
+    done = studio.submit_txt2img({"prompt": "x", "hr_prompt": "<lora:gone:1>", "steps": 1}, model="tiny-sd15").wait(120)
+    assert "Lora hashes" not in done.infotexts[0]
 
 
 def test_symlinked_lora_folder_is_listed(lw, tmp_path):

@@ -306,7 +306,8 @@ class Engine:
             self._save_maps(plan, run, result, r.seed)
             # 3. Encode prompt and negative prompt once: emphasis, 75-token chunks, clip skip.
             embeds = self.encode(comps, p.prompt, p.negative_prompt, p.clip_skip, run=run)
-            extra_info = self.with_network_hashes(extra_info, run, getattr(p, "hr_prompt", ""))
+            hr_prompt = getattr(p, "hr_prompt", "") if getattr(p, "enable_hr", False) else ""
+            extra_info = self.with_network_hashes(extra_info, run, hr_prompt)
 
             # 4. One pass (or two) per batch; every image is saved as soon as it is decoded.
             for it in range(p.n_iter):
