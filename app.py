@@ -63,7 +63,8 @@ def build_app(settings: Settings):
                     else hw.device.type == "cuda",
                     compile_unet=settings.compile, preview_decoder=settings.preview_decoder,
                     esrgan_dir=settings.esrgan_models_path, loras=loras,
-                    embeddings=embeddings, vaes=vaes, checkpoints_dir=settings.checkpoints_dir)
+                    embeddings=embeddings, vaes=vaes, checkpoints_dir=settings.checkpoints_dir,
+                    round_pixels=settings.round_pixels)
     runner = JobRunner(max_queued_per_owner=settings.max_queued_per_client).start()
     # the hardware facts the first-run choice (the hub model offered while nothing is local) depends on
     machine = first_run.Machine(hw.device.type, hw.total_memory, fp16=str(hw.dtype) == "torch.float16")

@@ -28,7 +28,8 @@ class Settings:
     device: str = "auto"
     precision: str = "auto"
     attention: str = "auto"
-    rng: str = "cpu"
+    rng: str = "CPU"  # CPU | GPU | NV: the default noise source (A1111's randn_source option), canonical spelling
+    round_pixels: bool = False  # 8-bit output: round like diffusers (True) or truncate like A1111 (False)
     vram_budget_gb: float | None = None
     ram_budget_gb: float | None = None
     hub_models: tuple[str, ...] = DEFAULT_HUB_MODELS
@@ -100,8 +101,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="weights dtype (auto: fp16 on CUDA/MPS, fp32 on CPU)")
     p.add_argument("--attention", choices=["auto", "sdpa", "xformers"], default="auto",
                    help="attention kernels (auto: xformers only where it loads with CUDA, else PyTorch SDPA)")
-    p.add_argument("--rng", choices=["cpu", "device"], default="cpu",
-                   help="where initial noise is drawn: cpu gives the same image for a seed on any GPU (default)")
+    p.add_argument("--rng", type=_rng, choices=RNG_SOURCES, default="CPU",
+                   help="the default random-noise source (A1111's randn_source option; per request: randn_source): "
+                        "CPU = the same image for a seed on any hardware, as diffusers/ComfyUI (default); NV = "
+                        "A1111's emulation of NVIDIA's CUDA noise on any hardware (reproduces images shared from "
+                        "A1111); GPU = this device's own generator. Case-insensitive; cpu/device are CPU/GPU")
+    p.add_argument("--round-pixels", action="store_true",
+                   help="round to 8-bit pixels like diffusers (default: truncate like A1111's (255*x).astype(uint8))")
     p.add_argument("--vram-budget-gb", type=float, default=None, help="device memory for cached models (default: 85%% of total)")
     p.add_argument("--ram-budget-gb", type=float, default=None, help="CPU RAM for models moved off the device (default: 40%% of RAM)")
     p.add_argument("--hub-model", dest="hub_models", action="append", default=None, metavar="ORG/NAME",
@@ -147,6 +153,27 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+RNG_SOURCES = ("CPU", "GPU", "NV")  # A1111's randn_source choices
+_RNG_ALIASES = {"DEVICE": "GPU"}  # the flag's old spelling (and "cpu" is CPU by case)
+
+
+def canonical_rng(value: str) -> str:
+    """The canonical spelling of a noise source (CPU, GPU, NV; case-insensitive, the old "device" is GPU);
+    ValueError naming the choices for anything else."""
+    v = str(value).strip().upper()
+    v = _RNG_ALIASES.get(v, v)
+    if v not in RNG_SOURCES:
+        raise ValueError(f"{value!r} is not one of: {', '.join(RNG_SOURCES)}")
+    return v
+
+
+def _rng(value: str) -> str:
+    try:
+        return canonical_rng(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def hub_endpoint(offline: bool) -> str | None:
     if offline or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
         return None
@@ -158,7 +185,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
     return Settings(
         models_dir=a.models_dir, outputs_dir=a.outputs_dir, port=a.port, listen=a.listen, auth=a.auth,
         api=a.api or a.nowebui, nowebui=a.nowebui, device=a.device, precision=a.precision, attention=a.attention,
-        rng=a.rng, vram_budget_gb=a.vram_budget_gb, ram_budget_gb=a.ram_budget_gb,
+        rng=a.rng, round_pixels=a.round_pixels, vram_budget_gb=a.vram_budget_gb, ram_budget_gb=a.ram_budget_gb,
         hub_models=tuple(a.hub_models) if a.hub_models is not None else DEFAULT_HUB_MODELS,
         ckpt=a.ckpt, preview_every=a.preview_every, max_queued_per_client=a.max_queued_per_client,
         controlnet_hub=tuple(a.controlnet_hub), hub_endpoint=hub_endpoint(a.offline), styles_file=a.styles_file,

@@ -27,8 +27,10 @@ from pipelines.networks import listing, tags
 from pipelines.networks.embeddings import Embeddings
 from pipelines.networks.loras import LoraInfo, LoraLibrary, incompatibility
 from pipelines.networks.vaes import VaeFile, VaeLibrary
+from pipelines.params import reproduce
 from pipelines.params.specs import (
     LATENT_UPSCALERS,
+    PARAMS,
     ExtrasParams,
     HintContext,
     Img2ImgParams,
@@ -37,7 +39,7 @@ from pipelines.params.specs import (
     Txt2ImgParams,
     ZoomParams,
 )
-from pipelines.settings import Settings
+from pipelines.settings import Settings, canonical_rng
 
 if TYPE_CHECKING:
     from pipelines.engine.generate import Engine
@@ -96,7 +98,9 @@ class Studio:
         self._count_tokens: Callable[[str], int] | None = None  # the advisor's CLIP token counter, on first use
         self._context_widths: dict[tuple[Any, ...], int | None] = {}  # per checkpoint file: a .ckpt is slow to read
         self._options: dict[str, Any] = {"CLIP_stop_at_last_layers": 1, "samples_format": "png",
-                                          "outdir_samples": str(settings.outputs_dir), "sd_vae": "Automatic"}
+                                          "outdir_samples": str(settings.outputs_dir), "sd_vae": "Automatic",
+                                          # A1111's noise options: the source of jobs that name none (--rng), ENSD
+                                          "randn_source": canonical_rng(settings.rng), "eta_noise_seed_delta": 0}
         self.refresh_models()
         if settings.ckpt:
             self._current, self._chosen = self.find_model(settings.ckpt).name, True
@@ -259,6 +263,54 @@ class Studio:
         name = self.check_vae(given if given not in (None, "") else self.vae_option())
         return params if name == given else params.model_copy(update={"sd_vae": name})
 
+    # -- the noise (A1111's randn_source and eta_noise_seed_delta) -------------------------------------------
+    @staticmethod
+    def check_noise_options(values: Mapping[str, Any]) -> dict[str, Any]:
+        """`values` with randn_source in its canonical spelling (CPU, GPU, NV; case-insensitive) and
+        eta_noise_seed_delta an int in 0..2**32-1, where present (null: left out, the option unchanged); BadRequest
+        naming the choices or the limits."""
+        out = {k: v for k, v in values.items()
+               if not (k in ("randn_source", "eta_noise_seed_delta") and v in (None, ""))}  # null: unchanged
+        if "randn_source" in out:
+            try:
+                out["randn_source"] = canonical_rng(str(out["randn_source"]))
+            except ValueError as e:
+                raise BadRequest(f"randn_source: {e}") from None
+        if "eta_noise_seed_delta" in out:
+            v = out["eta_noise_seed_delta"]
+            spec = PARAMS["eta_noise_seed_delta"]
+            if isinstance(v, float) and v.is_integer():
+                v = int(v)
+            if isinstance(v, str) and v.strip().isdigit():
+                v = int(v)
+            if isinstance(v, bool) or not isinstance(v, int) or not spec.minimum <= v <= spec.maximum:
+                raise BadRequest(f"eta_noise_seed_delta: expected an integer from {int(spec.minimum)} to "
+                                 f"{int(spec.maximum)}, got {v!r}")
+            out["eta_noise_seed_delta"] = v
+        return out
+
+    def noise_options(self) -> tuple[str, int]:
+        """The randn_source and eta_noise_seed_delta options: what jobs that name none get."""
+        with self._lock:
+            return (str(self._options.get("randn_source") or canonical_rng(self.settings.rng)),
+                    int(self._options.get("eta_noise_seed_delta") or 0))
+
+    def job_noise(self, params: BaseModel) -> BaseModel:
+        """The request with its noise settled before it is queued: randn_source / eta_noise_seed_delta not given
+        are the options' values (as they are now), so the engine always sees "CPU"/"GPU"/"NV" and an int."""
+        fields = type(params).model_fields
+        source, ensd = self.noise_options()
+        update = {}
+        if "randn_source" in fields and params.randn_source in (None, ""):
+            update["randn_source"] = source
+        if "eta_noise_seed_delta" in fields and params.eta_noise_seed_delta is None:
+            update["eta_noise_seed_delta"] = ensd
+        return params.model_copy(update=update) if update else params
+
+    def job_options(self, params: BaseModel) -> BaseModel:
+        """The request's VAE and noise settled from the options before it is queued (`job_vae`, `job_noise`)."""
+        return self.job_noise(self.job_vae(params))
+
     # -- textual-inversion embeddings -----------------------------------------------------------------
     def embeddings(self) -> dict[str, dict[str, dict[str, Any]]]:
         """A1111's `GET /sdapi/v1/embeddings` for the current checkpoint: "loaded" (usable with its text encoders)
@@ -339,6 +391,11 @@ class Studio:
                                   networks=self.networks(model, checkpoints=False))
         if values.get("sd_vae") in (None, ""):  # the VAE the job would get: the sd_vae option
             values = {**values, "sd_vae": self.vae_option()}
+        source, ensd = self.noise_options()
+        if values.get("randn_source") in (None, ""):  # the noise the job would get: the options
+            values = {**values, "randn_source": source}
+        if values.get("eta_noise_seed_delta") in (None, ""):
+            values = {**values, "eta_noise_seed_delta": ensd}
         return ctx, advisor.check(values, ctx, self.count_tokens)
 
     def count_tokens(self, text: str) -> int:
@@ -383,7 +440,7 @@ class Studio:
         info = self.usable_model(model)
         self._check_size(params, info)
         self.check_loras(params, info)
-        params = self.job_vae(params)
+        params = self.job_options(params)
         if params.enable_hr and params.hr_upscaler not in LATENT_UPSCALERS:
             self._check_upscaler(params.hr_upscaler)
         controls = self._controls(params, info, has_input=False)
@@ -432,7 +489,7 @@ class Studio:
             info = self.usable_model(cell.checkpoint)
             self._check_size(params, info)
             self.check_loras(params, info)
-            params = self.job_vae(params)
+            params = self.job_options(params)
         except BadRequest as e:
             raise BadRequest(f"{plan.describe(cell)}: {e}") from None
         return params, info
@@ -473,7 +530,7 @@ class Studio:
                                            "height": image.height, "controlnet": []})
         self._check_size(params, info)
         self.check_loras(params, info)
-        params = self.job_vae(params)
+        params = self.job_options(params)
         return self.runner.submit(lambda ctx: self.engine.hires_fix(ctx, params, info, image), kind="hires-fix",
                                   owner=owner)
 
@@ -494,7 +551,7 @@ class Studio:
         w, h = imageops.output_size(image.size, params.width, params.height, params.scale_by, info.native)
         self._check_size(params.model_copy(update={"width": w, "height": h}), info)
         self.check_loras(params, info)
-        params = self.job_vae(params)
+        params = self.job_options(params)
         controls = self._controls(params, info, has_input=True)
         kind = "inpaint" if mask is not None else "img2img"
         return self.runner.submit(lambda ctx: self.engine.img2img(ctx, params, info, image, mask, controls),
@@ -522,7 +579,7 @@ class Studio:
         params = params.model_copy(update={"n_iter": params.n_iter * params.batch_size, "batch_size": 1})
         self._check_size(params.model_copy(update={"width": w, "height": h}), info)
         self.check_loras(params, info)
-        params = self.job_vae(params)
+        params = self.job_options(params)
         controls = self._controls(params, info, has_input=True)
         return self.runner.submit(lambda ctx: self.engine.outpaint(ctx, params, info, image, controls),
                                   kind="outpaint", owner=owner)
@@ -598,7 +655,7 @@ class Studio:
         self._check_image(image)
         info = self.usable_model(model)
         self.check_loras(params, info)
-        params = self.job_vae(params)
+        params = self.job_options(params)
         self._check_upscaler(params.upscaler_1)
         w, h = self._upscale_target(params, image)
         if params.tile_width > w or params.tile_height > h:
@@ -645,7 +702,7 @@ class Studio:
                              f"width x height under {MAX_ZOOM_PIXELS / 1e9:.2f} G pixels (fewer keyframes, frames per "
                              "keyframe or a smaller size)")
         self.check_loras(params, info)
-        params = self.job_vae(params)
+        params = self.job_options(params)
         from pipelines import zoom
 
         try:
@@ -692,6 +749,7 @@ class Studio:
     def set_options(self, values: Mapping[str, Any]) -> Job | None:
         if "sd_vae" in values:  # checked before anything changes: BadRequest naming the available VAEs
             values = {**values, "sd_vae": self.check_vae(values["sd_vae"])}
+        values = self.check_noise_options(values)  # randn_source CPU/GPU/NV, eta_noise_seed_delta an int
         job = None
         if values.get("sd_model_checkpoint"):
             job = self.select_model(str(values["sd_model_checkpoint"]))
@@ -746,6 +804,20 @@ class Studio:
     @staticmethod
     def png_info(image: Any) -> dict[str, Any]:
         return outputs.read_png_info(image)
+
+    def reproduce(self, parsed: Mapping[str, Any]) -> list[reproduce.Check]:
+        """Which fields of a parsed infotext this studio reproduces exactly and which not (PNG Info shows it),
+        judged against the checkpoints, LoRAs and upscalers listed here."""
+        loras: dict[str, str | None] = {}
+        for lora in self.loras.list():
+            loras[lora.name] = lora.sha256
+            if lora.alias:
+                loras.setdefault(lora.alias, lora.sha256)
+        hires = parsed.get("hr_upscaler")  # the upscaler list loads torch: only for a model's name
+        upscalers = tuple(self.upscaler_names()) if hires and hires not in reproduce.BUILT_IN_UPSCALERS else ()
+        local = reproduce.Local(checkpoints={m.name: m.sha256 for m in self.models()}, loras=loras,
+                                upscalers=upscalers)
+        return reproduce.report(parsed, local)
 
     def memory(self) -> dict[str, Any]:
         """A1111's /sdapi/v1/memory ({"ram": ..., "cuda": ...}) plus the memory mode ("mode": the running or last

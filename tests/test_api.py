@@ -113,11 +113,13 @@ def test_combined_sampler_names_and_sampler_index(server):
 def test_unsupported_fields_are_ignored_with_warnings(server):
     data, info, images = txt2img(server, seed=2, steps=2, restore_faces=True, hr_scale=2, styles=[],
                                  send_images=False, override_settings={"CLIP_stop_at_last_layers": 2,
+                                                                       "sd_hypernetwork": "x",
                                                                        "eta_noise_seed_delta": 31337},
                                  foo=1)
     assert images == [] and info["clip_skip"] == 2
     text = " | ".join(info["warnings"])
-    assert "restore_faces" in text and "eta_noise_seed_delta" in text and "foo" in text and "hr_scale" not in text
+    assert "restore_faces" in text and "sd_hypernetwork" in text and "foo" in text and "hr_scale" not in text
+    assert "eta_noise_seed_delta" not in text  # an override applied, not ignored
 
 
 def test_hires_fix_fields(server):

@@ -56,10 +56,10 @@ def test_first_pass_is_kept_when_asked(world):
 
 def test_progress_counts_both_passes(world):
     params = Txt2ImgParams(prompt="x", steps=4, seed=1, enable_hr=True, hr_second_pass_steps=6,
-                           denoising_strength=0.5)  # second pass: int(6 x 0.5) = 3 steps
+                           denoising_strength=0.5)  # second pass: all 6 steps, as A1111 runs them
     job = world["runner"].submit(lambda ctx: world["engine"].txt2img(ctx, params, world["infos"]["tiny-sd15"]))
-    steps = [e.step for e in job.events(timeout=60) if e.kind is EventKind.PROGRESS and e.total == 7]
-    assert steps[-1] == 7 and steps == sorted(steps)
+    steps = [e.step for e in job.events(timeout=60) if e.kind is EventKind.PROGRESS and e.total == 10]
+    assert steps[-1] == 10 and steps == sorted(steps)
 
 
 def test_plain_txt2img_writes_no_hires_settings(world):

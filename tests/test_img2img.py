@@ -56,7 +56,7 @@ def test_higher_strength_moves_further_from_the_input(world):
     reference = ((rec[0].permute(1, 2, 0).clamp(-1, 1) + 1) * 127.5).numpy()
     distances = [np.abs(arr(run(world, img, denoising_strength=s, steps=20).images[0]) - reference).mean()
                  for s in (0.1, 0.3, 0.5, 0.8)]
-    assert distances == sorted(distances) and distances[-1] > 2 * distances[0], distances
+    assert distances == sorted(distances) and distances[-1] > 1.5 * distances[0], distances
 
 
 def test_sizes_follow_the_input_or_the_request(world):

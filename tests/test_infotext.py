@@ -132,7 +132,8 @@ def test_parse_old_style_combined_sampler() -> None:
     assert (p["steps"], p["cfg_scale"], p["seed"]) == (28, 7.5, 2837469152)
     assert (p["width"], p["height"], p["clip_skip"]) == (512, 768, 2)
     assert (p["model_name"], p["model_hash"]) == ("anything-v5", "7f96a1a9ca")
-    assert p["extra"]["ENSD"] == "31337" and p["extra"]["Version"] == "v1.6.0"
+    assert p["eta_noise_seed_delta"] == 31337 and "ENSD" not in p["extra"] and p["extra"]["Version"] == "v1.6.0"
+    assert p["randn_source"] == "NV"  # no RNG: A1111's default GPU noise on an NVIDIA card
 
 
 def test_parse_schedule_type_hires_multiline_negative_quotes() -> None:

@@ -200,20 +200,20 @@ def test_out_of_memory_retries_the_batch_one_mode_lower(mem):
 
 def test_out_of_memory_without_retry_fails_clearly_and_frees_everything(mem, monkeypatch):
     pipes, noises = [], []
-    real_build, real_noise = generate_mod.build_pipeline, mem["engine"].noise
+    real_build, real_noise = generate_mod.build_pipeline, generate_mod.A1111Scheduler.first_noise
 
     def spy_build(*a, **k):
         pipe = real_build(*a, **k)
         pipes.append(weakref.ref(pipe))
         return pipe
 
-    def spy_noise(*a, **k):
+    def spy_noise(*a, **k):  # the batch's initial latents
         x = real_noise(*a, **k)
         noises.append(weakref.ref(x))
         return x
 
     monkeypatch.setattr(generate_mod, "build_pipeline", spy_build)
-    monkeypatch.setattr(mem["engine"], "noise", spy_noise)
+    monkeypatch.setattr(generate_mod.A1111Scheduler, "first_noise", spy_noise)
     boom = Explode(unet_of(mem), at=3 + 2)
     try:
         job = run(mem, "high", retry=False, seed=700, n_iter=3)

@@ -122,7 +122,7 @@ def test_several_steps_run_a_pass_each_and_keep_the_input(world):
     assert out.size == (104, 80)
     assert np.array_equal(original_area(out, (0, 16, 64, 80)), np.asarray(img))
     assert "Outpaint steps: 3" in r.infotexts[0]
-    assert r.denoising_steps == 3 * 1  # int(2 x 0.5) = 1 step per pass, three passes
+    assert r.denoising_steps == 3 * 2  # int(2 x 0.5) + 1 = 2 steps per pass (A1111's count), three passes
 
 
 def test_inpainting_checkpoint_outpaints(world):

@@ -156,9 +156,9 @@ def test_cells_row_by_row_and_cost_counts_steps_per_cell():
     assert p.axes[0].labels == ["CFG scale: 5", "CFG scale: 7", "CFG scale: 9"]
 
     hires = plan(("Hires steps", "0, 4"), ("Denoising", "0.5"), b=base(enable_hr=True, steps=10, batch_size=2))
-    # hires steps 0 = the first pass's 10 -> 10 + 5; 4 -> 10 + 2; per image, two images per cell
-    assert hires.cost.steps == (15 + 12) * 2 and hires.cost.images == 4
-    assert hires.summary().startswith("2 x 1 = 2 cells · 4 images · 54 denoising steps")
+    # hires steps 0 = the first pass's 10 -> 10 + 10; 4 -> 10 + 4 (A1111 runs all hires steps); two images a cell
+    assert hires.cost.steps == (20 + 14) * 2 and hires.cost.images == 4
+    assert hires.summary().startswith("2 x 1 = 2 cells · 4 images · 68 denoising steps")
 
 
 def test_checkpoint_axis_changes_least_often():
@@ -316,8 +316,8 @@ def test_cells_are_checked_before_queueing(studio, world):
     before = set((world["root"] / "outputs").rglob("*.png"))
     with pytest.raises(BadRequest, match=r"cell 2/2 \(Size: 2048x2048\): 2048x2048 with batch size 8 is too large"):
         studio.submit_sweep(dict(BASE, batch_size=8), [("Size", "64x64, 2048x2048")])
-    with pytest.raises(BadRequest, match=r"cell 1/2 \(Euler a\): Schedule type 'Karras' is not available for Euler a"):
-        studio.submit_sweep(dict(BASE, scheduler="Karras", sampler_name="Euler"), [("Sampler", "Euler a, Euler")])
+    with pytest.raises(BadRequest, match=r"cell 1/2 \(DDIM\): Schedule type 'Karras' is not available for DDIM"):
+        studio.submit_sweep(dict(BASE, scheduler="Karras", sampler_name="Euler"), [("Sampler", "DDIM, Euler")])
     with pytest.raises(BadRequest, match=r"X axis \(Steps\): '2-x' is not a number"):
         studio.plan_sweep(dict(BASE), [{"type": "Steps", "values": "2-x"}])
     with pytest.raises(BadRequest, match="ControlNet unit 0 is enabled but has no control image"):

@@ -76,8 +76,8 @@ def test_tiled_sd_upscale_redraws_every_tile(studio):
     labels = {e.label for e in events if e.kind is EventKind.PROGRESS and e.label}
     assert {f"tile {i}/6" for i in range(1, 5)} <= labels  # 4 tiles, then 2 seam bands
     assert {"seam 5/6", "seam 6/6"} <= labels
-    steps = [(e.step, e.total) for e in events if e.kind is EventKind.PROGRESS and e.total == 10]
-    assert steps[-1] == (10, 10)  # 4 tiles x int(4 x 0.5) steps + 2 seams x int(4 x 0.35) steps
+    steps = [(e.step, e.total) for e in events if e.kind is EventKind.PROGRESS and e.total == 16]
+    assert steps[-1] == (16, 16)  # 4 tiles x (int(4 x 0.5) + 1) steps + 2 seams x (int(4 x 0.35) + 1) (A1111's)
     text = result.infotexts[0]
     assert "Tile width: 64" in text and "Seams fix: band pass" in text and "Denoising strength: 0.5" in text
     assert result.paths[0].parent.parent.name == "extras"

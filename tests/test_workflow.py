@@ -51,7 +51,7 @@ def test_finalize_settings_come_from_the_image():
     Txt2ImgParams(**p)  # a valid request
     t = workflow.finalize_tiled(parsed, SD15, ["None", "Lanczos"])
     assert t["upscaler_1"] == "Lanczos" and t["tile_width"] == 512 and t["seed"] == 99
-    assert workflow.tiled_steps(t, (512, 768)) == 6 * 7  # 1024x1536 in 512 tiles: 6 tiles x int(25 x 0.3)
+    assert workflow.tiled_steps(t, (512, 768)) == 6 * 8  # 1024x1536 in 512 tiles: 6 x (int(25 x 0.3) + 1), A1111's
 
 
 def test_ledger_counts_each_stage_and_the_naive_way():
@@ -95,7 +95,7 @@ def test_draft_refine_finalize_on_the_tiny_model(world):
     final = workflow.finalize_hires(parse_infotext(chosen.info["parameters"]), {}, TINY, ["None", "Lanczos"])
     f = run_job(world, lambda ctx: engine.hires_fix(ctx, Txt2ImgParams(**final), info, chosen))
     assert f.images[0].size == (128, 128) and f.seeds == r.seeds
-    assert f.denoising_steps == int(25 * final["denoising_strength"]) == cost.hires_steps(final)
+    assert f.denoising_steps == 25 == cost.hires_steps(final)  # A1111 runs all the hires steps
     text = f.infotexts[0]
     assert "Hires upscale: 2" in text and "Hires upscaler: Lanczos" in text and "Size: 64x64" in text
 

@@ -17,7 +17,7 @@ import logging
 import re
 import secrets
 from contextlib import asynccontextmanager
-from typing import Annotated, Any, AsyncIterator, Callable, ClassVar
+from typing import Annotated, Any, AsyncIterator, Callable, ClassVar, Literal
 
 import anyio.to_thread
 from fastapi import APIRouter, Depends, HTTPException, Request
@@ -101,6 +101,12 @@ class OverrideSettings(BaseModel):
         description="clip skip, where the request has no clip_skip")
     sd_vae: str | None = Field(None, description="VAE for this request, where the request has no sd_vae: Automatic, "
                                                  "None or a name from GET /sdapi/v1/sd-vae (unknown: 422)")
+    randn_source: Literal["CPU", "GPU", "NV"] | None = Field(
+        None, description="noise source for this request, where the request has no randn_source: CPU, GPU or NV "
+                          "(case-insensitive; other: 422)")
+    eta_noise_seed_delta: int | None = Field(
+        None, ge=0, le=PARAMS["eta_noise_seed_delta"].maximum,
+        description="ENSD for this request, where the request has no eta_noise_seed_delta (ancestral samplers)")
 
 
 def _passed_as_is(model: type[BaseModel]) -> Any:
@@ -233,6 +239,11 @@ class OptionsUpdate(BaseModel):
     sd_vae: str | None = Field(None, description="the VAE of requests that name none: Automatic (a NAME.vae.* file "
                                                  "beside the checkpoint, else its own), None (the checkpoint's own) "
                                                  "or a name from GET /sdapi/v1/sd-vae (unknown: 404)")
+    randn_source: Literal["CPU", "GPU", "NV"] | None = Field(
+        None, description="the noise source of requests that name none: CPU (the same image on any hardware), NV "
+                          "(A1111's NVIDIA noise on any hardware) or GPU (this device's generator); other: 422")
+    eta_noise_seed_delta: int | None = Field(None, ge=0, le=PARAMS["eta_noise_seed_delta"].maximum,
+                                             description="the ENSD of requests that name none (0 = off)")
 
 
 class PngInfoRequest(BaseModel):
@@ -292,7 +303,7 @@ _REQUESTS: dict[str, type[BaseModel]] = {"txt2img": Txt2ImgRequest, "img2img": I
                                          "extra-single-image": ExtrasSingleRequest,
                                          "extra-batch-images": ExtrasBatchRequest, "sd-upscale": SdUpscaleRequest,
                                          "hires-fix": HiresFixRequest, "outpaint": OutpaintRequest}
-_OVERRIDES = {"sd_model_checkpoint", "CLIP_stop_at_last_layers", "sd_vae"}
+_OVERRIDES = {"sd_model_checkpoint", "CLIP_stop_at_last_layers", "sd_vae", "randn_source", "eta_noise_seed_delta"}
 
 
 def parse_request(body: Any, mode: str = "txt2img") -> tuple[BaseModel, str | None, list[str]]:
@@ -314,6 +325,10 @@ def parse_request(body: Any, mode: str = "txt2img") -> tuple[BaseModel, str | No
     if isinstance(overrides, dict) and overrides.get("sd_vae") is not None and data.get("sd_vae") is None \
             and "sd_vae" in fields:
         data["sd_vae"] = overrides["sd_vae"]  # checked against the listed VAEs by the studio, before queueing
+    for name in ("randn_source", "eta_noise_seed_delta"):  # the request's own field wins, as for sd_vae
+        if isinstance(overrides, dict) and overrides.get(name) not in (None, "") and data.get(name) in (None, "") \
+                and name in fields:
+            data[name] = overrides[name]  # validated with the request (CPU/GPU/NV; 0..2**32-1)
     warnings = []
     blur_xy = [v for v in (data.get("mask_blur_x"), data.get("mask_blur_y")) if type(v) is int]
     if mode == "img2img" and data.get("mask_blur") is None and blur_xy:  # A1111: mask_blur sets both axes
@@ -608,6 +623,10 @@ def build_api(studio: Studio, auth: tuple[str, str] | None = None) -> APIRouter:
             body["sd_model_checkpoint"] = _find_model(studio, str(body["sd_model_checkpoint"])).name
         if "sd_vae" in body:
             body["sd_vae"] = _find_vae(studio, body["sd_vae"])
+        try:  # randn_source CPU/GPU/NV (A1111 clients send "GPU"), eta_noise_seed_delta 0..2**32-1
+            body = studio.check_noise_options(body)
+        except BadRequest as e:
+            raise ApiError(422, "ValidationError", str(e)) from None
         job = submit_job(lambda: studio.set_options(body))
         if job is not None:
             wait_job(job)  # the previous model stays selected when this load fails

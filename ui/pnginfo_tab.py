@@ -1,4 +1,5 @@
-"""PNG Info tab: read the generation parameters of any image and send them to txt2img, img2img or inpaint."""
+"""PNG Info tab: read the generation parameters of any image, show which of them this studio reproduces exactly
+(and which not, with the reason), and send them to txt2img, img2img or inpaint."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any, Mapping
 import gradio as gr
 from PIL import Image
 
+from pipelines.params import reproduce
 from pipelines.params.specs import PARAMS, TXT2IMG_FIELDS
 from pipelines.studio import Studio
 from ui.generation import image_input
@@ -23,6 +25,14 @@ def fields_table(parsed: Mapping[str, Any]) -> str:
         return ""
     cell = lambda v: html.escape(str(v)).replace("|", "\\|").replace("\n", "<br>")  # noqa: E731
     return "| Parameter | Value |\n|---|---|\n" + "\n".join(f"| {cell(k)} | {cell(v)} |" for k, v in rows)
+
+
+def reproduce_text(studio: Studio, parsed: Mapping[str, Any]) -> str:
+    """The "reproduced exactly / not reproduced" tables of a parsed infotext (empty for plain text)."""
+    try:
+        return reproduce.markdown(studio.reproduce(parsed))
+    except Exception as e:  # robustness: infotext comes from arbitrary files; the parameters still show
+        return f"Cannot tell what reproduces: {e}"
 
 
 def txt2img_values(parsed: Mapping[str, Any]) -> list[Any]:
@@ -66,6 +76,8 @@ def build_pnginfo(studio: Studio) -> PngInfo:
                 send_img2img = gr.Button("Send to img2img", elem_id="pnginfo-send-img2img", interactive=False)
                 send_inpaint = gr.Button("Send to inpaint", elem_id="pnginfo-send-inpaint", interactive=False)
             table = gr.Markdown("", elem_id="pnginfo-fields")
+            # which fields this studio reproduces exactly, and which not (why): pipelines/params/reproduce.py
+            reproduced = gr.Markdown("", elem_id="pnginfo-reproduce")
             with gr.Accordion("All text chunks", open=False):
                 items = gr.JSON(label="Image info", elem_id="pnginfo-items")
     parsed = gr.State({})
@@ -73,17 +85,18 @@ def build_pnginfo(studio: Studio) -> PngInfo:
     def read(path: str | None) -> tuple[Any, ...]:
         off = gr.Button(interactive=False)
         if not path:
-            return "", off, off, off, "", {}, {}
+            return "", off, off, off, "", "", {}, {}
         try:
             with Image.open(path) as img:
                 info = studio.png_info(img)
         except (OSError, ValueError) as e:
-            return f"Cannot read this file: {e}", off, off, off, "", {}, {}
+            return f"Cannot read this file: {e}", off, off, off, "", "", {}, {}
         on = gr.Button(interactive=True)  # any image can go to img2img / inpaint, with or without parameters
         params = info.get("parameters") or {}
         if not info.get("info"):
-            return "No generation parameters found in this image.", off, on, on, "", info.get("items", {}), {}
-        return info["info"], on, on, on, fields_table(params), info.get("items", {}), params
+            return "No generation parameters found in this image.", off, on, on, "", "", info.get("items", {}), {}
+        return (info["info"], on, on, on, fields_table(params), reproduce_text(studio, params), info.get("items", {}),
+                params)
 
-    image.change(read, image, [text, send, send_img2img, send_inpaint, table, items, parsed], **QUIET)
+    image.change(read, image, [text, send, send_img2img, send_inpaint, table, reproduced, items, parsed], **QUIET)
     return PngInfo(image, parsed, send, send_img2img, send_inpaint)

@@ -123,6 +123,8 @@ def build_upscale(studio: Studio, checkpoint: gr.Dropdown, status: gr.Markdown,
                         add(name)
                 with gr.Accordion("Advanced", open=False):
                     add("clip_skip")
+                    add("randn_source")
+                    add("eta_noise_seed_delta")
                     if vae is None:
                         add("sd_vae")
         with gr.Column(scale=1, elem_id="upscale-output"):

@@ -72,6 +72,9 @@ def build_zoom_panel(studio: Studio, checkpoint: gr.Dropdown) -> ZoomPanel:
         with gr.Row():
             for name in ("sampler_name", "scheduler", "width", "height", "clip_skip"):
                 w[name] = param_widget(name, ctx, PREFIX)
+        with gr.Row():
+            for name in ("randn_source", "eta_noise_seed_delta"):
+                w[name] = param_widget(name, ctx, PREFIX)
     cost = gr.Markdown(cost_text(studio, False, {n: w[n].spec.default for n in FIELDS if n in w}),
                        elem_id="zoom-cost")
     with gr.Row():

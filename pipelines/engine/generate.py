@@ -33,15 +33,17 @@ from pipelines.engine.embeddings import EmbeddingLoader
 from pipelines.engine.loading import Components, load_components
 from pipelines.engine.lora import LoraPatcher, LoraUse
 from pipelines.engine.manager import ModelManager
-from pipelines.engine.plans import HIRES_KEYS, Plan
+from pipelines.engine.plans import FIRST_NOISE, HIRES_KEYS, Plan
 from pipelines.engine.request import Resolved, Run
+from pipelines.engine.sampling.rng import ImageRNG, Source, canonical_source
+from pipelines.engine.sampling.scheduler import A1111Scheduler, PassSteps, SamplerSpec
 from pipelines.errors import BadRequest
 from pipelines.folders import ModelFolders
 from pipelines.jobs import JobContext, Skipped
 from pipelines.networks import tags
 from pipelines.networks.vaes import VaeFile, VaeLibrary
 from pipelines.outputs import OutputWriter
-from pipelines.params import infotext, samplers
+from pipelines.params import cost, infotext, samplers
 from pipelines.params.infotext import VERSION
 
 if TYPE_CHECKING:  # the request models the specs generate (pipelines/params/specs.py)
@@ -85,26 +87,16 @@ class GenerationResult:
         self.infotexts.append(text)
 
 
-def slerp(t: float, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Spherical interpolation between two noise tensors (variation seeds)."""
-    a_n, b_n = a / a.norm(), b / b.norm()
-    dot = (a_n * b_n).sum().clamp(-1, 1)
-    if dot.abs() > 0.9995:
-        return (1 - t) * a + t * b
-    omega = torch.acos(dot)
-    return (torch.sin((1 - t) * omega) * a + torch.sin(t * omega) * b) / torch.sin(omega)
-
-
 class Engine:
     """Device-side work. Owned by the job worker thread; the UI and API reach it through jobs only."""
 
     def __init__(self, hardware: Hardware, manager: ModelManager, writer: OutputWriter, *, config_root: Path,
-                 hash_cache: Path | None = None, rng: str = "cpu", preview_every: int = 5,
+                 hash_cache: Path | None = None, rng: str = "CPU", preview_every: int = 5,
                  models_dir: Path = Path("models"), hub_endpoint: str | None = None, memory_mode: str = "high",
                  oom_retry: bool = False, channels_last: bool = False, compile_unet: bool = False,
                  preview_decoder: str = "auto", compile_backend: str = "inductor", esrgan_dir: Path | None = None,
                  loras: "LoraLibrary | None" = None, embeddings: "Embeddings | None" = None,
-                 vaes: VaeLibrary | None = None, checkpoints_dir: Path | None = None):
+                 vaes: VaeLibrary | None = None, checkpoints_dir: Path | None = None, round_pixels: bool = False):
         self.hw = hardware
         self.models_dir = Path(models_dir)
         self.esrgan_dir = esrgan_dir  # --esrgan-models-path (None: models/ESRGAN)
@@ -118,7 +110,8 @@ class Engine:
         self.manager = manager
         self.writer = writer
         self.config_root = Path(config_root)
-        self.rng = rng
+        self.rng = canonical_source(rng)  # the noise source of requests that name none (CPU | GPU | NV)
+        self.round_pixels = round_pixels  # 8-bit conversion: round (diffusers) instead of truncate (A1111)
         self.preview_every = preview_every
         self.hub_endpoint = hub_endpoint  # annotator and hub-model downloads; None = offline
         self.checkpoints_dir = checkpoints_dir  # where a hub model's offline error says to put a checkpoint
@@ -357,7 +350,7 @@ class Engine:
                 self.apply_loras(run, comps, step.prompt if step.prompt is not None else r.params.prompt)
                 out = self.denoise(run, comps, step.kind, step.request, step.embeds or embeds, seeds, step.extra,
                                    pass_steps=step.steps, label=label + step.label, control=run.control,
-                                   hires=step.hires)
+                                   hires=step.hires, subseeds=subseeds)
                 step = passes.send(out)
         except StopIteration as done:
             return done.value
@@ -454,32 +447,59 @@ class Engine:
             run.embeddings.extend(name for name in embeds.used if name not in run.embeddings)
         return embeds
 
-    def noise(self, seeds: list[int], subseeds: list[int], strength: float, shape: tuple[int, ...]) -> torch.Tensor:
-        """Initial latents, one generator per image so a seed gives the same picture in any batch position."""
-        dev = torch.device("cpu") if self.rng == "cpu" else self.hw.device
-        out = []
-        for s, sub in zip(seeds, subseeds):
-            x = torch.randn(shape, generator=torch.Generator(dev).manual_seed(s), device=dev, dtype=torch.float32)
-            if strength > 0:
-                y = torch.randn(shape, generator=torch.Generator(dev).manual_seed(sub), device=dev, dtype=torch.float32)
-                x = slerp(strength, x, y)
-            out.append(x)
-        return torch.stack(out).to(self.hw.device, self.hw.dtype)
+    def image_rng(self, params: Any, seeds: list[int], subseeds: list[int], shape: tuple[int, ...]) -> ImageRNG:
+        """The batch's noise, as A1111 draws it (sampling/rng.py): the request's random source (`randn_source`,
+        else the studio's), variation seed and strength, eta noise seed delta."""
+        source = Source(getattr(params, "randn_source", None) or self.rng, self.hw.device)
+        return ImageRNG(source, shape, seeds, subseeds=subseeds,
+                        subseed_strength=float(getattr(params, "subseed_strength", 0.0) or 0.0),
+                        ensd=int(getattr(params, "eta_noise_seed_delta", 0) or 0))
 
-    def generators(self, seeds: list[int]) -> list[torch.Generator]:
-        dev = "cpu" if self.rng == "cpu" else self.hw.device
-        return [torch.Generator(dev).manual_seed(s) for s in seeds]
+    def noise(self, params: Any, seeds: list[int], shape: tuple[int, ...]) -> torch.Tensor:
+        """Fresh noise for `seeds` (A1111's create_random_tensors: no variation), on the device in its dtype."""
+        return self.image_rng(params, seeds, seeds, shape).next().to(self.hw.device, self.hw.dtype)
+
+    def scheduler(self, r: Resolved, comps: Components, seeds: list[int], rng: ImageRNG, *,
+                  img2img: bool) -> Any:
+        """The pass's scheduler: A1111's own sampler where the studio has it (sampling/scheduler.py), else the
+        sampler's diffusers class (samplers.py records which, and what that costs in parity)."""
+        spec = samplers.spec(r.sampler)
+        if spec.a1111 is None:
+            return samplers.make_scheduler(r.sampler, r.scheduler, comps.scheduler_config, seed=seeds)
+        steps = PassSteps(r.sample_steps or r.params.steps, r.strength, img2img=img2img, fixed=r.fixed_steps)
+        return A1111Scheduler(SamplerSpec(spec.a1111, spec.brownian, spec.discard_penultimate, spec.solver_type),
+                              samplers.resolve_schedule(r.sampler, r.scheduler), comps.scheduler_config, steps, rng,
+                              seeds,
+                              sgm_noise_multiplier=bool(getattr(r.params, "sgm_noise_multiplier", False)))
 
     def denoise(self, run: Run, comps: Components, kind: str, r: Resolved, embeds: dict, seeds: list[int],
                 extra: dict[str, Any], *, pass_steps: int, label: str, control: "control.Control | None" = None,
-                hires: bool = False) -> Any:
+                hires: bool = False, subseeds: list[int] | None = None) -> Any:
         """One pipeline call over a batch (sampler, schedule, steps, size from `r`, the pass being run); returns
         PIL images, or latents when `extra` asks for output_type="latent". The pipeline stops at the latents either
         way and `decode` makes the images (its fp16 NaN guard). With `control`, the ControlNet variant of the
         pipeline runs with the units' maps fitted to this pass. Progress counts from `run.done`, which grows by
         `pass_steps` when the pass ends; Interrupt raises Cancelled and Skip raises Skipped at the next step."""
         ctx, (w, h) = run.ctx, r.size
-        scheduler = samplers.make_scheduler(r.sampler, r.scheduler, comps.scheduler_config, seed=seeds)
+        # The pass's noise: a fresh ImageRNG per pass, as A1111 makes one for a Hires. fix pass too. A pass that
+        # starts from noise gets the first noise as its latents; one that starts from an image is noised by the
+        # scheduler (A1111's x + noise x sigma), and the pipeline's own draws use throwaway generators.
+        rng = self.image_rng(r.params, seeds, subseeds or seeds, (4, h // 8, w // 8))
+        from_noise = extra.get("latents") is FIRST_NOISE
+        scheduler = self.scheduler(r, comps, seeds, rng, img2img=not from_noise)
+        extra = dict(extra)
+        if isinstance(scheduler, A1111Scheduler):
+            if from_noise:
+                extra["latents"] = scheduler.first_noise().to(self.hw.device, self.hw.dtype)
+            elif kind == "inpaint" and extra.get("strength", 1.0) >= 1.0:
+                extra["strength"] = 0.999  # A1111 noises the image at full strength too (diffusers: pure noise)
+            scheduler.pipeline_strength = float(extra.get("strength", 1.0)) if not from_noise else 1.0
+            extra["generator"] = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+        else:
+            if from_noise:
+                extra["latents"] = rng.next().to(self.hw.device, self.hw.dtype)
+            extra["generator"] = rng.generators if rng.source.name != "NV" else [
+                torch.Generator("cpu").manual_seed(s + rng.ensd) for s in seeds]  # step noise
         stack = None
         if control is not None:
             stack, args = control.for_pass(kind, (w, h), hires=hires)
@@ -501,7 +521,8 @@ class Engine:
             ctx.skip_point()  # Interrupt ends the job; Skip abandons this pass (the caller says what that means)
             if warm is not None:
                 warm.step()
-            ctx.progress(done_before + min(-(-(i + 1) // order), per_pass), run.total, label=label)
+            done = scheduler.progress(i + 1) if isinstance(scheduler, A1111Scheduler) else -(-(i + 1) // order)
+            ctx.progress(done_before + min(done, per_pass), run.total, label=label)
             if self.preview_every and (i + 1) % self.preview_every == 0:
                 ctx.preview(preview(kw["latents"]), step=i + 1)
             return kw
@@ -511,6 +532,8 @@ class Engine:
             num_images_per_prompt=len(seeds), callback_on_step_end=on_step,
             callback_on_step_end_tensor_inputs=["latents"], output_type="pil", **embeds)
         call.update(extra)  # the plan may override e.g. num_inference_steps
+        if isinstance(scheduler, A1111Scheduler) and "strength" in call:  # diffusers needs int(n x strength) >= 1
+            call["num_inference_steps"] = cost.schedule_length(call["num_inference_steps"], call["strength"])
         want_latents = call["output_type"] == "latent"
         call["output_type"] = "latent"
         mode = run.mode
@@ -559,8 +582,6 @@ class Engine:
         latents_std when its config has them (StableDiffusionXLPipeline.__call__); SD 1.x/2.x decode in the VAE's
         dtype. NaN guard: an fp16 VAE that overflows gives NaN/Inf (a black image); then the batch is decoded
         again in float32 and a warning goes to `notes`. `watermark`: the SDXL pipeline's, when it has one."""
-        from diffusers.image_processor import VaeImageProcessor
-
         vae, sdxl = comps.vae, comps.sdxl
         dtype = torch.float32 if sdxl and vae.dtype == torch.float16 and vae.config.force_upcast else vae.dtype
         pixels = vae_decode(vae, latents, dtype, sdxl)
@@ -570,7 +591,7 @@ class Engine:
                       "fp16-fixed VAE (e.g. sdxl-vae-fp16-fix) to avoid the slower decode", notes)
         if watermark is not None:
             pixels = watermark.apply_watermark(pixels)
-        return VaeImageProcessor().postprocess(pixels, output_type="pil")
+        return to_pil(pixels, round_pixels=self.round_pixels)
 
     @staticmethod
     def note(message: str, notes: list[str] | None) -> None:
@@ -586,6 +607,19 @@ class Engine:
 
         return ExtensionContext(device=self.hw.device, dtype=self.hw.dtype, hooks=ctx, cache=self.cached,
                                 models_dir=self.models_dir, hub_endpoint=self.hub_endpoint)
+
+
+def to_pil(pixels: torch.Tensor, *, round_pixels: bool = False) -> list[Image.Image]:
+    """Decoded pixels in [-1, 1] -> 8-bit images as A1111 writes them: clamp((x + 1) / 2) in float32, times 255,
+    truncated (`astype(uint8)`); `round_pixels`: diffusers' VaeImageProcessor arithmetic, (x / 2 + 0.5) clamped,
+    times 255, rounded to the nearest level."""
+    if round_pixels:
+        x = (pixels / 2 + 0.5).clamp(0, 1).cpu().permute(0, 2, 3, 1).float().numpy()
+        arr = (x * 255).round().astype("uint8")
+    else:
+        x = torch.clamp((pixels.float() + 1.0) / 2.0, min=0.0, max=1.0)
+        arr = (255.0 * x.permute(0, 2, 3, 1).cpu()).numpy().astype("uint8")
+    return [Image.fromarray(a) for a in arr]
 
 
 def vae_decode(vae: Any, latents: torch.Tensor, dtype: torch.dtype, sdxl: bool) -> torch.Tensor:

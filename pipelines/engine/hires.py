@@ -27,7 +27,6 @@ if TYPE_CHECKING:
     from pipelines.engine.generate import Engine
     from pipelines.engine.loading import Components
 
-HIRES_SALT = 0x41D5  # the second pass' step-noise generators are seeded with seed + this
 
 _LATENT_MODES = {  # A1111's latent upscale modes -> F.interpolate(mode, antialias)
     "Latent": ("bilinear", False), "Latent (antialiased)": ("bilinear", True), "Latent (bicubic)": ("bicubic", False),
@@ -116,15 +115,15 @@ class HiresPlan(Txt2ImgPlan):
         steps = p.hr_second_pass_steps or r.steps
         second = r.for_pass(width=tw, height=th, sampler=p.hr_sampler_name or r.sampler,
                             scheduler="Automatic" if p.hr_sampler_name else r.scheduler,
-                            steps=cost.schedule_length(steps, p.denoising_strength), strength=p.denoising_strength)
+                            steps=cost.schedule_length(steps, p.denoising_strength), strength=p.denoising_strength,
+                            sample_steps=steps, fixed_steps=True)  # A1111 runs all `steps` in the hires pass
         embeds = prompt = None
         if p.hr_prompt or p.hr_negative_prompt:
             prompt = p.hr_prompt or p.prompt  # A1111: the hires pass runs with its own prompt's LoRAs
             embeds = engine.encode(comps, prompt, p.hr_negative_prompt or p.negative_prompt, p.clip_skip, run=run)
         if comps.inpainting_unet and self.latent:  # 9-channel UNets condition on pixels: decode first
             image = engine.decode(comps, image, run.warnings)
-        extra: dict[str, Any] = dict(image=image, strength=p.denoising_strength,
-                                     generator=engine.generators([s + HIRES_SALT for s in seeds]))
+        extra: dict[str, Any] = dict(image=image, strength=p.denoising_strength)
         kind = inpaint_everywhere(comps, extra, image) or "img2img"
         return Pass(kind, second, extra, self.second_pass_steps(r), embeds=embeds, prompt=prompt, hires=True,
                     label=": hires pass")

@@ -106,7 +106,7 @@ class Img2ImgPlan(Plan):
     # 2. Pipeline arguments -------------------------------------------------------------------------
     def call(self, engine: "Engine", run: Run, comps: "Components", r: Resolved, seeds: list[int],
              subseeds: list[int]) -> tuple[str, dict[str, Any]]:
-        extra: dict[str, Any] = dict(strength=r.strength, generator=engine.generators(seeds))
+        extra: dict[str, Any] = dict(strength=r.strength)
         if self.raw_mask is None:
             if kind := inpaint_everywhere(comps, extra, self.work):  # an inpainting checkpoint: all is masked
                 return kind, extra
@@ -143,7 +143,7 @@ class Img2ImgPlan(Plan):
         m = torch.from_numpy(np.asarray(self.work_mask, dtype=np.float32) / 255.0).to(latents)
         m = F.interpolate(m[None, None], size=latents.shape[-2:], mode="nearest")
         if r.params.inpainting_fill == "latent noise":
-            fill = engine.noise(seeds, seeds, 0.0, tuple(latents.shape[1:])).to(latents)
+            fill = engine.noise(r.params, seeds, tuple(latents.shape[1:])).to(latents)
         else:
             fill = torch.zeros((len(seeds), *latents.shape[1:]), device=latents.device, dtype=latents.dtype)
         start = latents * (1 - m) + fill * m

@@ -32,7 +32,9 @@ if TYPE_CHECKING:
     from pipelines.engine.loading import Components
 
 HIRES_KEYS = frozenset([n for n, spec in PARAMS.items() if spec.group == "hires"] + ["denoising_strength"])
-ANCESTRAL_SALT = 0x5EED  # the step-noise generators of a first pass are seeded with seed + this
+# A pass's `latents` argument meaning "the batch's first noise": the executor draws it (Engine.denoise), from the
+# pass's ImageRNG, whose later draws are the step noise (A1111's order)
+FIRST_NOISE = object()
 
 
 @dataclass
@@ -125,9 +127,7 @@ class Txt2ImgPlan(Plan):
     def call(self, engine: "Engine", run: Run, comps: "Components", r: Resolved, seeds: list[int],
              subseeds: list[int]) -> tuple[str, dict[str, Any]]:
         w, h = r.size
-        extra: dict[str, Any] = dict(
-            latents=engine.noise(seeds, subseeds, r.params.subseed_strength, (4, h // 8, w // 8)),
-            generator=engine.generators([s + ANCESTRAL_SALT for s in seeds]))  # ancestral step noise
+        extra: dict[str, Any] = dict(latents=FIRST_NOISE)
         grey = Image.new("RGB", (w, h), (127, 127, 127))
         if kind := inpaint_everywhere(comps, extra, grey):  # an inpainting checkpoint: everything is "masked"
             extra["strength"] = 1.0

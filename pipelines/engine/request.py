@@ -48,13 +48,15 @@ class Resolved:
     height: int
     sampler: str
     scheduler: str  # the schedule type, "Automatic" resolved for the sampler
-    steps: int  # the schedule length the sampler is configured with (a partial pass runs fewer)
+    steps: int  # the schedule length the diffusers pipeline is given (a partial pass runs fewer)
     strength: float = 1.0  # denoising strength of this pass (1.0: from pure noise)
     model_name: str = ""
     model_hash: str | None = None
     hr_size: tuple[int, int] | None = None  # Hires. fix's final size
     dropped: frozenset[str] = frozenset()  # request fields that mean nothing in this mode (kept out of the record)
     first: "Resolved | None" = None  # for a later pass: the job's first pass, which the record describes
+    sample_steps: int | None = None  # A1111's steps for this pass (None: the request's `steps`)
+    fixed_steps: bool = False  # A1111 runs exactly `sample_steps` at this strength (a Hires. fix pass)
 
     @property
     def size(self) -> tuple[int, int]:

@@ -10,14 +10,15 @@ from typing import Any, Mapping
 
 
 def strength_steps(steps: int, strength: float) -> int:
-    """Steps an img2img pass runs at `strength`: int(steps x strength), at least one (none at strength 0)."""
-    return max(int(steps * strength), 1) if strength > 0 else 0
+    """Steps an img2img pass runs at `strength`, as A1111 counts them: the last int(min(strength, 0.999) x steps) + 1
+    steps of a `steps`-long schedule (none at strength 0)."""
+    return int(min(strength, 0.999) * steps) + 1 if strength > 0 else 0
 
 
 def schedule_length(steps: int, strength: float) -> int:
-    """The schedule length (num_inference_steps) that makes diffusers' img2img run `strength_steps(steps, strength)`
-    steps: `steps`, lengthened until int(n x strength) >= 1 (a pass always runs at least one step). At strength 0
-    nothing is denoised: `steps` as it is."""
+    """The num_inference_steps an img2img pipeline is given: `steps`, lengthened until int(n x strength) >= 1, which
+    diffusers requires (the A1111 scheduler then runs A1111's steps whatever n is). At strength 0 nothing is
+    denoised: `steps` as it is."""
     if strength <= 0:
         return steps
     n = steps
@@ -30,7 +31,7 @@ def hires_steps(p: Mapping[str, Any]) -> int:
     """The Hires. fix second pass of one image (0 when hires fix is off)."""
     if not p.get("enable_hr"):
         return 0
-    return max(strength_steps(int(p.get("hr_second_pass_steps") or p["steps"]), float(p["denoising_strength"])), 1)
+    return int(p.get("hr_second_pass_steps") or p["steps"])  # A1111 runs all of them, at any denoising strength
 
 
 def image_steps(p: Mapping[str, Any], mode: str = "txt2img") -> int:

@@ -18,7 +18,7 @@ import re
 from typing import Any, Mapping
 
 from pipelines.params import samplers
-from pipelines.params.specs import PARAMS
+from pipelines.params.specs import PARAMS, RNG_SOURCES
 
 VERSION = "studio-0.1"
 NEGATIVE_PREFIX = f"{PARAMS['negative_prompt'].infotext_key}:"
@@ -31,7 +31,16 @@ _SIZE_RE = re.compile(r"^\s*(\d+)\s*x\s*(\d+)\s*$")
 _HEAD = ("steps", "sampler_name", "scheduler", "cfg_scale")
 # written above only under their own conditions (or not as Key: value at all)
 _CONDITIONAL = frozenset({"prompt", "negative_prompt", "seed", "subseed", "subseed_strength", "clip_skip",
-                          "sd_vae"})  # the VAE: written by the engine as "VAE hash" / "VAE" when not the model's own
+                          "sd_vae",  # the VAE: written by the engine as "VAE hash" / "VAE" when not the model's own
+                          "randn_source", "eta_noise_seed_delta"})  # as A1111: RNG unless GPU, ENSD where it counts
+# What an A1111 infotext without "RNG" was made with: A1111's default GPU noise, almost always on an NVIDIA card,
+# which NV reproduces on any hardware. Our own images write RNG unless made with GPU noise (as A1111 does).
+ABSENT_RNG = "NV"
+
+
+def uses_ensd(sampler: Any) -> bool:
+    """Whether A1111 reseeds this sampler's step noise with ENSD ("uses_ensd": Euler a, DPM2 a, DPM++ 2S a)."""
+    return samplers.uses_ensd(samplers.split_name(str(sampler or ""))[0])
 _AFTER_MODEL = ("VAE hash", "VAE")  # extras A1111 writes right after "Model"
 
 
@@ -93,6 +102,12 @@ def build_infotext(
         fields[key["clip_skip"]] = int(values["clip_skip"])
     if values.get("denoising_strength") is not None:
         fields[key["denoising_strength"]] = values["denoising_strength"]
+    ensd = values.get("eta_noise_seed_delta")
+    if ensd not in (None, "") and int(ensd) != 0 and uses_ensd(values.get("sampler_name")):
+        fields[key["eta_noise_seed_delta"]] = int(ensd)
+    source = str(values.get("randn_source") or "").upper()
+    if source and source != "GPU":  # A1111 writes RNG only when it is not its default GPU
+        fields[key["randn_source"]] = source
     for name, spec in PARAMS.items():  # every other keyed parameter the job has (inpaint settings...)
         if spec.infotext_key and name not in _CONDITIONAL and spec.infotext_key not in fields \
                 and values.get(name) not in (None, ""):
@@ -179,6 +194,20 @@ def _parse(text: str) -> dict[str, Any]:
         res["model_name"] = extra["Model"]
     if "Model hash" in extra:
         res["model_hash"] = extra["Model hash"]
+
+    if "randn_source" in res:
+        source = str(res["randn_source"]).strip().upper()
+        if source in RNG_SOURCES:
+            res["randn_source"] = source
+        else:
+            extra[PARAMS["randn_source"].infotext_key or "RNG"] = res.pop("randn_source")
+    if pairs and "randn_source" not in res and "RNG" not in extra \
+            and not str(extra.get("Version", "")).startswith("studio-"):
+        # A1111 writes no RNG for its default GPU noise (on NVIDIA, almost always): NV reproduces it anywhere.
+        # Ours without RNG: GPU noise, or made before RNG was written (CPU): the randn_source option decides.
+        res["randn_source"] = ABSENT_RNG
+    if pairs and "eta_noise_seed_delta" not in res:
+        res["eta_noise_seed_delta"] = 0  # not written: 0, or a sampler it does not touch
 
     if any(k.startswith("Hires ") for k, _ in pairs):
         res["enable_hr"] = True

@@ -1,12 +1,15 @@
-"""A1111 sampler and schedule-type names -> fresh diffusers schedulers.
+"""A1111's sampler and schedule-type names, and how the studio runs each sampler.
 
-Everything here is plain data until `make_scheduler`, which imports diffusers lazily, so the UI may
-import this module without pulling in torch.
+Every sampler A1111 runs through k-diffusion, and its DDIM and PLMS, run as A1111 runs them
+(pipelines/engine/sampling/: the same sigmas, timesteps, noise and arithmetic, inside the diffusers pipeline), so an
+A1111 infotext gives A1111's image. `Sampler.a1111` names that implementation and `Sampler.parity` records what
+was measured for the few that diffusers runs instead (UniPC, DEIS, LCM). "Automatic" is the sampler's own A1111
+schedule type (`Sampler.auto`), whatever spacing the checkpoint's scheduler config names, as in A1111.
 
-Schedule types map to diffusers config flags: Karras / Exponential / Beta set `use_*_sigmas`,
-SGM Uniform sets `timestep_spacing="trailing"`, Uniform clears them all (the class's own default spacing).
-"Automatic" is the sampler's usual A1111 schedule; where that is Uniform, Automatic also keeps the
-checkpoint's `timestep_spacing` (turbo / lightning checkpoints ship "trailing").
+Everything here is plain data until `make_scheduler`, which imports diffusers lazily, so the UI may import this
+module without pulling in torch. `make_scheduler` builds the diffusers class of a sampler: Karras / Exponential /
+Beta set `use_*_sigmas`, SGM Uniform sets `timestep_spacing="trailing"`, Uniform clears them all (the class's own
+default spacing).
 """
 
 from __future__ import annotations
@@ -35,45 +38,79 @@ _SPACING_ONLY = ("Uniform", "SGM Uniform")  # classes with timestep_spacing but 
 @dataclass(frozen=True)
 class Sampler:
     name: str
-    cls: str  # diffusers scheduler class name
+    cls: str  # the diffusers scheduler class with this algorithm (`make_scheduler`: plain-diffusers comparisons)
     kwargs: Mapping[str, Any] = field(default_factory=dict)
     aliases: tuple[str, ...] = ()
     auto: str = "Uniform"  # what "Automatic" means for this sampler (A1111's default)
-    schedules: tuple[str, ...] = _ALL  # what the diffusers class really supports
+    schedules: tuple[str, ...] = _ALL  # schedule types it takes
     noisy: bool = False  # adds fresh noise every step (ancestral, SDE, LCM)
+    # How the studio runs it. `a1111`: the function in pipelines/engine/sampling/kdiffusion.py that is A1111's own
+    # sampler (k-diffusion's sample_* at A1111's pinned commit, or A1111's DDIM / PLMS loop), driven inside the
+    # diffusers pipeline: the same sigmas, timesteps, noise and arithmetic as A1111, so the same image
+    # (tests/test_a1111_parity.py: mean difference <= 0.5 levels, max <= 8 on a tiny model). None: the diffusers
+    # class above runs it (no A1111 equivalent, or none ported: see `parity`).
+    a1111: str | None = None
+    brownian: bool = False  # A1111 "brownian_noise": step noise from Brownian trees seeded with the image seeds
+    discard_penultimate: bool = False  # A1111 "discard_next_to_last_sigma"
+    solver_type: str = "midpoint"
+    uses_ensd: bool = False  # A1111 "uses_ensd": its step noise follows the eta noise seed delta (infotext ENSD)
+    parity: str = "exact"  # what was measured against A1111 (docs/reproducing.md)
+    diffusers_schedules: tuple[str, ...] | None = None  # what `make_scheduler`'s class takes (None: `schedules`)
 
 
 _DPMPP = "DPMSolverMultistepScheduler"
 _SAMPLERS: Mapping[str, Sampler] = MappingProxyType({s.name: s for s in (
-    Sampler("Euler a", "EulerAncestralDiscreteScheduler", aliases=("k_euler_a", "k_euler_ancestral"),
-            schedules=_SPACING_ONLY, noisy=True),
-    Sampler("Euler", "EulerDiscreteScheduler", aliases=("k_euler",)),
+    Sampler("Euler a", "EulerAncestralDiscreteScheduler", aliases=("k_euler_a", "k_euler_ancestral"), noisy=True,
+            a1111="euler_ancestral", uses_ensd=True, diffusers_schedules=_SPACING_ONLY),
+    Sampler("Euler", "EulerDiscreteScheduler", aliases=("k_euler",), a1111="euler"),
     Sampler("DPM++ 2M", _DPMPP, {"algorithm_type": "dpmsolver++", "solver_order": 2},
-            aliases=("k_dpmpp_2m",), auto="Karras"),
-    # Needs the `torchsde` package. Its noise comes from a Brownian tree seeded by `noise_sampler_seed`.
-    Sampler("DPM++ SDE", "DPMSolverSDEScheduler", aliases=("k_dpmpp_sde",), auto="Karras", noisy=True),
+            aliases=("k_dpmpp_2m",), auto="Karras", a1111="dpmpp_2m"),
+    Sampler("DPM++ SDE", "DPMSolverSDEScheduler", aliases=("k_dpmpp_sde",), auto="Karras", noisy=True,
+            a1111="dpmpp_sde", brownian=True),
     Sampler("DPM++ 2M SDE", _DPMPP, {"algorithm_type": "sde-dpmsolver++", "solver_order": 2},
-            aliases=("k_dpmpp_2m_sde",), auto="Exponential", noisy=True),
+            aliases=("k_dpmpp_2m_sde",), auto="Exponential", noisy=True, a1111="dpmpp_2m_sde", brownian=True),
+    Sampler("DPM++ 2M SDE Heun", _DPMPP, {"algorithm_type": "sde-dpmsolver++", "solver_order": 2,
+                                          "solver_type": "heun"},
+            aliases=("k_dpmpp_2m_sde_heun",), auto="Exponential", noisy=True, a1111="dpmpp_2m_sde", brownian=True,
+            solver_type="heun"),
     Sampler("DPM++ 3M SDE", _DPMPP, {"algorithm_type": "sde-dpmsolver++", "solver_order": 3},
-            aliases=("k_dpmpp_3m_sde",), auto="Exponential", noisy=True),
-    # Approximates A1111's ancestral 2S: diffusers has no ancestral single-step solver, so we use the
-    # second-order single-step SDE variant, which also injects fresh noise each step. The class has no
-    # timestep_spacing (its default timesteps already start at the last training step), hence no SGM Uniform.
-    # lower_order_final=True: the class defaults to False, then warns and flips it on every set_timesteps().
+            aliases=("k_dpmpp_3m_sde",), auto="Exponential", noisy=True, a1111="dpmpp_3m_sde", brownian=True,
+            discard_penultimate=True),
+    # The diffusers class is only an approximation (no ancestral single-step solver in diffusers); the studio runs
+    # A1111's own. lower_order_final=True: the class defaults to False, then warns on every set_timesteps().
     Sampler("DPM++ 2S a", "DPMSolverSinglestepScheduler",
             {"algorithm_type": "sde-dpmsolver++", "solver_order": 2, "lower_order_final": True},
-            aliases=("k_dpmpp_2s_a",), auto="Karras", schedules=_ALL[:-1], noisy=True),
-    Sampler("LMS", "LMSDiscreteScheduler", aliases=("k_lms",)),
-    Sampler("Heun", "HeunDiscreteScheduler", aliases=("k_heun",)),
-    Sampler("DPM2", "KDPM2DiscreteScheduler", aliases=("k_dpm_2",), auto="Karras"),
-    Sampler("DPM2 a", "KDPM2AncestralDiscreteScheduler", aliases=("k_dpm_2_a",), auto="Karras", noisy=True),
-    Sampler("UniPC", "UniPCMultistepScheduler", aliases=("unipc",)),
-    Sampler("DEIS", "DEISMultistepScheduler", aliases=("deis",)),
-    Sampler("DDIM", "DDIMScheduler", aliases=("ddim",), schedules=_SPACING_ONLY),
-    Sampler("PLMS", "PNDMScheduler", {"skip_prk_steps": True}, aliases=("plms",), schedules=_SPACING_ONLY),
+            aliases=("k_dpmpp_2s_a",), auto="Karras", noisy=True, a1111="dpmpp_2s_ancestral", uses_ensd=True,
+            diffusers_schedules=_ALL[:-1]),
+    Sampler("LMS", "LMSDiscreteScheduler", aliases=("k_lms",), a1111="lms"),
+    Sampler("Heun", "HeunDiscreteScheduler", aliases=("k_heun",), a1111="heun"),
+    Sampler("DPM2", "KDPM2DiscreteScheduler", aliases=("k_dpm_2",), auto="Karras", a1111="dpm_2",
+            discard_penultimate=True),
+    Sampler("DPM2 a", "KDPM2AncestralDiscreteScheduler", aliases=("k_dpm_2_a",), auto="Karras", noisy=True,
+            a1111="dpm_2_ancestral", discard_penultimate=True, uses_ensd=True),
+    # A1111's UniPC is its own port of the UniPC repository (variant bh1, order 3 by default); diffusers' class runs
+    # bh2 at order 2: the studio keeps diffusers' and says so.
+    Sampler("UniPC", "UniPCMultistepScheduler", aliases=("unipc",),
+            parity="diffusers' UniPC (A1111 runs its own port of the UniPC repository): a different image"),
+    Sampler("DEIS", "DEISMultistepScheduler", aliases=("deis",), parity="not in A1111 (diffusers' DEIS)"),
+    # A1111's DDIM and PLMS run their own loops over timesteps 1, 1 + 1000 // steps, ... (clipped to 999): the
+    # schedule type does not change them.
+    Sampler("DDIM", "DDIMScheduler", aliases=("ddim",), schedules=("Uniform",), a1111="ddim",
+            diffusers_schedules=_SPACING_ONLY),
+    Sampler("PLMS", "PNDMScheduler", {"skip_prk_steps": True}, aliases=("plms",), schedules=("Uniform",),
+            a1111="plms", diffusers_schedules=_SPACING_ONLY),
     # LCMScheduler ignores timestep_spacing: it always picks from its own `original_inference_steps` grid.
-    Sampler("LCM", "LCMScheduler", aliases=("lcm", "k_lcm"), schedules=("Uniform",), noisy=True),
+    Sampler("LCM", "LCMScheduler", aliases=("lcm", "k_lcm"), schedules=("Uniform",), noisy=True,
+            parity="diffusers' LCM scheduler (A1111's LCM sampler uses its own 50-step timestep grid): a different "
+                   "image"),
 )})
+
+# A1111 samplers the studio does not offer (PNG Info says so for an infotext that names one).
+NOT_OFFERED = {
+    "DPM fast": "A1111's DPM-Solver 'fast' has no port here", "DPM adaptive": "adaptive step counts cannot be "
+    "driven by a pipeline's fixed timesteps", "Restart": "A1111's own Restart sampler has no port here",
+    "DDIM CFG++": "needs the unconditional prediction separately from CFG",
+}
 
 
 def sampler_names() -> list[str]:
@@ -141,6 +178,17 @@ def resolve_schedule(sampler: str, schedule: str | None = AUTOMATIC) -> str:
     return _SAMPLERS[name].auto if label == AUTOMATIC else label
 
 
+def spec(sampler: str) -> Sampler:
+    """The sampler's description (canonical or alias name; ValueError listing the choices)."""
+    return _SAMPLERS[check(sampler)[0]]
+
+
+def uses_ensd(sampler: str) -> bool:
+    """A1111's "uses_ensd": the eta noise seed delta changes this sampler's image (its infotext then says ENSD)."""
+    found = _find_sampler(sampler)
+    return bool(found and found.uses_ensd)
+
+
 def is_ancestral(sampler: str) -> bool:
     """True when the sampler adds fresh noise every step (ancestral "a", SDE and LCM samplers): its image
     depends on the step noise (pass a generator / seed) and does not converge as steps grow."""
@@ -160,17 +208,21 @@ def make_scheduler(sampler: str, schedule: str | None, base_config: Mapping[str,
 
     import diffusers
 
-    name, label = check(sampler, schedule)
+    name, label = _SAMPLERS[check(sampler)[0]].name, _find_schedule(schedule)
     spec = _SAMPLERS[name]
+    takes = spec.diffusers_schedules or spec.schedules
+    if label is None or label not in (AUTOMATIC, *takes):
+        raise ValueError(f"Schedule type {schedule!r} is not available for {name}'s diffusers class {spec.cls}; "
+                         f"choose one of: {', '.join((AUTOMATIC, *takes))}")
     cls = getattr(diffusers, spec.cls)
     accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
     config = {k: v for k, v in dict(base_config).items() if k in accepted}
 
-    resolved = resolve_schedule(name, label)
+    resolved = spec.auto if label == AUTOMATIC else label
     overrides: dict[str, Any] = {flag: False for flag in _SIGMA_FLAGS if flag in accepted}
     overrides.update(_SCHEDULES[resolved][1])
-    if "timestep_spacing" not in overrides and not (label == AUTOMATIC and resolved == "Uniform"):
-        config.pop("timestep_spacing", None)  # the class's own default spacing
+    if "timestep_spacing" not in overrides:
+        config.pop("timestep_spacing", None)  # the class's own default spacing, as "Automatic" is in A1111
     overrides.update(spec.kwargs)
     if seed is not None and "noise_sampler_seed" in accepted:
         overrides["noise_sampler_seed"] = seed

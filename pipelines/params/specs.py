@@ -17,6 +17,7 @@ from pipelines.networks import tags
 from pipelines.params import samplers
 from pipelines.params.control import ControlUnit
 from pipelines.params.spec import Band, Bands, HintContext, JudgeFn, ParamSpec, pydantic_field
+from pipelines.settings import RNG_SOURCES, canonical_rng
 
 SEED_MAX = 2**32 - 1
 
@@ -167,6 +168,28 @@ MASK_MODES = ("Inpaint masked", "Inpaint not masked")  # A1111 inpainting_mask_i
 MASKED_CONTENT = ("fill", "original", "latent noise", "latent nothing")  # A1111 inpainting_fill 0..3
 INPAINT_AREAS = ("Whole picture", "Only masked")  # A1111 inpaint_full_res false/true
 OUTPAINT_FILLS = ("fill", "original", "latent noise", "latent nothing", "matched noise")  # pipelines/outpaint.py
+
+
+_RNG_BANDS: Bands = (
+    Band("best", "the same picture for a seed on any hardware (diffusers, ComfyUI)", values=("CPU",)),
+    Band("best", "A1111's default noise on NVIDIA cards, on any hardware: reproduces images shared from A1111",
+         values=("NV",)),
+    Band("caution", "this device's own generator: not reproducible across NVIDIA, AMD, Apple and CPU",
+         values=("GPU",)),
+)
+
+
+def _rng_band(value: Any, ctx: HintContext, others: Mapping[str, Any]) -> Band:
+    v = str(value or "").strip().upper()  # empty (or not a source, which validation refuses): the option
+    return next((b for b in _RNG_BANDS if v in b.values), Band("best", "the randn_source option (--rng; CPU unless "
+                                                                       "changed)"))
+
+
+def _ensd_band(value: Any, ctx: HintContext, others: Mapping[str, Any]) -> Band:
+    if value in (None, ""):
+        return Band("best", "the eta_noise_seed_delta option (0 unless changed)")
+    bands = PARAMS["eta_noise_seed_delta"].bands_for(ctx)
+    return next((b for b in bands if b.contains(value)), Band("avoid", f"not an ENSD: 0 to {SEED_MAX}"))
 
 
 MODEL_UPSCALER = "a model in models/ESRGAN"  # how the bands name "any upscaler model"
@@ -351,6 +374,28 @@ PARAMS: dict[str, ParamSpec] = {
             "dropdown; A1111's setting, also settable per request in override_settings).",
             _VAE_BANDS, choices=lambda: list(VAE_CHOICES), infotext_key="VAE", group="model", judge=_vae_band,
             nullable=True, modes=_ALL, extra={"open": True},
+        ),
+        ParamSpec(
+            "randn_source", "Random number generator source", "choice", None,
+            "Where the noise of a seed comes from (A1111's randn_source option; infotext RNG). CPU: the same picture "
+            "on any hardware, what diffusers and ComfyUI use. NV: A1111's emulation of NVIDIA's CUDA noise, on any "
+            "hardware: the same picture as A1111's default GPU setting on NVIDIA cards, so use NV to reproduce "
+            "images shared from A1111 (an infotext without RNG was made that way). GPU: this device's own "
+            "generator: pictures differ between NVIDIA, AMD, Apple and CPU. Empty: the randn_source option "
+            "(--rng; also settable per request in override_settings).",
+            _RNG_BANDS, choices=lambda: list(RNG_SOURCES), infotext_key="RNG", group="advanced", nullable=True,
+            modes=_ALL, judge=_rng_band, extra={"by_index": False},
+        ),
+        ParamSpec(
+            "eta_noise_seed_delta", "Eta noise seed delta", "int", None,
+            "A1111's ENSD: reseeds the step noise of ancestral samplers (Euler a, DPM2 a, DPM++ 2S a) with seed + "
+            "this. 31337 is common in shared NovelAI-style infotexts; 0 = off. Empty: the eta_noise_seed_delta "
+            "option (default 0; also settable per request in override_settings).",
+            (Band("best", "off: the step noise follows the seed, as in diffusers and A1111's default", 0, 0),
+             Band("ok", "only to reproduce an infotext that names this ENSD (31337 in NovelAI-style ones)", 1,
+                  SEED_MAX)),
+            minimum=0, maximum=SEED_MAX, step=1, infotext_key="ENSD", group="advanced", nullable=True, modes=_ALL,
+            judge=_ensd_band,
         ),
         ParamSpec(
             "enable_hr", "Hires. fix", "bool", False,
@@ -780,7 +825,8 @@ SD_UPSCALE_FIELDS = ["prompt", "negative_prompt", "sampler_name", "scheduler", "
                                              and n != "denoising_strength"]]
 # the infinite zoom: txt2img basics (the prompt may be a schedule "0: forest, 4: castle") plus its own settings
 ZOOM_FIELDS = ["prompt", "negative_prompt", "sampler_name", "scheduler", "steps", "cfg_scale", "seed", "clip_skip",
-               "width", "height", "sd_vae", *[n for n, p in PARAMS.items() if "zoom" in p.modes]]
+               "width", "height", "sd_vae", "randn_source", "eta_noise_seed_delta",
+               *[n for n, p in PARAMS.items() if "zoom" in p.modes]]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -820,10 +866,15 @@ class _ParamsBase(BaseModel):
         data = dict(data)
         for name, value in data.items():
             spec = PARAMS.get(name)
-            if spec is not None and spec.kind == "choice" and not isinstance(value, (str, int, type(None))):
+            if spec is not None and spec.kind == "choice" and not isinstance(value, (str, int, float, type(None))):
                 raise ValueError(f"{name}: expected a name, got {type(value).__name__}")  # before any .strip()
             if spec is not None and spec.kind == "choice" and isinstance(value, float) and value.is_integer():
                 value = int(value)  # JSON's 5.0 is the integer 5 (an index, as the schema allows)
+            if name == "randn_source" and isinstance(value, str):  # A1111 clients send "GPU"; "cpu" is CPU too
+                try:
+                    value = data[name] = canonical_rng(value) if value.strip() else None
+                except ValueError as e:
+                    raise ValueError(f"randn_source: {e}") from None
             if spec is not None and spec.kind == "choice" and isinstance(value, (bool, int)) and spec.choices:
                 options = spec.choices()
                 if not 0 <= int(value) < len(options):
