@@ -27,10 +27,11 @@ from pipelines.networks import listing, tags
 from pipelines.networks.embeddings import Embeddings
 from pipelines.networks.loras import LoraInfo, LoraLibrary, incompatibility
 from pipelines.networks.vaes import VaeFile, VaeLibrary
-from pipelines.params import reproduce
+from pipelines.params import reproduce, samplers
 from pipelines.params.specs import (
     LATENT_UPSCALERS,
     PARAMS,
+    SAMPLER_OPTIONS,
     ExtrasParams,
     HintContext,
     Img2ImgParams,
@@ -40,6 +41,11 @@ from pipelines.params.specs import (
     ZoomParams,
 )
 from pipelines.settings import Settings, canonical_rng
+
+# A1111's sampler options and their defaults (GET/POST /sdapi/v1/options; the request fields eta,
+# sgm_noise_multiplier and always_discard_next_to_last_sigma take them when empty)
+SAMPLER_OPTION_DEFAULTS: dict[str, Any] = {"eta_ancestral": 1.0, "eta_ddim": 0.0, "sgm_noise_multiplier": False,
+                                           "always_discard_next_to_last_sigma": False}
 
 if TYPE_CHECKING:
     from pipelines.engine.generate import Engine
@@ -100,7 +106,9 @@ class Studio:
         self._options: dict[str, Any] = {"CLIP_stop_at_last_layers": 1, "samples_format": "png",
                                           "outdir_samples": str(settings.outputs_dir), "sd_vae": "Automatic",
                                           # A1111's noise options: the source of jobs that name none (--rng), ENSD
-                                          "randn_source": canonical_rng(settings.rng), "eta_noise_seed_delta": 0}
+                                          "randn_source": canonical_rng(settings.rng), "eta_noise_seed_delta": 0,
+                                          # A1111's sampler options (eta of k-diffusion / DDIM samplers, SGM, discard)
+                                          **SAMPLER_OPTION_DEFAULTS}
         self.refresh_models()
         if settings.ckpt:
             self._current, self._chosen = self.find_model(settings.ckpt).name, True
@@ -270,7 +278,8 @@ class Studio:
         eta_noise_seed_delta an int in 0..2**32-1, where present (null: left out, the option unchanged); BadRequest
         naming the choices or the limits."""
         out = {k: v for k, v in values.items()
-               if not (k in ("randn_source", "eta_noise_seed_delta") and v in (None, ""))}  # null: unchanged
+               if not (k in ("randn_source", "eta_noise_seed_delta", *SAMPLER_OPTION_DEFAULTS)
+                       and v in (None, ""))}  # null: unchanged
         if "randn_source" in out:
             try:
                 out["randn_source"] = canonical_rng(str(out["randn_source"]))
@@ -287,6 +296,25 @@ class Studio:
                 raise BadRequest(f"eta_noise_seed_delta: expected an integer from {int(spec.minimum)} to "
                                  f"{int(spec.maximum)}, got {v!r}")
             out["eta_noise_seed_delta"] = v
+        for name in ("eta_ancestral", "eta_ddim"):  # floats 0..1 (the eta parameter's limits)
+            if name in out:
+                v, spec = out[name], PARAMS["eta"]
+                if isinstance(v, str):
+                    try:
+                        v = float(v)
+                    except ValueError:
+                        pass
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or not spec.minimum <= v <= spec.maximum:
+                    raise BadRequest(f"{name}: expected a number from {spec.minimum:g} to {spec.maximum:g}, got {v!r}")
+                out[name] = float(v)
+        for name in ("sgm_noise_multiplier", "always_discard_next_to_last_sigma"):
+            if name in out:
+                v = out[name]
+                if isinstance(v, str) and v.strip().lower() in ("true", "false"):
+                    v = v.strip().lower() == "true"
+                if not isinstance(v, bool):
+                    raise BadRequest(f"{name}: expected true or false, got {v!r}")
+                out[name] = v
         return out
 
     def noise_options(self) -> tuple[str, int]:
@@ -305,7 +333,21 @@ class Studio:
             update["randn_source"] = source
         if "eta_noise_seed_delta" in fields and params.eta_noise_seed_delta is None:
             update["eta_noise_seed_delta"] = ensd
+        update.update(self.sampler_option_values(params.model_dump(include=set(SAMPLER_OPTIONS) | {"sampler_name"})))
         return params.model_copy(update=update) if update else params
+
+    def sampler_option_values(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        """A1111's sampler options for the fields `values` leaves empty: eta from eta_ancestral or eta_ddim (by the
+        sampler's kind), sgm_noise_multiplier and always_discard_next_to_last_sigma from their options."""
+        with self._lock:
+            opts = {k: self._options.get(k, v) for k, v in SAMPLER_OPTION_DEFAULTS.items()}
+        out: dict[str, Any] = {}
+        if "eta" in values and values["eta"] in (None, ""):
+            out["eta"] = float(opts[samplers.eta_option(str(values.get("sampler_name") or ""))])
+        for name in ("sgm_noise_multiplier", "always_discard_next_to_last_sigma"):
+            if name in values and values[name] in (None, ""):
+                out[name] = bool(opts[name])
+        return out
 
     def job_options(self, params: BaseModel) -> BaseModel:
         """The request's VAE and noise settled from the options before it is queued (`job_vae`, `job_noise`)."""
@@ -396,6 +438,7 @@ class Studio:
             values = {**values, "randn_source": source}
         if values.get("eta_noise_seed_delta") in (None, ""):
             values = {**values, "eta_noise_seed_delta": ensd}
+        values = {**values, **self.sampler_option_values({n: values.get(n) for n in (*SAMPLER_OPTIONS, "sampler_name")})}
         return ctx, advisor.check(values, ctx, self.count_tokens)
 
     def count_tokens(self, text: str) -> int:

@@ -293,11 +293,12 @@ def beta_schedule(n, sigma_min, sigma_max, alpha=BETA_ALPHA, beta=BETA_BETA):
     return torch.FloatTensor(sigmas)
 
 
-def get_sigmas(model_wrap, sampler: str, schedule: str, steps: int) -> torch.Tensor:
-    """modules/sd_samplers_kdiffusion.py `KDiffusionSampler.get_sigmas` (1.10) with default options."""
+def get_sigmas(model_wrap, sampler: str, schedule: str, steps: int, always_discard: bool = False) -> torch.Tensor:
+    """modules/sd_samplers_kdiffusion.py `KDiffusionSampler.get_sigmas` (1.10) with default options
+    (`always_discard`: opts.always_discard_next_to_last_sigma)."""
     kd_sampling, _ = load_k_diffusion()
     options = SAMPLERS[sampler].options
-    discard = options.get("discard_next_to_last_sigma", False)
+    discard = options.get("discard_next_to_last_sigma", False) or always_discard
     steps += 1 if discard else 0
     if schedule == "Automatic":
         schedule = _SCHEDULE_KEYS.get(options.get("scheduler"), "Automatic")
@@ -319,19 +320,21 @@ def get_sigmas(model_wrap, sampler: str, schedule: str, steps: int) -> torch.Ten
     return sigmas.cpu()
 
 
-def sample_kdiffusion(model: LDMModel, x, *, sampler, schedule, steps, rng, seeds, extra_args):
+def sample_kdiffusion(model: LDMModel, x, *, sampler, schedule, steps, rng, seeds, extra_args, eta=1.0,
+                      sgm_noise_multiplier=False, always_discard=False):
     """modules/sd_samplers_kdiffusion.py `KDiffusionSampler.sample`: x = noise * sigmas[0], A1111's noise routing,
     then the k-diffusion function. A1111 replaces `k_diffusion.sampling.torch` by a `TorchHijack` whose `randn_like`
     returns `p.rng.next()`; every sampler here draws its step noise through `noise_sampler` (which defaults to
     `torch.randn_like(x)`), so passing `lambda s, sn: rng.next()` is the same thing without patching the module."""
     _, kd_external = load_k_diffusion()
     model_wrap = kd_external.CompVisDenoiser(model, quantize=False)
-    sigmas = get_sigmas(model_wrap, sampler, schedule, steps)
-    x = x * sigmas[0]
-    return _run_kdiffusion(model_wrap, sampler, x, sigmas, sigmas, rng=rng, seeds=seeds, extra_args=extra_args)
+    sigmas = get_sigmas(model_wrap, sampler, schedule, steps, always_discard)
+    x = x * torch.sqrt(1.0 + sigmas[0] ** 2.0) if sgm_noise_multiplier else x * sigmas[0]  # opts.sgm_noise_multiplier
+    return _run_kdiffusion(model_wrap, sampler, x, sigmas, sigmas, rng=rng, seeds=seeds, extra_args=extra_args,
+                           eta=eta)
 
 
-def _run_kdiffusion(model_wrap, sampler: str, x, sigma_sched, full_sigmas, *, rng, seeds, extra_args):
+def _run_kdiffusion(model_wrap, sampler: str, x, sigma_sched, full_sigmas, *, rng, seeds, extra_args, eta=1.0):
     """The k-diffusion function of `sampler` from `x` over `sigma_sched` (A1111's `sample` and `sample_img2img`
     share this part). A1111's `create_noise_sampler` bounds the Brownian tree by `full_sigmas`, the whole schedule
     (in img2img too, where the sampler only runs its tail)."""
@@ -343,7 +346,7 @@ def _run_kdiffusion(model_wrap, sampler: str, x, sigma_sched, full_sigmas, *, rn
     parameters = inspect.signature(func).parameters
     kwargs = {"sigmas": sigma_sched}
     if "eta" in parameters:
-        kwargs["eta"] = 1.0  # opts.eta_ancestral
+        kwargs["eta"] = eta  # p.eta, else opts.eta_ancestral (default 1)
     if spec.options.get("brownian_noise"):
         sigma_min, sigma_max = full_sigmas[full_sigmas > 0].min(), full_sigmas.max()
         kwargs["noise_sampler"] = kd_sampling.BrownianTreeNoiseSampler(x, sigma_min, sigma_max, seed=list(seeds))
@@ -357,8 +360,9 @@ def _run_kdiffusion(model_wrap, sampler: str, x, sigma_sched, full_sigmas, *, rn
 # --- DDIM and PLMS: modules/sd_samplers_timesteps.py, modules/sd_samplers_timesteps_impl.py ----------------------
 
 
-def get_timesteps(steps: int) -> torch.Tensor:
+def get_timesteps(steps: int, always_discard: bool = False) -> torch.Tensor:
     """modules/sd_samplers_timesteps.py `CompVisSampler.get_timesteps`."""
+    steps += 1 if always_discard else 0
     return torch.clip(torch.asarray(list(range(0, 1000, 1000 // steps))) + 1, 0, 999)
 
 
@@ -446,9 +450,12 @@ def load_model(folder: Path) -> LDMModel:
 @torch.no_grad()
 def a1111_latents(folder: Path, *, prompt: str, negative_prompt: str, seeds, sampler: str, schedule: str = "Automatic",
                   steps: int, cfg_scale: float, width: int, height: int, randn_source: str = "CPU", ensd: int = 0,
-                  subseed: int | None = None, subseed_strength: float = 0.0) -> torch.Tensor:
+                  subseed: int | None = None, subseed_strength: float = 0.0, eta: float | None = None,
+                  sgm_noise_multiplier: bool = False, always_discard: bool = False) -> torch.Tensor:
     """The sampled latents of one batch (`StableDiffusionProcessingTxt2Img.sample`): `x = p.rng.next()` (the
-    first noise), then the sampler. `randn_source` "GPU" is the CPU source here (no GPU)."""
+    first noise), then the sampler. `randn_source` "GPU" is the CPU source here (no GPU). `eta` None: the option
+    of the sampler's kind (eta_ancestral 1, eta_ddim 0); `sgm_noise_multiplier`, `always_discard`: A1111's options
+    sgm_noise_multiplier and always_discard_next_to_last_sigma."""
     model = load_model(folder)
     seeds = [int(s) for s in seeds]
     source = "NV" if randn_source == "NV" else "CPU"
@@ -459,12 +466,13 @@ def a1111_latents(folder: Path, *, prompt: str, negative_prompt: str, seeds, sam
     x = rng.next()
     if sampler in TIMESTEP_SAMPLERS:
         denoiser = CFGDenoiser(TimestepsDenoiser(model))
-        timesteps = get_timesteps(steps)
+        timesteps = get_timesteps(steps, always_discard)
         if sampler == "DDIM":
-            return ddim(denoiser, model.alphas_cumprod, x, timesteps, rng, extra_args)
+            return ddim(denoiser, model.alphas_cumprod, x, timesteps, rng, extra_args, eta=eta or 0.0)
         return plms(denoiser, model.alphas_cumprod, x, timesteps, extra_args)
     return sample_kdiffusion(model, x, sampler=sampler, schedule=schedule, steps=steps, rng=rng, seeds=seeds,
-                             extra_args=extra_args)
+                             extra_args=extra_args, eta=1.0 if eta is None else eta,
+                             sgm_noise_multiplier=sgm_noise_multiplier, always_discard=always_discard)
 
 
 @torch.no_grad()

@@ -107,6 +107,17 @@ class OverrideSettings(BaseModel):
     eta_noise_seed_delta: int | None = Field(
         None, ge=0, le=PARAMS["eta_noise_seed_delta"].maximum,
         description="ENSD for this request, where the request has no eta_noise_seed_delta (ancestral samplers)")
+    eta_ancestral: float | None = Field(
+        None, ge=PARAMS["eta"].minimum, le=PARAMS["eta"].maximum,
+        description="eta for this request's k-diffusion sampler (Euler a, DPM2 a, DPM++ 2S a, DPM++ SDE family), "
+                    "where the request has no eta")
+    eta_ddim: float | None = Field(None, ge=PARAMS["eta"].minimum, le=PARAMS["eta"].maximum,
+                                   description="eta for this request's DDIM sampler, where the request has no eta")
+    sgm_noise_multiplier: bool | None = Field(
+        None, description="SGM noise multiplier for this request, where the request has no sgm_noise_multiplier")
+    always_discard_next_to_last_sigma: bool | None = Field(
+        None, description="discard the next-to-last sigma for this request, where the request has no "
+                          "always_discard_next_to_last_sigma")
 
 
 def _passed_as_is(model: type[BaseModel]) -> Any:
@@ -130,7 +141,6 @@ class _A1111Common(BaseModel):
                                               "an unknown name answers 400")
     restore_faces: bool | None = None
     tiling: bool | None = None
-    eta: float | None = None
     seed_resize_from_h: int = -1
     seed_resize_from_w: int = -1
     refiner_checkpoint: str | None = None
@@ -244,6 +254,16 @@ class OptionsUpdate(BaseModel):
                           "(A1111's NVIDIA noise on any hardware) or GPU (this device's generator); other: 422")
     eta_noise_seed_delta: int | None = Field(None, ge=0, le=PARAMS["eta_noise_seed_delta"].maximum,
                                              description="the ENSD of requests that name none (0 = off)")
+    eta_ancestral: float | None = Field(None, ge=PARAMS["eta"].minimum, le=PARAMS["eta"].maximum,
+                                        description="the eta of k-diffusion samplers in requests that name none "
+                                                    "(default 1)")
+    eta_ddim: float | None = Field(None, ge=PARAMS["eta"].minimum, le=PARAMS["eta"].maximum,
+                                   description="the eta of DDIM in requests that name none (default 0)")
+    sgm_noise_multiplier: bool | None = Field(None, description="txt2img's first noise scaled by sqrt(1 + "
+                                                                "sigma_max^2) in requests that name none (default "
+                                                                "false)")
+    always_discard_next_to_last_sigma: bool | None = Field(
+        None, description="every sampler drops the next-to-last sigma in requests that name none (default false)")
 
 
 class PngInfoRequest(BaseModel):
@@ -274,7 +294,6 @@ _UNSUPPORTED_COMMON: _Unsupported = {
     "tiling": (bool, "tiling is not implemented yet"),
     "script_name": (bool, "scripts are not implemented yet"),
     "refiner_checkpoint": (bool, "refiner is not implemented yet"),
-    "eta": (lambda v: v is not None, "eta is fixed by the sampler"),
     "seed_resize_from_h": (lambda v: v > 0, "seed resize is not implemented yet"),
     "seed_resize_from_w": (lambda v: v > 0, "seed resize is not implemented yet"),
     "save_images": (lambda v: not v, "images are always saved"),
@@ -303,7 +322,8 @@ _REQUESTS: dict[str, type[BaseModel]] = {"txt2img": Txt2ImgRequest, "img2img": I
                                          "extra-single-image": ExtrasSingleRequest,
                                          "extra-batch-images": ExtrasBatchRequest, "sd-upscale": SdUpscaleRequest,
                                          "hires-fix": HiresFixRequest, "outpaint": OutpaintRequest}
-_OVERRIDES = {"sd_model_checkpoint", "CLIP_stop_at_last_layers", "sd_vae", "randn_source", "eta_noise_seed_delta"}
+_OVERRIDES = {"sd_model_checkpoint", "CLIP_stop_at_last_layers", "sd_vae", "randn_source", "eta_noise_seed_delta",
+              "eta_ancestral", "eta_ddim", "sgm_noise_multiplier", "always_discard_next_to_last_sigma"}
 
 
 def parse_request(body: Any, mode: str = "txt2img") -> tuple[BaseModel, str | None, list[str]]:
@@ -329,6 +349,15 @@ def parse_request(body: Any, mode: str = "txt2img") -> tuple[BaseModel, str | No
         if isinstance(overrides, dict) and overrides.get(name) not in (None, "") and data.get(name) in (None, "") \
                 and name in fields:
             data[name] = overrides[name]  # validated with the request (CPU/GPU/NV; 0..2**32-1)
+    if isinstance(overrides, dict) and data.get("eta") in (None, "") and "eta" in fields:
+        sampler = data.get("sampler_name") or fields["sampler_name"].default
+        option = samplers.eta_option(str(sampler)) if isinstance(sampler, str) else "eta_ancestral"
+        if overrides.get(option) not in (None, ""):  # eta_ancestral or eta_ddim, by the sampler's kind (A1111)
+            data["eta"] = overrides[option]
+    for name in ("sgm_noise_multiplier", "always_discard_next_to_last_sigma"):
+        if isinstance(overrides, dict) and overrides.get(name) is not None and data.get(name) is None \
+                and name in fields:
+            data[name] = overrides[name]
     warnings = []
     blur_xy = [v for v in (data.get("mask_blur_x"), data.get("mask_blur_y")) if type(v) is int]
     if mode == "img2img" and data.get("mask_blur") is None and blur_xy:  # A1111: mask_blur sets both axes

@@ -11,7 +11,7 @@ from typing import Any
 
 import gradio as gr
 
-from pipelines.params.specs import EXTRAS_FIELDS, SD_UPSCALE_FIELDS
+from pipelines.params.specs import EXTRAS_FIELDS, SAMPLER_OPTIONS, SD_UPSCALE_FIELDS
 from pipelines.studio import BadRequest, Studio
 from ui.generation import (
     Output,
@@ -125,6 +125,8 @@ def build_upscale(studio: Studio, checkpoint: gr.Dropdown, status: gr.Markdown,
                     add("clip_skip")
                     add("randn_source")
                     add("eta_noise_seed_delta")
+                    for name in SAMPLER_OPTIONS:  # A1111's eta, SGM noise multiplier, discard next-to-last sigma
+                        add(name)
                     if vae is None:
                         add("sd_vae")
         with gr.Column(scale=1, elem_id="upscale-output"):

@@ -13,7 +13,7 @@ from typing import Any, Iterator
 import gradio as gr
 
 from pipelines.jobs import EventKind, QueueFull
-from pipelines.params.specs import ZOOM_FIELDS
+from pipelines.params.specs import SAMPLER_OPTIONS, ZOOM_FIELDS
 from pipelines.studio import BadRequest, Studio
 from ui.generation import image_input, open_image, progress_html, to_request
 from ui.topbar import current_name, hint_context
@@ -74,6 +74,9 @@ def build_zoom_panel(studio: Studio, checkpoint: gr.Dropdown) -> ZoomPanel:
                 w[name] = param_widget(name, ctx, PREFIX)
         with gr.Row():
             for name in ("randn_source", "eta_noise_seed_delta"):
+                w[name] = param_widget(name, ctx, PREFIX)
+        with gr.Row():
+            for name in SAMPLER_OPTIONS:  # A1111's eta, SGM noise multiplier, discard next-to-last sigma
                 w[name] = param_widget(name, ctx, PREFIX)
     cost = gr.Markdown(cost_text(studio, False, {n: w[n].spec.default for n in FIELDS if n in w}),
                        elem_id="zoom-cost")

@@ -282,6 +282,8 @@ class Engine:
         r = plan.resolve(params, info, run)
         p = r.params
         values = r.values()
+        if plan.mode != "txt2img" and values.get("sgm_noise_multiplier"):
+            values["sgm_noise_multiplier"] = False  # A1111 scales only txt2img's first noise (and writes SGM there)
         result = GenerationResult(parameters=values, model=info.model_name, warnings=run.warnings)
         steps = plan.steps(r)  # per batch: progress counts a batch's steps once, whatever its size
         run.total, total_images = p.n_iter * steps, p.n_iter * p.batch_size
@@ -467,10 +469,15 @@ class Engine:
         if spec.a1111 is None:
             return samplers.make_scheduler(r.sampler, r.scheduler, comps.scheduler_config, seed=seeds)
         steps = PassSteps(r.sample_steps or r.params.steps, r.strength, img2img=img2img, fixed=r.fixed_steps)
-        return A1111Scheduler(SamplerSpec(spec.a1111, spec.brownian, spec.discard_penultimate, spec.solver_type),
+        # A1111's sampler options (the studio fills them from its options before queueing): eta (None: the
+        # sampler's kind's default), always_discard_next_to_last_sigma, sgm_noise_multiplier
+        eta = getattr(r.params, "eta", None)
+        eta = float(eta) if eta is not None else samplers.eta_kind(r.sampler)[2]
+        discard = spec.discard_penultimate or bool(getattr(r.params, "always_discard_next_to_last_sigma", False))
+        return A1111Scheduler(SamplerSpec(spec.a1111, spec.brownian, discard, spec.solver_type),
                               samplers.resolve_schedule(r.sampler, r.scheduler), comps.scheduler_config, steps, rng,
-                              seeds,
-                              sgm_noise_multiplier=bool(getattr(r.params, "sgm_noise_multiplier", False)))
+                              seeds, sgm_noise_multiplier=bool(getattr(r.params, "sgm_noise_multiplier", False)),
+                              eta=eta)
 
     def denoise(self, run: Run, comps: Components, kind: str, r: Resolved, embeds: dict, seeds: list[int],
                 extra: dict[str, Any], *, pass_steps: int, label: str, control: "control.Control | None" = None,

@@ -32,15 +32,51 @@ _HEAD = ("steps", "sampler_name", "scheduler", "cfg_scale")
 # written above only under their own conditions (or not as Key: value at all)
 _CONDITIONAL = frozenset({"prompt", "negative_prompt", "seed", "subseed", "subseed_strength", "clip_skip",
                           "sd_vae",  # the VAE: written by the engine as "VAE hash" / "VAE" when not the model's own
-                          "randn_source", "eta_noise_seed_delta"})  # as A1111: RNG unless GPU, ENSD where it counts
+                          "randn_source", "eta_noise_seed_delta",  # as A1111: RNG unless GPU, ENSD where it counts
+                          # A1111's sampler options: Eta / Eta DDIM off their defaults, SGM / discard where applied
+                          "eta", "sgm_noise_multiplier", "always_discard_next_to_last_sigma"})
+ETA_DDIM_KEY = samplers.ETA_DDIM[1]
 # What an A1111 infotext without "RNG" was made with: A1111's default GPU noise, almost always on an NVIDIA card,
 # which NV reproduces on any hardware. Our own images write RNG unless made with GPU noise (as A1111 does).
 ABSENT_RNG = "NV"
 
 
-def uses_ensd(sampler: Any) -> bool:
-    """Whether A1111 reseeds this sampler's step noise with ENSD ("uses_ensd": Euler a, DPM2 a, DPM++ 2S a)."""
-    return samplers.uses_ensd(samplers.split_name(str(sampler or ""))[0])
+def uses_ensd(sampler: Any, eta: Any = None) -> bool:
+    """Whether A1111 reseeds this sampler's step noise with ENSD ("uses_ensd": Euler a, DPM2 a, DPM++ 2S a) at this
+    eta (None: the sampler's default): not at eta 0, which draws no step noise (is_sampler_using_eta_noise_seed_delta)."""
+    name = samplers.split_name(str(sampler or ""))[0]
+    return samplers.uses_ensd(name) and effective_eta(name, eta) != 0
+
+
+def effective_eta(sampler: Any, eta: Any = None) -> float:
+    """The eta a sampler runs with: the given one, else A1111's default for its kind (1 k-diffusion, 0 DDIM)."""
+    name = samplers.split_name(str(sampler or ""))[0]
+    return float(eta) if eta not in (None, "") else samplers.eta_kind(name)[2]
+
+
+def sampler_infotext(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The infotext fields of A1111's sampler options, where A1111 writes them: `Eta` (k-diffusion samplers whose
+    function takes eta, when not 1) / `Eta DDIM` (DDIM, when not 0), `SGM noise multiplier: True` (on, for a
+    k-diffusion sampler), `Discard penultimate sigma: True` (the option forced it on a sampler that does not discard
+    by itself)."""
+    out: dict[str, Any] = {}
+    name = samplers.split_name(str(values.get("sampler_name") or ""))[0]
+    try:
+        spec = samplers.spec(name)
+    except ValueError:
+        return out
+    _, key, default = samplers.eta_kind(name)
+    eta = values.get("eta")
+    if spec.takes_eta and eta not in (None, "") and float(eta) != default:
+        out[key] = float(eta)
+    k_diffusion = spec.a1111 is not None and samplers.eta_kind(name) == samplers.ETA_ANCESTRAL
+    if values.get("sgm_noise_multiplier") and k_diffusion:
+        out[PARAMS["sgm_noise_multiplier"].infotext_key or ""] = True
+    if values.get("always_discard_next_to_last_sigma") and spec.a1111 is not None and not spec.discard_penultimate:
+        out[PARAMS["always_discard_next_to_last_sigma"].infotext_key or ""] = True
+    return out
+
+
 _AFTER_MODEL = ("VAE hash", "VAE")  # extras A1111 writes right after "Model"
 
 
@@ -103,8 +139,9 @@ def build_infotext(
     if values.get("denoising_strength") is not None:
         fields[key["denoising_strength"]] = values["denoising_strength"]
     ensd = values.get("eta_noise_seed_delta")
-    if ensd not in (None, "") and int(ensd) != 0 and uses_ensd(values.get("sampler_name")):
+    if ensd not in (None, "") and int(ensd) != 0 and uses_ensd(values.get("sampler_name"), values.get("eta")):
         fields[key["eta_noise_seed_delta"]] = int(ensd)
+    fields.update(sampler_infotext(values))
     source = str(values.get("randn_source") or "").upper()
     if source and source != "GPU":  # A1111 writes RNG only when it is not its default GPU
         fields[key["randn_source"]] = source
@@ -131,6 +168,10 @@ def _convert(kind: str, raw: str) -> Any:
         return int(number)
     if kind == "float":
         return float(raw)
+    if kind == "bool":
+        if raw.strip().lower() not in ("true", "false"):
+            raise ValueError(raw)
+        return raw.strip().lower() == "true"
     return raw
 
 
@@ -208,6 +249,18 @@ def _parse(text: str) -> dict[str, Any]:
         res["randn_source"] = ABSENT_RNG
     if pairs and "eta_noise_seed_delta" not in res:
         res["eta_noise_seed_delta"] = 0  # not written: 0, or a sampler it does not touch
+    if ETA_DDIM_KEY in extra and "eta" not in res:
+        try:
+            res["eta"] = float(extra[ETA_DDIM_KEY])
+            del extra[ETA_DDIM_KEY]
+        except ValueError:
+            pass
+    sampler = samplers.split_name(str(res.get("sampler_name") or ""))[0]
+    if pairs and "eta" not in res and samplers.takes_eta(sampler):
+        res["eta"] = samplers.eta_kind(sampler)[2]  # A1111 writes Eta / Eta DDIM only off its default (1 / 0)
+    for name in ("sgm_noise_multiplier", "always_discard_next_to_last_sigma"):
+        if pairs and name not in res:
+            res[name] = False  # A1111 writes them only when on
 
     if any(k.startswith("Hires ") for k, _ in pairs):
         res["enable_hr"] = True

@@ -116,6 +116,29 @@ def _sampler_check(parsed: Mapping[str, Any]) -> Check | None:
                                           f"{', '.join(samplers.sampler_names())}")
 
 
+def _sampler_option_checks(parsed: Mapping[str, Any]) -> list[Check]:
+    """A1111's sampler options the infotext names (Eta / Eta DDIM off their defaults, SGM noise multiplier,
+    Discard penultimate sigma): applied as A1111 applies them."""
+    out = []
+    sampler = str(parsed.get("sampler_name") or "")
+    if parsed.get("eta") not in (None, "") and samplers.takes_eta(sampler):
+        _, key, default = samplers.eta_kind(sampler)
+        if float(parsed["eta"]) != default:
+            out.append(Check(key, _num(parsed["eta"]), "exact", "applied: the step noise of the sampler's eta"))
+    if parsed.get("sgm_noise_multiplier"):
+        out.append(Check(_label("sgm_noise_multiplier"), "True", "exact",
+                         "applied: txt2img's first noise x sqrt(1 + sigma_max^2)"))
+    if parsed.get("always_discard_next_to_last_sigma"):
+        out.append(Check(_label("always_discard_next_to_last_sigma"), "True", "exact",
+                         "applied: steps + 1 sigmas with the next-to-last dropped"))
+    return out
+
+
+def _num(value: Any) -> str:
+    v = float(value)
+    return str(int(v)) if v.is_integer() else str(v)
+
+
 def _upscaler_check(parsed: Mapping[str, Any], local: Local) -> Check | None:
     upscaler = parsed.get("hr_upscaler")
     if not upscaler:
@@ -150,10 +173,11 @@ def report(parsed: Mapping[str, Any], local: Local | None = None) -> list[Check]
         checks.append(Check("RNG", source, "not" if source == "GPU" else "exact", why))
     ensd = parsed.get("eta_noise_seed_delta")
     if ensd:
-        ensd_counts = uses_ensd(parsed.get("sampler_name"))
+        ensd_counts = uses_ensd(parsed.get("sampler_name"), parsed.get("eta"))
         checks.append(Check("ENSD", str(ensd), "exact",
                             "applied: reseeds the ancestral step noise" if ensd_counts
-                            else "applied (this sampler does not use it)"))
+                            else "applied (this sampler does not use it here)"))
+    checks += _sampler_option_checks(parsed)
     if parsed.get("sd_vae"):
         checks.append(Check("VAE", str(parsed["sd_vae"]), "exact", "applied when a VAE file of that name is listed "
                                                                   "(GET /sdapi/v1/sd-vae)"))

@@ -54,6 +54,7 @@ class Sampler:
     discard_penultimate: bool = False  # A1111 "discard_next_to_last_sigma"
     solver_type: str = "midpoint"
     uses_ensd: bool = False  # A1111 "uses_ensd": its step noise follows the eta noise seed delta (infotext ENSD)
+    takes_eta: bool = False  # its A1111 function takes eta (the ancestral / SDE ones, DDIM): infotext Eta / Eta DDIM
     parity: str = "exact"  # what was measured against A1111 (docs/reproducing.md)
     diffusers_schedules: tuple[str, ...] | None = None  # what `make_scheduler`'s class takes (None: `schedules`)
 
@@ -61,33 +62,33 @@ class Sampler:
 _DPMPP = "DPMSolverMultistepScheduler"
 _SAMPLERS: Mapping[str, Sampler] = MappingProxyType({s.name: s for s in (
     Sampler("Euler a", "EulerAncestralDiscreteScheduler", aliases=("k_euler_a", "k_euler_ancestral"), noisy=True,
-            a1111="euler_ancestral", uses_ensd=True, diffusers_schedules=_SPACING_ONLY),
+            a1111="euler_ancestral", uses_ensd=True, diffusers_schedules=_SPACING_ONLY, takes_eta=True),
     Sampler("Euler", "EulerDiscreteScheduler", aliases=("k_euler",), a1111="euler"),
     Sampler("DPM++ 2M", _DPMPP, {"algorithm_type": "dpmsolver++", "solver_order": 2},
             aliases=("k_dpmpp_2m",), auto="Karras", a1111="dpmpp_2m"),
     Sampler("DPM++ SDE", "DPMSolverSDEScheduler", aliases=("k_dpmpp_sde",), auto="Karras", noisy=True,
-            a1111="dpmpp_sde", brownian=True),
+            a1111="dpmpp_sde", brownian=True, takes_eta=True),
     Sampler("DPM++ 2M SDE", _DPMPP, {"algorithm_type": "sde-dpmsolver++", "solver_order": 2},
-            aliases=("k_dpmpp_2m_sde",), auto="Exponential", noisy=True, a1111="dpmpp_2m_sde", brownian=True),
+            aliases=("k_dpmpp_2m_sde",), auto="Exponential", noisy=True, a1111="dpmpp_2m_sde", brownian=True, takes_eta=True),
     Sampler("DPM++ 2M SDE Heun", _DPMPP, {"algorithm_type": "sde-dpmsolver++", "solver_order": 2,
                                           "solver_type": "heun"},
             aliases=("k_dpmpp_2m_sde_heun",), auto="Exponential", noisy=True, a1111="dpmpp_2m_sde", brownian=True,
-            solver_type="heun"),
+            solver_type="heun", takes_eta=True),
     Sampler("DPM++ 3M SDE", _DPMPP, {"algorithm_type": "sde-dpmsolver++", "solver_order": 3},
             aliases=("k_dpmpp_3m_sde",), auto="Exponential", noisy=True, a1111="dpmpp_3m_sde", brownian=True,
-            discard_penultimate=True),
+            discard_penultimate=True, takes_eta=True),
     # The diffusers class is only an approximation (no ancestral single-step solver in diffusers); the studio runs
     # A1111's own. lower_order_final=True: the class defaults to False, then warns on every set_timesteps().
     Sampler("DPM++ 2S a", "DPMSolverSinglestepScheduler",
             {"algorithm_type": "sde-dpmsolver++", "solver_order": 2, "lower_order_final": True},
             aliases=("k_dpmpp_2s_a",), auto="Karras", noisy=True, a1111="dpmpp_2s_ancestral", uses_ensd=True,
-            diffusers_schedules=_ALL[:-1]),
+            diffusers_schedules=_ALL[:-1], takes_eta=True),
     Sampler("LMS", "LMSDiscreteScheduler", aliases=("k_lms",), a1111="lms"),
     Sampler("Heun", "HeunDiscreteScheduler", aliases=("k_heun",), a1111="heun"),
     Sampler("DPM2", "KDPM2DiscreteScheduler", aliases=("k_dpm_2",), auto="Karras", a1111="dpm_2",
             discard_penultimate=True),
     Sampler("DPM2 a", "KDPM2AncestralDiscreteScheduler", aliases=("k_dpm_2_a",), auto="Karras", noisy=True,
-            a1111="dpm_2_ancestral", discard_penultimate=True, uses_ensd=True),
+            a1111="dpm_2_ancestral", discard_penultimate=True, uses_ensd=True, takes_eta=True),
     # A1111's UniPC is its own port of the UniPC repository (variant bh1, order 3 by default); diffusers' class runs
     # bh2 at order 2: the studio keeps diffusers' and says so.
     Sampler("UniPC", "UniPCMultistepScheduler", aliases=("unipc",),
@@ -96,7 +97,7 @@ _SAMPLERS: Mapping[str, Sampler] = MappingProxyType({s.name: s for s in (
     # A1111's DDIM and PLMS run their own loops over timesteps 1, 1 + 1000 // steps, ... (clipped to 999): the
     # schedule type does not change them.
     Sampler("DDIM", "DDIMScheduler", aliases=("ddim",), schedules=("Uniform",), a1111="ddim",
-            diffusers_schedules=_SPACING_ONLY),
+            diffusers_schedules=_SPACING_ONLY, takes_eta=True),
     Sampler("PLMS", "PNDMScheduler", {"skip_prk_steps": True}, aliases=("plms",), schedules=("Uniform",),
             a1111="plms", diffusers_schedules=_SPACING_ONLY),
     # LCMScheduler ignores timestep_spacing: it always picks from its own `original_inference_steps` grid.
@@ -187,6 +188,29 @@ def uses_ensd(sampler: str) -> bool:
     """A1111's "uses_ensd": the eta noise seed delta changes this sampler's image (its infotext then says ENSD)."""
     found = _find_sampler(sampler)
     return bool(found and found.uses_ensd)
+
+
+def takes_eta(sampler: str) -> bool:
+    """Whether the sampler's A1111 function takes eta (Euler a, DPM2 a, DPM++ 2S a, the DPM++ SDE family: the
+    eta_ancestral option, infotext Eta; DDIM: eta_ddim, infotext Eta DDIM)."""
+    found = _find_sampler(sampler)
+    return bool(found and found.takes_eta)
+
+
+# A1111's eta options: (option, infotext key, default) for k-diffusion samplers and for DDIM's timestep loop
+ETA_ANCESTRAL = ("eta_ancestral", "Eta", 1.0)
+ETA_DDIM = ("eta_ddim", "Eta DDIM", 0.0)
+
+
+def eta_kind(sampler: str) -> tuple[str, str, float]:
+    """Which eta option a sampler reads when the request names no eta: ETA_DDIM for A1111's timestep samplers
+    (DDIM, PLMS, UniPC), else ETA_ANCESTRAL (k-diffusion's)."""
+    found = _find_sampler(sampler)
+    return ETA_DDIM if found and found.name in ("DDIM", "PLMS", "UniPC") else ETA_ANCESTRAL
+
+
+def eta_option(sampler: str) -> str:
+    return eta_kind(sampler)[0]
 
 
 def is_ancestral(sampler: str) -> bool:

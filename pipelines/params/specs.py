@@ -192,6 +192,60 @@ def _ensd_band(value: Any, ctx: HintContext, others: Mapping[str, Any]) -> Band:
     return next((b for b in bands if b.contains(value)), Band("avoid", f"not an ENSD: 0 to {SEED_MAX}"))
 
 
+def _eta_bands(ctx: HintContext) -> Bands:
+    return (
+        Band("best", "1: the ancestral / SDE sampler as published (A1111's eta_ancestral default)", 1.0, 1.0),
+        Band("ok", "less step noise: a little less variation between seeds", 0.5, 1.0),
+        Band("caution", "little step noise: less variation, can look flat (DDIM: 0 is its usual setting)", 0.0, 0.5),
+    )
+
+
+def _eta_band(value: Any, ctx: HintContext, others: Mapping[str, Any]) -> Band:
+    if value in (None, ""):
+        return Band("best", "the eta option for the sampler's kind: eta_ancestral (1) or eta_ddim (0) unless changed")
+    sampler = str(others.get("sampler_name") or "")
+    if samplers.eta_option(sampler) == "eta_ddim" and samplers.takes_eta(sampler):
+        return Band("best", "DDIM: 0 is deterministic (A1111's default); more adds step noise", 0.0, 1.0)
+    if sampler and not samplers.takes_eta(sampler):
+        return Band("ok", f"{sampler} takes no eta: ignored", 0.0, 1.0)
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return Band("avoid", "not an eta: 0 to 1")
+    return next((b for b in _eta_bands(ctx) if b.contains(v)), Band("avoid", "not an eta: 0 to 1"))
+
+
+def _sgm_bands(ctx: HintContext) -> Bands:
+    return (Band("best", "off: A1111's default, what SD 1.x / 2.x checkpoints expect", values=("False",)),
+            Band("ok", "on: SGM's own scaling; only to reproduce SDXL images made with it (their infotext says SGM "
+                       "noise multiplier: True)", values=("True",)))
+
+
+def _sgm_band(value: Any, ctx: HintContext, others: Mapping[str, Any]) -> Band:
+    if value in (None, ""):
+        return Band("best", "the sgm_noise_multiplier option (off unless changed)")
+    return _sgm_bands(ctx)[1 if value else 0]
+
+
+def _discard_bands(ctx: HintContext) -> Bands:
+    return (Band("best", "off: each sampler as A1111 runs it by default", values=("False",)),
+            Band("ok", "on: the last step goes straight to zero noise; to reproduce images made with it",
+                 values=("True",)))
+
+
+def _discard_band(value: Any, ctx: HintContext, others: Mapping[str, Any]) -> Band:
+    if value in (None, ""):
+        return Band("best", "the always_discard_next_to_last_sigma option (off unless changed)")
+    if not value:
+        return _discard_bands(ctx)[0]
+    steps = others.get("steps")
+    if isinstance(steps, (int, float)) and not isinstance(steps, bool) and steps < 10:
+        return Band("caution", "with few steps the dropped sigma is a large jump: a rougher last step")
+    return _discard_bands(ctx)[1]
+
+
+# A1111's sampler options that are request fields too (eta: the eta_ancestral / eta_ddim options)
+SAMPLER_OPTIONS = ("eta", "sgm_noise_multiplier", "always_discard_next_to_last_sigma")
 MODEL_UPSCALER = "a model in models/ESRGAN"  # how the bands name "any upscaler model"
 VAE_CHOICES = ("Automatic", "None")  # plus every listed VAE file (pipelines/networks/vaes.py)
 VAE_FILE = "a VAE from models/VAE"  # how the bands name "any VAE file"
@@ -396,6 +450,32 @@ PARAMS: dict[str, ParamSpec] = {
                   SEED_MAX)),
             minimum=0, maximum=SEED_MAX, step=1, infotext_key="ENSD", group="advanced", nullable=True, modes=_ALL,
             judge=_ensd_band,
+        ),
+        ParamSpec(
+            "eta", "Eta (noise multiplier)", "float", None,
+            "How much fresh noise the samplers that take an eta add each step (A1111's eta; infotext Eta for Euler a, "
+            "DPM2 a, DPM++ 2S a and the DPM++ SDE family, Eta DDIM for DDIM). 1 = the sampler as published; 0 = no "
+            "step noise (an ancestral sampler then behaves like its plain version). Samplers without eta ignore "
+            "it. Empty: the option for the sampler's kind, eta_ancestral (default 1) or eta_ddim (default 0; also "
+            "settable per request in override_settings).",
+            _eta_bands, minimum=0, maximum=1, step=0.01, infotext_key="Eta", group="advanced", nullable=True, modes=_ALL,
+            judge=_eta_band,
+        ),
+        ParamSpec(
+            "sgm_noise_multiplier", "SGM noise multiplier", "bool", None,
+            "A1111's sgm_noise_multiplier (infotext SGM noise multiplier): txt2img's first noise is scaled by "
+            "sqrt(1 + sigma_max^2) instead of sigma_max, as SGM's reference code does for SDXL. Only k-diffusion "
+            "samplers in txt2img; img2img, DDIM and PLMS ignore it. Empty: the sgm_noise_multiplier option "
+            "(default off; also settable per request in override_settings).",
+            _sgm_bands, infotext_key="SGM noise multiplier", group="advanced", nullable=True, modes=_ALL, judge=_sgm_band,
+        ),
+        ParamSpec(
+            "always_discard_next_to_last_sigma", "Always discard next-to-last sigma", "bool", None,
+            "A1111's always_discard_next_to_last_sigma (infotext Discard penultimate sigma): every sampler runs "
+            "steps + 1 sigmas (timesteps for DDIM / PLMS) with the next-to-last one dropped, as DPM2, DPM2 a and "
+            "DPM++ 3M SDE always do: the last step goes straight to zero noise. Empty: the "
+            "always_discard_next_to_last_sigma option (default off; also settable per request in override_settings).",
+            _discard_bands, infotext_key="Discard penultimate sigma", group="advanced", nullable=True, modes=_ALL, judge=_discard_band,
         ),
         ParamSpec(
             "enable_hr", "Hires. fix", "bool", False,
@@ -825,7 +905,7 @@ SD_UPSCALE_FIELDS = ["prompt", "negative_prompt", "sampler_name", "scheduler", "
                                              and n != "denoising_strength"]]
 # the infinite zoom: txt2img basics (the prompt may be a schedule "0: forest, 4: castle") plus its own settings
 ZOOM_FIELDS = ["prompt", "negative_prompt", "sampler_name", "scheduler", "steps", "cfg_scale", "seed", "clip_skip",
-               "width", "height", "sd_vae", "randn_source", "eta_noise_seed_delta",
+               "width", "height", "sd_vae", "randn_source", "eta_noise_seed_delta", *SAMPLER_OPTIONS,
                *[n for n, p in PARAMS.items() if "zoom" in p.modes]]
 
 

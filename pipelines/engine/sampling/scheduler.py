@@ -65,7 +65,8 @@ class A1111Scheduler:
         self.v_pred = base_config.get("prediction_type") == "v_prediction"
         self.model = sched.ModelSchedule(sched.alphas_cumprod(base_config))
         self.timestep_mode = spec.function in kdiffusion.TIMESTEP_SAMPLERS
-        self.eta = eta if not self.timestep_mode else 0.0
+        # eta: k-diffusion's (ancestral / SDE samplers) or DDIM's; PLMS takes none (A1111's plms has no eta)
+        self.eta = 0.0 if spec.function == "plms" else float(eta)
         self.sgm = sgm_noise_multiplier
         self.pass_steps = steps
         self._plan(schedule)
