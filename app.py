@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 from typing import Sequence
 
 from pipelines.settings import Settings, parse_args
@@ -42,36 +43,52 @@ def build_app(settings: Settings):
     writer = OutputWriter(settings.outputs_dir)
     if stale := writer.clean_stale():  # hidden partial files a crash or kill -9 left behind
         log.info("removed %d stale temporary file(s) from %s", stale, settings.outputs_dir)
-    hw = devices.resolve(settings.device, settings.precision, settings.attention)
-    gib, ram = 2**30, devices.system_ram()
-    ram_budget = int(settings.ram_budget_gb * gib) if settings.ram_budget_gb else int(ram * 0.4)
-    if hw.device.type == "cpu":  # one tier: the models live in RAM
-        device_budget = int(settings.ram_budget_gb * gib) if settings.ram_budget_gb else int(ram * 0.6)
-    else:
-        device_budget = int(settings.vram_budget_gb * gib) if settings.vram_budget_gb else int(hw.total_memory * 0.85)
-    manager = ModelManager(device=hw.device, device_budget=device_budget, cpu_budget=ram_budget)
-    mode, why = memory.pick_mode(settings.memory, hw)
-    log.info("memory mode: %s (%s): %s", mode, why, memory.DESCRIPTIONS[mode])
+    from pipelines.settings import device_list
+
     loras = LoraLibrary(settings.folders.lora, settings.cache_dir / "hashes.json")
     embeddings = Embeddings(settings.folders.embeddings, settings.cache_dir / "hashes.json")
     vaes = VaeLibrary(settings.folders, settings.cache_dir / "hashes.json")
-    engine = Engine(hw, manager, writer, config_root=settings.cache_dir / "configs",
-                    hash_cache=settings.cache_dir / "hashes.json", rng=settings.rng, models_dir=settings.models_dir,
-                    preview_every=settings.preview_every, hub_endpoint=settings.hub_endpoint,
-                    memory_mode=mode, oom_retry=settings.oom_retry,
-                    channels_last=settings.channels_last if settings.channels_last is not None
-                    else hw.device.type == "cuda",
-                    compile_unet=settings.compile, preview_decoder=settings.preview_decoder,
-                    esrgan_dir=settings.esrgan_models_path, loras=loras,
-                    embeddings=embeddings, vaes=vaes, checkpoints_dir=settings.checkpoints_dir,
-                    round_pixels=settings.round_pixels)
-    runner = JobRunner(max_queued_per_owner=settings.max_queued_per_client).start()
+    # One device worker per --device entry, each with its own engine, model cache and memory budget; the queue,
+    # the outputs writer and the model listings are shared.
+    names = devices.expand(device_list(settings.device))
+    hws = [devices.resolve(name, settings.precision, settings.attention) for name in names]
+    gib, ram = 2**30, devices.system_ram()
+    on_cpu = sum(1 for hw in hws if hw.device.type == "cpu")  # CPU workers share the machine's RAM
+    ram_budget = int(settings.ram_budget_gb * gib) if settings.ram_budget_gb else int(ram * 0.4) // max(on_cpu, 1)
+    engines, load_lock = [], threading.Lock()  # model loads take turns (see Engine.load_lock)
+    for hw in hws:
+        if hw.device.type == "cpu":  # one tier: the models live in RAM
+            device_budget = int(settings.ram_budget_gb * gib) if settings.ram_budget_gb else int(ram * 0.6) // on_cpu
+        else:
+            device_budget = (int(settings.vram_budget_gb * gib) if settings.vram_budget_gb
+                             else int(hw.total_memory * 0.85))
+        manager = ModelManager(device=hw.device, device_budget=device_budget, cpu_budget=ram_budget)
+        mode, why = memory.pick_mode(settings.memory, hw)
+        log.info("%s: memory mode %s (%s): %s", hw.device, mode, why, memory.DESCRIPTIONS[mode])
+        engines.append(Engine(hw, manager, writer, config_root=settings.cache_dir / "configs",
+                              hash_cache=settings.cache_dir / "hashes.json", rng=settings.rng,
+                              models_dir=settings.models_dir, preview_every=settings.preview_every,
+                              hub_endpoint=settings.hub_endpoint, memory_mode=mode, oom_retry=settings.oom_retry,
+                              channels_last=settings.channels_last if settings.channels_last is not None
+                              else hw.device.type == "cuda",
+                              compile_unet=settings.compile, preview_decoder=settings.preview_decoder,
+                              esrgan_dir=settings.esrgan_models_path, loras=loras, embeddings=embeddings, vaes=vaes,
+                              checkpoints_dir=settings.checkpoints_dir, round_pixels=settings.round_pixels,
+                              load_lock=load_lock))
+    runner = JobRunner(max_queued_per_owner=settings.max_queued_per_client,
+                       workers=[str(hw.device) for hw in hws],
+                       holds=lambda i, info: engines[i].holds(info)).start()
+    hw = hws[0]
     # the hardware facts the first-run choice (the hub model offered while nothing is local) depends on
     machine = first_run.Machine(hw.device.type, hw.total_memory, fp16=str(hw.dtype) == "torch.float16")
-    studio = Studio(settings, runner, engine, hardware=hw.describe(), loras=loras, embeddings=embeddings,
+    described = " + ".join(f"{h.device}: {h.describe()}" for h in hws) if len(hws) > 1 else hw.describe()
+    studio = Studio(settings, runner, engines, hardware=described, loras=loras, embeddings=embeddings,
                     vaes=vaes, machine=machine)
-    log.info("device: %s", hw.describe())
+    log.info("device%s: %s", "s" if len(hws) > 1 else "", described)
 
+    if warning := settings.open_to_network:
+        log.warning("%s", warning)
+        print(f"WARNING: {warning}", flush=True)
     app = FastAPI(title="Stable Diffusion studio", docs_url="/docs" if settings.api else None)
     app.state.studio = studio
     if settings.api:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from pipelines import controlnets
 from pipelines.controlnets import ControlNetInfo
@@ -35,14 +35,15 @@ def _registry() -> dict[str, Any]:
 
 
 class ControlNets:
-    def __init__(self, models_dir: Path, hub_ids: Sequence[str], runner: JobRunner, engine: "Engine", *,
+    def __init__(self, models_dir: Path, hub_ids: Sequence[str], runner: JobRunner,
+                 engine: "Callable[[Any], Engine]", *,
                  hub_endpoint: str | None = None, root: Path | None = None):
         self.models_dir = Path(models_dir)
         self.root = Path(root) if root is not None else self.models_dir / "ControlNet"  # --controlnet-dir
         self.hub_endpoint = hub_endpoint  # None: annotator weights cannot be downloaded
         self.hub_ids = tuple(hub_ids)
         self.runner = runner
-        self.engine = engine
+        self.engine = engine  # the engine of a job's worker: engine(ctx)
         self._lock = threading.Lock()
         self._models: list[ControlNetInfo] | None = None
 
@@ -173,7 +174,7 @@ class ControlNets:
                 except Skipped:
                     ctx.clear_skip()
                     break
-                maps.append(detect_map(self.engine, ctx, unit, image))
+                maps.append(detect_map(self.engine(ctx), ctx, unit, image))
                 ctx.progress(n + 1, len(images), label=f"{unit.module}: {n + 1}/{len(images)}")
             return maps
 

@@ -1,4 +1,5 @@
-"""One worker thread owns the device and runs jobs from a FIFO queue.
+"""Device workers run jobs from one FIFO queue: one worker thread per device (`--device cuda:0,cuda:1` starts
+two), each owning its device, its engine and its model cache.
 
 A job is a callable `fn(ctx: JobContext) -> result`. It reports through the context (progress, preview,
 finished images) and checks for cancellation each step (`ctx.check()` raises `Cancelled`). Every report
@@ -15,7 +16,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 log = logging.getLogger("studio.jobs")
 
@@ -71,7 +72,7 @@ WATCH_EVERY = 1.0  # seconds a waiting consumer blocks before it checks that the
 
 class Job:
     def __init__(self, job_id: int, fn: Callable[["JobContext"], Any], kind: str, owner: str | None,
-                 watch: Callable[[], None] = lambda: None):
+                 watch: Callable[[], None] = lambda: None, affinity: Any = None):
         self.id = job_id
         self.kind = kind
         self.owner = owner
@@ -92,6 +93,8 @@ class Job:
         self._ending = threading.Lock()  # a job ends once, whoever ends it (its worker, a replacement, a cancel)
         self._watch = watch  # the runner's liveness check: ends this job if its worker is gone
         self.details: dict[str, Any] = {}  # what the job's code reports about itself (e.g. "memory_mode")
+        self.affinity = affinity  # what a worker should already hold to run it best (e.g. its checkpoint)
+        self.worker: int | None = None  # the index of the worker that runs (or ran) it
 
     @property
     def done(self) -> bool:
@@ -179,8 +182,10 @@ class Job:
 class JobContext:
     """What a running job sees: progress/preview/image reporting and cooperative cancellation."""
 
-    def __init__(self, job: Job):
+    def __init__(self, job: Job, worker: int = 0, runner: "JobRunner | None" = None):
         self.job = job
+        self.worker = worker  # which device worker runs the job: its engine is the studio's engines[worker]
+        self._runner = runner
         self._t0 = time.perf_counter()
         self._first_step_at: float | None = None
         self._first_step = 0
@@ -228,47 +233,145 @@ class JobContext:
     def image(self, image: Any, payload: Any = None, label: str | None = None) -> None:
         self.job.emit(JobEvent(EventKind.IMAGE, self.job.id, image=image, result=payload, label=label))
 
+    def spread(self, tasks: Sequence[Callable[["JobContext"], Any]]) -> list[Any]:
+        """Run `tasks` (each `task(ctx)`) for this job on this worker and on every worker that is idle now, and
+        return their results in order. Each task gets a context whose `worker` says whose engine to use; progress
+        adds up over the tasks. The first error (Interrupt included) is raised once every started task ended."""
+        if self._runner is None or len(tasks) < 2:
+            return [task(self) for task in tasks]
+        return self._runner.spread(self, tasks)
+
+
+class TaskContext(JobContext):
+    """The context of one task of a spread job (JobContext.spread): events go to the job, progress is the sum of
+    the tasks' progress."""
+
+    def __init__(self, share: "Share", index: int, worker: int):
+        super().__init__(share.job, worker)
+        self._share, self._index = share, index
+
+    def progress(self, step: int, total: int, label: str | None = None) -> None:
+        step, total = self._share.add_progress(self._index, step, total)
+        super().progress(step, total, label)
+
+
+class Share:
+    """Tasks of one job that idle workers help with: each worker takes the next task until none is left."""
+
+    def __init__(self, job: Job, tasks: Sequence[Callable[[JobContext], Any]]):
+        self.job = job
+        self.todo = deque(enumerate(tasks))
+        self.results: list[Any] = [None] * len(tasks)
+        self.error: BaseException | None = None
+        self.running = 0
+        self.workers: set[int] = set()  # who took part
+        self._steps: dict[int, tuple[int, int]] = {}
+        self._n = len(tasks)
+        self._cond = threading.Condition()
+
+    def add_progress(self, index: int, step: int, total: int) -> tuple[int, int]:
+        with self._cond:
+            self._steps[index] = (step, total)
+            per_task = max(t for _, t in self._steps.values())  # tasks not started yet: as long as the longest
+            done = sum(s for s, _ in self._steps.values())
+            return done, sum(t for _, t in self._steps.values()) + per_task * (self._n - len(self._steps))
+
+    def drain(self, worker: int) -> None:
+        """Run tasks on `worker` until none is left (or one failed). Never raises: errors go to `error`."""
+        while True:
+            with self._cond:
+                if not self.todo or self.error is not None:
+                    return
+                index, task = self.todo.popleft()
+                self.running += 1
+                self.workers.add(worker)
+            try:
+                result = task(TaskContext(self, index, worker))
+                with self._cond:
+                    self.results[index] = result
+            except BaseException as e:  # noqa: BLE001 - handed to the job's own worker, which raises it
+                with self._cond:
+                    if self.error is None or isinstance(e, Cancelled):
+                        self.error = e
+            finally:
+                with self._cond:
+                    self.running -= 1
+                    self._cond.notify_all()
+
+    def wait(self) -> list[Any]:
+        with self._cond:
+            while self.running or (self.todo and self.error is None):
+                self._cond.wait(WATCH_EVERY)
+        if self.error is not None:
+            raise self.error
+        return self.results
+
+
+@dataclass(eq=False)
+class Worker:
+    """One device worker: its thread (replaced if it ever dies), the job it runs and the one it ran last."""
+
+    index: int
+    name: str
+    share: "Share | None" = None  # another job's tasks this worker helps with (JobContext.spread)
+    thread: threading.Thread | None = None
+    generation: int = 0  # threads started for this worker so far (the current one's number)
+    current: Job | None = None
+    last: Job | None = None
+
 
 class JobRunner:
-    """FIFO queue served by a single device worker thread."""
+    """FIFO queue served by one worker thread per device (`workers`: their names, e.g. ["cuda:0", "cuda:1"]).
 
-    def __init__(self, max_queued_per_owner: int | None = None):
+    An idle worker takes the first waiting job, except one whose `affinity` (its checkpoint) another idle worker
+    already holds (`holds(worker_index, affinity)`): that one is left to the worker holding it. Positions, per-client
+    caps, interrupt and skip work across workers as with one."""
+
+    def __init__(self, max_queued_per_owner: int | None = None, workers: Sequence[str] = ("device",),
+                 holds: Callable[[int, Any], bool] | None = None):
         self.max_queued_per_owner = max_queued_per_owner
+        self.workers = [Worker(i, name) for i, name in enumerate(workers or ("device",))]
+        self._holds = holds
         self._ids = itertools.count(1)
         self._pending: deque[Job] = deque()
         self._lock = threading.Condition()
-        self._current: Job | None = None
-        self._thread: threading.Thread | None = None
-        self._generation = 0  # worker threads started so far (the current one's number)
-        self._last: Job | None = None  # the job that ended last on the worker
+        self._last: Job | None = None  # the job that ended last on any worker
         self._stopping = False
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> "JobRunner":
         with self._lock:
-            if self._thread is None:
-                self._spawn()
+            for w in self.workers:
+                if w.thread is None:
+                    self._spawn(w)
         return self
 
-    def _spawn(self) -> None:
-        """Start a worker thread (caller holds the lock)."""
-        self._generation += 1
-        self._thread = threading.Thread(target=self._serve, args=(self._generation,),
-                                        name=f"device-worker-{self._generation}", daemon=True)
-        self._thread.start()
+    def _spawn(self, w: Worker) -> None:
+        """Start a thread for worker `w` (caller holds the lock)."""
+        w.generation += 1
+        suffix = f"-{w.index}" if len(self.workers) > 1 else ""
+        w.thread = threading.Thread(target=self._serve, args=(w, w.generation),
+                                    name=f"device-worker{suffix}-{w.generation}", daemon=True)
+        w.thread.start()
+
+    @property
+    def _thread(self) -> threading.Thread | None:
+        """The first worker's thread (one-device setups and their tests)."""
+        return self.workers[0].thread
 
     def restarts(self) -> int:
-        """How many times a dead worker was replaced (0 while the first one serves)."""
-        return max(self._generation - 1, 0)
+        """How many times a dead worker thread was replaced (0 while the first ones serve)."""
+        return sum(max(w.generation - 1, 0) for w in self.workers)
 
     def check_worker(self) -> None:
-        """Replace the worker thread if it died without replacing itself, failing the job it held. Called by
+        """Replace any worker thread that died without replacing itself, failing the job it held. Called by
         consumers waiting on a job, so nobody waits forever on a worker that is gone."""
-        with self._lock:
-            thread, generation = self._thread, self._generation  # read together: a later generation is alive
-            if thread is None or thread.is_alive() or self._stopping:
-                return
-        self._worker_died(generation)
+        for w in self.workers:
+            with self._lock:
+                thread, generation = w.thread, w.generation  # read together: a later generation is alive
+                if thread is None or thread.is_alive() or self._stopping:
+                    continue
+            self._worker_died(w, generation)
 
     def stop(self, timeout: float = 10) -> None:
         with self._lock:
@@ -276,30 +379,40 @@ class JobRunner:
             for job in self._pending:
                 job._cancel.set()
             self._lock.notify_all()
-        if self._current is not None:
-            self._current._cancel.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
+        for w in self.workers:
+            if w.current is not None:
+                w.current._cancel.set()
+        for w in self.workers:
+            if w.thread is not None:
+                w.thread.join(timeout)
 
     # -- submitting and controlling ------------------------------------------------------------
-    def submit(self, fn: Callable[[JobContext], Any], *, kind: str = "job", owner: str | None = None) -> Job:
+    def submit(self, fn: Callable[[JobContext], Any], *, kind: str = "job", owner: str | None = None,
+               affinity: Any = None) -> Job:
         with self._lock:
             if owner is not None and self.max_queued_per_owner is not None:
                 waiting = sum(1 for j in self._pending if j.owner == owner)
                 if waiting >= self.max_queued_per_owner:
                     raise QueueFull(f"{waiting} jobs already waiting for this client; wait for them to finish")
-            job = Job(next(self._ids), fn, kind, owner, watch=self.check_worker)
+            job = Job(next(self._ids), fn, kind, owner, watch=self.check_worker, affinity=affinity)
             self._pending.append(job)
             self._announce_positions()
             self._lock.notify_all()
         log.info("job %d (%s) queued at position %d", job.id, kind, job._position)
         return job
 
+    def running(self) -> list[Job]:
+        """The jobs the workers run now, oldest first."""
+        with self._lock:
+            return sorted((w.current for w in self.workers if w.current is not None), key=lambda j: j.id)
+
     def current(self) -> Job | None:
-        return self._current
+        """The oldest running job (the running one, with one worker)."""
+        running = self.running()
+        return running[0] if running else None
 
     def last(self) -> Job | None:
-        """The job that ended last on the worker (None before the first)."""
+        """The job that ended last on any worker (None before the first)."""
         return self._last
 
     def pending(self) -> list[Job]:
@@ -308,27 +421,45 @@ class JobRunner:
 
     def position(self, job: Job) -> int | None:
         with self._lock:
-            if job is self._current:
+            if any(job is w.current for w in self.workers):
                 return 0
             try:
-                return self._pending.index(job) + (1 if self._current is not None else 0)
+                return self._pending.index(job) + self._busy()
             except ValueError:
                 return None
 
-    def queue(self) -> list[tuple[Job, int]]:
-        """One consistent snapshot of every job the worker still holds and that has not ended, in running order,
-        with its position (0 = running, or next when the worker is idle; a queued job's position = the jobs
-        ahead of it, counted as `_announce_positions` counts them). A running job that has just ended, while
-        the worker clears up, is left out (its position still counts for the others)."""
+    def spread(self, ctx: JobContext, tasks: Sequence[Callable[[JobContext], Any]]) -> list[Any]:
+        """JobContext.spread: the idle workers join the job's own worker on `tasks`."""
+        share = Share(ctx.job, tasks)
         with self._lock:
-            head = [self._current] if self._current is not None else []
-            return [(job, i) for i, job in enumerate([*head, *self._pending]) if not job.done]
+            for w in self.workers:
+                if w.index != ctx.worker and w.current is None and w.share is None and w.thread is not None:
+                    w.share = share
+            self._lock.notify_all()
+        share.drain(ctx.worker)
+        results = share.wait()
+        if len(share.workers) > 1:
+            ctx.report("workers", sorted(share.workers))
+        return results
+
+    def _busy(self) -> int:
+        return sum(1 for w in self.workers if w.current is not None)
+
+    def queue(self) -> list[tuple[Job, int]]:
+        """One consistent snapshot of every job the workers still hold and that has not ended, in running order,
+        with its position (0 = running; a queued job's position = the jobs ahead of it, the running ones included,
+        counted as `_announce_positions` counts them). A running job that has just ended, while its worker clears
+        up, is left out (its position still counts for the others)."""
+        with self._lock:
+            head = sorted((w.current for w in self.workers if w.current is not None), key=lambda j: j.id)
+            busy = len(head)
+            return [*((j, 0) for j in head if not j.done),
+                    *((j, i + busy) for i, j in enumerate(self._pending) if not j.done)]
 
     def _announce_positions(self) -> None:
         """Send each waiting job its position when it changed (caller holds the lock). A job's positions thus
-        start at the number of jobs ahead of it at submit and go down by one as each of those ends or is
-        cancelled, never repeated and never up (a job starting ahead keeps the count: it is still ahead)."""
-        ahead = 1 if self._current is not None else 0
+        start at the number of jobs ahead of it at submit and go down as those end or are cancelled."""
+        ahead = self._busy()
         for i, waiting in enumerate(self._pending):
             if waiting._position != i + ahead:
                 waiting._position = i + ahead
@@ -336,18 +467,20 @@ class JobRunner:
 
     def interrupt(self, job: Job | None = None, owner: str | None = None) -> bool:
         """Cancel `job` (queued or running; if `owner` is given, only when it is that owner's). Without `job`:
-        the running job; or, given `owner`, that owner's running job, else the first of its queued jobs (the one
-        the owner has waited for longest). False when there is nothing of that owner's to cancel."""
+        the (oldest) running job; or, given `owner`, that owner's running job, else the first of its queued jobs (the
+        one the owner has waited for longest). False when there is nothing of that owner's to cancel."""
         target = job
         if target is None:
-            mine = [j for j, _ in self.queue() if owner is None or j.owner == owner]
-            target = mine[0] if mine and (owner is not None or mine[0] is self._current) else None
+            queue = self.queue()
+            mine = [j for j, _ in queue if owner is None or j.owner == owner]
+            running = {j.id for j, pos in queue if pos == 0 and j.status == "running"}
+            target = mine[0] if mine and (owner is not None or mine[0].id in running) else None
         if target is None or target.done or (owner is not None and target.owner != owner):
             return False
         target._cancel.set()
         with self._lock:
             queued = target in self._pending
-            if queued:  # never started: end it now instead of when it reaches the worker
+            if queued:  # never started: end it now instead of when it reaches a worker
                 self._pending.remove(target)
                 self._announce_positions()
         if queued:
@@ -355,58 +488,86 @@ class JobRunner:
         return True
 
     def skip(self, job: Job | None = None, owner: str | None = None) -> bool:
-        target = job or self._current
+        target = job
+        if target is None:
+            running = [j for j in self.running() if owner is None or j.owner == owner]
+            target = running[0] if running else None
         if target is None or target.done or (owner is not None and target.owner != owner):
             return False
         target._skip.set()
         return True
 
-    # -- worker ----------------------------------------------------------------------------
-    def _serve(self, generation: int) -> None:
-        """The worker thread. Nothing a job does ends it (`_run` handles every exception); should anything escape
+    # -- workers ---------------------------------------------------------------------------
+    def _serve(self, w: Worker, generation: int) -> None:
+        """A worker thread. Nothing a job does ends it (`_run` handles every exception); should anything escape
         the loop anyway (a bug here, an exception injected into the thread), the thread replaces itself on the way
         out and the job it held fails with a message."""
         try:
-            self._work(generation)
+            self._work(w, generation)
         except BaseException:
-            log.exception("device worker %d: an exception escaped the worker loop", generation)
+            log.exception("device worker %s (%d): an exception escaped the worker loop", w.name, generation)
         finally:
             if not self._stopping:
-                self._worker_died(generation)
+                self._worker_died(w, generation)
 
-    def _worker_died(self, generation: int) -> None:
+    def _worker_died(self, w: Worker, generation: int) -> None:
         with self._lock:
-            if generation != self._generation or self._stopping:
+            if generation != w.generation or self._stopping:
                 return  # already replaced
-            job, self._current = self._current, None
-            log.error("device worker %d died%s; starting a new one", generation,
+            job, w.current = w.current, None
+            log.error("device worker %s (%d) died%s; starting a new one", w.name, generation,
                       f" while running job {job.id}" if job is not None else "")
-            self._spawn()
+            self._spawn(w)
             self._announce_positions()
         if job is not None and not job.done:
             self._end(job, "failed", EventKind.FAILED,
                       message="The device worker stopped unexpectedly during this job; a new worker has taken over. "
                               "Images saved before are kept; run the job again.")
 
-    def _work(self, generation: int) -> None:
+    def _take(self, w: Worker) -> Job | None:
+        """The job worker `w` runs next (caller holds the lock): the first waiting one, unless another idle worker
+        already holds what it needs (its checkpoint); None when every waiting job is better left to another."""
+        idle = [o for o in self.workers if o is not w and o.current is None and o.share is None and o.thread]
+        for job in self._pending:
+            if job.affinity is None or self._holds is None or not idle or self._holds(w.index, job.affinity):
+                return job
+            if not any(self._holds(o.index, job.affinity) for o in idle):
+                return job
+        return None
+
+    def _work(self, w: Worker, generation: int) -> None:
         while True:
             with self._lock:
-                while not self._pending and not self._stopping and generation == self._generation:
+                job = share = None
+                while generation == w.generation:  # a thread declared dead must not serve next to its successor
+                    share = w.share
+                    if share is None and self._pending:
+                        job = self._take(w)
+                    if job is not None or share is not None or self._stopping:
+                        break  # stopping: the jobs still queued are taken and end as cancelled
                     self._lock.wait(WATCH_EVERY)
-                if (self._stopping and not self._pending) or generation != self._generation:
-                    return  # stopped, or replaced (a thread declared dead must not serve next to its successor)
-                job = self._pending.popleft()
-                self._current = job
-                self._announce_positions()
-            self._run(job)
+                if job is None and share is None:
+                    return
+                if job is not None:
+                    self._pending.remove(job)
+                    w.current, job.worker = job, w.index
+                    self._announce_positions()
+            if share is not None:  # help another worker's job with its tasks, then serve the queue again
+                share.drain(w.index)
+                with self._lock:
+                    w.share = None
+                    self._lock.notify_all()
+                continue
+            self._run(job, w)
             with self._lock:
-                self._last = job
-                if self._current is job:
-                    self._current = None
+                w.last = self._last = job
+                if w.current is job:
+                    w.current = None
+                self._lock.notify_all()  # a job left to this worker's neighbour may now be this worker's
 
-    def _run(self, job: Job) -> None:
+    def _run(self, job: Job, w: Worker | None = None) -> None:
         """Run one job. Every exception ends here, BaseExceptions included: the worker outlives any job."""
-        ctx = JobContext(job)
+        ctx = JobContext(job, w.index if w is not None else 0, self)
         if job._cancel.is_set():
             return self._end(job, "cancelled", EventKind.CANCELLED, message="cancelled while queued")
         job.status, job.started = "running", time.time()

@@ -70,6 +70,20 @@ class Settings:
         return "0.0.0.0" if self.listen else "127.0.0.1"
 
     @property
+    def open_to_network(self) -> str | None:
+        """A plain warning when others on the network can use this studio without a login (--listen, and the UI
+        without --auth or the API without --auth / --api-auth), else None."""
+        if not self.listen:
+            return None
+        ui_open = not self.nowebui and self.auth is None
+        api_open = self.api and self.auth is None and self.api_auth is None
+        if not (ui_open or api_open):
+            return None
+        what = " and ".join(x for x, is_open in (("the UI", ui_open), ("the API", api_open)) if is_open)
+        return (f"--listen without a login for {what}: anyone who can reach this machine can generate images and "
+                "see every output. Add --auth USER:PASS.")
+
+    @property
     def checkpoints_dir(self) -> Path:
         return self.folders.checkpoints
 
@@ -96,7 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--auth", type=_auth, default=None, metavar="USER:PASS", help="require this login for the UI and API")
     p.add_argument("--api", action="store_true", help="serve the A1111-compatible REST API under /sdapi/v1")
     p.add_argument("--nowebui", action="store_true", help="serve only the REST API (implies --api)")
-    p.add_argument("--device", choices=["auto", "cuda", "cpu", "mps"], default="auto", help="compute device (default: auto)")
+    p.add_argument("--device", type=_device, default="auto", metavar="DEVICE[,DEVICE...]",
+                   help="compute device(s), one job worker each: auto (default), cpu, cuda, cuda:N, mps, a "
+                        "comma-separated list (cuda:0,cuda:1; cpu,cpu for two CPU workers) or all (every CUDA GPU)"),
     p.add_argument("--precision", choices=["auto", "fp16", "bf16", "fp32"], default="auto",
                    help="weights dtype (auto: fp16 on CUDA/MPS, fp32 on CPU)")
     p.add_argument("--attention", choices=["auto", "sdpa", "xformers"], default="auto",
@@ -165,6 +181,30 @@ def canonical_rng(value: str) -> str:
     if v not in RNG_SOURCES:
         raise ValueError(f"{value!r} is not one of: {', '.join(RNG_SOURCES)}")
     return v
+
+
+DEVICE_WORDS = ("auto", "cpu", "cuda", "mps", "all")
+
+
+def device_list(value: str) -> list[str]:
+    """--device as a list of device names, one job worker each ("all" stays one word: every CUDA GPU, resolved
+    where torch is); ValueError naming what is accepted for anything else."""
+    names = [v.strip().lower() for v in str(value).split(",")]
+    for name in names:
+        base, _, index = name.partition(":")
+        if base not in DEVICE_WORDS or (index and (base != "cuda" or not index.isdigit())):
+            raise ValueError(f"{name!r} is not a device: use {', '.join(DEVICE_WORDS)}, cuda:N, or a comma-separated "
+                             "list of them")
+    if "all" in names and len(names) > 1:
+        raise ValueError("'all' stands alone (it means every CUDA GPU)")
+    return names
+
+
+def _device(value: str) -> str:
+    try:
+        return ",".join(device_list(value))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _rng(value: str) -> str:

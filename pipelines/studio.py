@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import random
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from pydantic import BaseModel, ValidationError
 
@@ -32,6 +33,7 @@ from pipelines.params.specs import (
     LATENT_UPSCALERS,
     PARAMS,
     SAMPLER_OPTIONS,
+    SEED_MAX,
     ExtrasParams,
     HintContext,
     Img2ImgParams,
@@ -76,8 +78,8 @@ class _Sized:
 
 
 class Studio:
-    def __init__(self, settings: Settings, runner: JobRunner, engine: "Engine", *, hardware: str = "",
-                 loras: LoraLibrary | None = None, embeddings: Embeddings | None = None,
+    def __init__(self, settings: Settings, runner: JobRunner, engine: "Engine | Sequence[Engine]", *,
+                 hardware: str = "", loras: LoraLibrary | None = None, embeddings: Embeddings | None = None,
                  vaes: VaeLibrary | None = None, machine: first_run.Machine | None = None):
         self.settings = settings
         # the hardware facts (app.py): the hub model that suits it is offered, and chosen while nothing is local
@@ -91,9 +93,12 @@ class Studio:
         # the LoRA / LyCORIS listing the engine applies from (app.py builds one and gives it to both)
         self.loras = loras if loras is not None else LoraLibrary(settings.folders.lora, settings.cache_dir / "hashes.json")
         self.runner = runner
-        self.engine = engine
+        # one engine per device worker (runner.workers[i] runs its jobs on engines[i]); the first answers questions
+        # about "the" device (precision, memory mode) outside jobs
+        self.engines: list["Engine"] = list(engine) if isinstance(engine, (list, tuple)) else [engine]
+        self.engine = self.engines[0]
         self.hardware = hardware
-        self.controlnet = ControlNets(settings.models_dir, settings.controlnet_hub, runner, engine,
+        self.controlnet = ControlNets(settings.models_dir, settings.controlnet_hub, runner, self.on,
                                       root=settings.controlnet_dir,
                                       hub_endpoint=settings.hub_endpoint)
         self.styles = StyleStore(settings.styles_file)  # saved prompt styles (styles.csv)
@@ -161,6 +166,14 @@ class Studio:
                              f"{self.settings.checkpoints_dir} and press refresh.")
         return self.find_model(current)
 
+    def on(self, ctx: Any) -> "Engine":
+        """The engine of the device worker running the job of `ctx`."""
+        return self.engines[getattr(ctx, "worker", 0)]
+
+    def holds(self, worker: int, info: Any) -> bool:
+        """The job queue's affinity test: worker `worker`'s cache already holds checkpoint `info`."""
+        return isinstance(info, CheckpointInfo) and self.engines[worker].holds(info)
+
     def select_model(self, name: str, owner: str | None = None) -> Job:
         """Load `name` in the background; it becomes the current model once loaded (a failed load keeps the
         previous one, as A1111 does). The returned job ends when the switch is done."""
@@ -169,7 +182,7 @@ class Studio:
             raise BadRequest(f"{info.name} cannot be used: {info.error}")
 
         def switch(ctx: Any) -> str:
-            self.engine.warm(ctx, info)
+            self.on(ctx).warm(ctx, info)
             with self._lock:
                 self._current, self._chosen = info.name, True
             return info.name
@@ -487,8 +500,29 @@ class Studio:
         if params.enable_hr and params.hr_upscaler not in LATENT_UPSCALERS:
             self._check_upscaler(params.hr_upscaler)
         controls = self._controls(params, info, has_input=False)
-        return self.runner.submit(lambda ctx: self.engine.txt2img(ctx, params, info, controls), kind="txt2img",
-                                  owner=owner)
+        if len(self.engines) > 1 and params.n_iter > 1:
+            return self.runner.submit(self._spread_batches(params, info, controls), kind="txt2img", owner=owner,
+                                      affinity=info)
+        return self.runner.submit(lambda ctx: self.on(ctx).txt2img(ctx, params, info, controls), kind="txt2img",
+                                  owner=owner, affinity=info)
+
+    def _spread_batches(self, params: BaseModel, info: CheckpointInfo, controls: Any) -> Callable[[Any], Any]:
+        """A job whose batches (batch count) run on every idle device worker at once: one txt2img per batch with
+        that batch's seeds, merged in order. Each image is the one a single worker makes for its seed (its noise
+        comes from its own seed alone)."""
+        def resolve_seed(v: int | None) -> int:  # -1: one random seed for the whole job, as one worker draws it
+            return random.randint(0, SEED_MAX) if v is None or v < 0 else int(v)
+
+        seed, subseed = resolve_seed(params.seed), resolve_seed(params.subseed)
+        size = params.batch_size
+        parts = [params.model_copy(update={"n_iter": 1, "seed": seed + i * size, "subseed": subseed + i * size})
+                 for i in range(params.n_iter)]
+
+        def run(ctx: Any) -> Any:
+            results = ctx.spread([lambda c, p=p: self.on(c).txt2img(c, p, info, controls) for p in parts])
+            return type(results[0]).merge(results)
+
+        return run
 
     # -- sweeps: the X/Y/Z plot (pipelines/sweep/plan.py plans, pipelines/sweep/run.py runs) -------------------------
     def sweep_lists(self) -> dict[str, Any]:
@@ -555,7 +589,7 @@ class Studio:
             jobs.append((p, info, controls))
         from pipelines.sweep.run import run_sweep
 
-        return self.runner.submit(lambda ctx: run_sweep(self.engine, ctx, plan, jobs), kind="sweep", owner=owner)
+        return self.runner.submit(lambda ctx: run_sweep(self.on(ctx), ctx, plan, jobs), kind="sweep", owner=owner)
 
     def submit_hires_fix(self, params: BaseModel | Mapping[str, Any], image: Any, *, model: str | None = None,
                          owner: str | None = None) -> Job:
@@ -574,8 +608,8 @@ class Studio:
         self._check_size(params, info)
         self.check_loras(params, info)
         params = self.job_options(params)
-        return self.runner.submit(lambda ctx: self.engine.hires_fix(ctx, params, info, image), kind="hires-fix",
-                                  owner=owner)
+        return self.runner.submit(lambda ctx: self.on(ctx).hires_fix(ctx, params, info, image), kind="hires-fix",
+                                  owner=owner, affinity=info)
 
     def submit_img2img(self, params: BaseModel | Mapping[str, Any], image: Any, mask: Any = None, *,
                        model: str | None = None, owner: str | None = None) -> Job:
@@ -597,8 +631,8 @@ class Studio:
         params = self.job_options(params)
         controls = self._controls(params, info, has_input=True)
         kind = "inpaint" if mask is not None else "img2img"
-        return self.runner.submit(lambda ctx: self.engine.img2img(ctx, params, info, image, mask, controls),
-                                  kind=kind, owner=owner)
+        return self.runner.submit(lambda ctx: self.on(ctx).img2img(ctx, params, info, image, mask, controls),
+                                  kind=kind, owner=owner, affinity=info)
 
     @staticmethod
     def parse_outpaint(data: Mapping[str, Any]) -> BaseModel:
@@ -624,8 +658,8 @@ class Studio:
         self.check_loras(params, info)
         params = self.job_options(params)
         controls = self._controls(params, info, has_input=True)
-        return self.runner.submit(lambda ctx: self.engine.outpaint(ctx, params, info, image, controls),
-                                  kind="outpaint", owner=owner)
+        return self.runner.submit(lambda ctx: self.on(ctx).outpaint(ctx, params, info, image, controls),
+                                  kind="outpaint", owner=owner, affinity=info)
 
     def _controls(self, params: BaseModel, info: CheckpointInfo, *, has_input: bool) -> list[Any]:
         for unit in params.controlnet:
@@ -687,7 +721,7 @@ class Studio:
             self._check_upscaler(name)
         from pipelines.engine import upscale
 
-        return self.runner.submit(lambda ctx: upscale.extras(self.engine, ctx, images, params), kind="extras",
+        return self.runner.submit(lambda ctx: upscale.extras(self.on(ctx), ctx, images, params), kind="extras",
                                   owner=owner)
 
     def submit_sd_upscale(self, params: BaseModel | Mapping[str, Any], image: Any, *, model: str | None = None,
@@ -706,8 +740,8 @@ class Studio:
                              "use smaller tiles, a bigger scale, or plain img2img.")
         from pipelines.engine import upscale
 
-        return self.runner.submit(lambda ctx: upscale.sd_upscale(self.engine, ctx, params, info, image),
-                                  kind="sd-upscale", owner=owner)
+        return self.runner.submit(lambda ctx: upscale.sd_upscale(self.on(ctx), ctx, params, info, image),
+                                  kind="sd-upscale", owner=owner, affinity=info)
 
     # -- infinite zoom ----------------------------------------------------------------------------
     def parse_zoom(self, data: Mapping[str, Any] | BaseModel) -> BaseModel:
@@ -754,8 +788,8 @@ class Studio:
             raise BadRequest(str(e)) from None
         from pipelines.engine.zoom import infinite_zoom
 
-        return self.runner.submit(lambda ctx: infinite_zoom(self.engine, ctx, params, info, image), kind="zoom",
-                                  owner=owner)
+        return self.runner.submit(lambda ctx: infinite_zoom(self.on(ctx), ctx, params, info, image), kind="zoom",
+                                  owner=owner, affinity=info)
 
     @staticmethod
     def _check_image(image: Any) -> None:
@@ -868,20 +902,29 @@ class Studio:
         from pipelines.engine import memory  # torch: lazily
 
         eng = self.engine
-        return {**memory.usage(eng.hw.device), "mode": self.memory_mode(), "mode_configured": eng.memory_mode,
-                "mode_setting": self.settings.memory, "models": eng.manager.usage()}
+        out = {**memory.usage(eng.hw.device), "mode": self.memory_mode(), "mode_configured": eng.memory_mode,
+               "mode_setting": self.settings.memory, "models": eng.manager.usage()}
+        if len(self.engines) > 1:  # one entry per device worker, the first as above
+            workers = self.runner.workers
+            out["devices"] = [{"device": str(e.hw.device), "name": e.hw.name, **memory.usage(e.hw.device),
+                               "mode": self.memory_mode(i), "mode_configured": e.memory_mode,
+                               "models": e.manager.usage(),
+                               "job": workers[i].current.id if i < len(workers) and workers[i].current else None}
+                              for i, e in enumerate(self.engines)]
+        return out
 
-    def memory_mode(self) -> str:
+    def memory_mode(self, worker: int = 0) -> str:
         """The memory mode in force: the running job's (an out-of-memory retry lowers it for the rest of that job);
         between jobs, the lowered mode the last job ended in, until the next job starts (in the configured mode),
         else the configured one. Jobs report their mode (JobContext.report), so nothing here reads the engine's
         per-job state from another thread."""
-        current, last = self.runner.current(), self.runner.last()
+        w = self.runner.workers[worker] if worker < len(self.runner.workers) else None
+        current, last = (w.current, w.last) if w is not None else (None, None)
         if current is not None and "memory_mode" in current.details:
             return current.details["memory_mode"]
         if last is not None and last.details.get("memory_mode_lowered"):
             return last.details["memory_mode"]
-        return self.engine.memory_mode
+        return self.engines[worker].memory_mode
 
     @property
     def outputs_dir(self) -> Path:

@@ -41,3 +41,25 @@ def test_flags():
 def test_bad_flags_are_refused(bad):
     with pytest.raises(SystemExit):
         parse_args(bad)
+
+
+def test_device_lists_start_a_worker_each():
+    from pipelines.settings import device_list
+
+    assert parse_args([]).device == "auto"
+    assert parse_args(["--device", "cpu,cpu"]).device == "cpu,cpu"
+    assert device_list(parse_args(["--device", "CUDA:0, cuda:1"]).device) == ["cuda:0", "cuda:1"]
+    assert device_list("all") == ["all"]
+    for bad in ("gpu", "cuda:x", "cpu:1", "all,cpu"):
+        with pytest.raises(SystemExit):
+            parse_args(["--device", bad])
+
+
+def test_a_studio_open_to_the_network_without_a_login_says_so():
+    assert parse_args([]).open_to_network is None
+    assert "anyone who can reach this machine" in parse_args(["--listen"]).open_to_network
+    assert parse_args(["--listen", "--auth", "a:b"]).open_to_network is None
+    ui_only = parse_args(["--listen", "--api", "--api-auth", "a:b"]).open_to_network  # the API has a login, the UI not
+    assert "the UI" in ui_only and "the API" not in ui_only
+    assert "the UI and the API" in parse_args(["--listen", "--api"]).open_to_network
+    assert parse_args(["--listen", "--nowebui", "--api-auth", "a:b"]).open_to_network is None

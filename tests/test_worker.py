@@ -133,7 +133,7 @@ def test_a_consumer_notices_a_dead_worker_and_the_queue_goes_on(monkeypatch):
     """With the worker's own replacement switched off, a client waiting on a job still notices the dead worker:
     the held job fails with a message, a new worker starts, and the next job runs."""
     runner = JobRunner()
-    monkeypatch.setattr(runner, "_serve", lambda generation: runner._work(generation))  # no replacement on exit
+    monkeypatch.setattr(runner, "_serve", lambda w, generation: runner._work(w, generation))  # no replacement on exit
     runner.start()
     try:
         first = runner._thread

@@ -76,7 +76,18 @@ def status_text(studio: Studio, note: str = "") -> str:
     except Exception:  # status must never break the page
         memory = "memory: n/a"
     queued = len(studio.runner.queue())  # running or waiting; a job that has just ended is not counted
+    try:
+        per_device = [f"{d['device']}: {'job ' + str(d['job']) if d['job'] else 'idle'}, "
+                      f"{_size(d['models']['device_bytes'])} of models" for d in mem.get("devices", [])]
+    except Exception:  # status must never break the page
+        per_device = []
+    if per_device:
+        open_to_all = studio.settings.open_to_network
+        return " · ".join([f"🖥️ {len(per_device)} devices", *per_device, f"jobs: {queued}" if queued else "idle",
+                           *([f"⚠️ {open_to_all}"] if open_to_all else []), *([note] if note else [])])
     parts = [f"🖥️ {studio.hardware or 'device'}", memory, f"jobs: {queued}" if queued else "idle"]
+    if open_to_all := studio.settings.open_to_network:
+        parts.append(f"⚠️ {open_to_all}")
     return " · ".join(parts + ([note] if note else []))
 
 

@@ -42,8 +42,10 @@ def resolve(device: str = "auto", precision: str = "auto", attention: str = "aut
     on request (--precision bf16, also on the CPU, where torch runs it and it halves memory); fp32 as well."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was asked for but PyTorch sees no CUDA GPU")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"--device {device} was asked for but PyTorch sees no CUDA GPU")
+    if device.startswith("cuda:") and int(device[5:]) >= torch.cuda.device_count():
+        raise RuntimeError(f"--device {device}: PyTorch sees {torch.cuda.device_count()} CUDA GPU(s), numbered from 0")
     if device == "mps" and not torch.backends.mps.is_available():
         raise RuntimeError("--device mps was asked for but this PyTorch has no MPS support")
     dev = torch.device(device)
@@ -57,6 +59,13 @@ def resolve(device: str = "auto", precision: str = "auto", attention: str = "aut
     else:
         total, name = system_ram(), "CPU" if dev.type == "cpu" else "Apple MPS"
     return Hardware(dev, dtype, _pick_attention(attention, dev), total, name)
+
+
+def expand(devices: list[str]) -> list[str]:
+    """The worker devices of --device: "all" is every CUDA GPU (cuda:0, cuda:1, ...; "auto" without one)."""
+    if devices == ["all"]:
+        return [f"cuda:{i}" for i in range(torch.cuda.device_count())] or ["auto"]
+    return devices
 
 
 def _pick_attention(choice: str, dev: torch.device) -> str:

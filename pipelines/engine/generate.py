@@ -79,6 +79,20 @@ class GenerationResult:
     vae: str | None = None  # the VAE used when not the checkpoint's own (A1111's sd_vae_name), and its short hash
     vae_hash: str | None = None
 
+    @classmethod
+    def merge(cls, parts: list["GenerationResult"]) -> "GenerationResult":
+        """One job's result from the results of its batches run on several workers (JobContext.spread), in order."""
+        out = cls(parameters=dict(parts[0].parameters), model=parts[0].model, vae=parts[0].vae,
+                  vae_hash=parts[0].vae_hash, memory_mode=parts[0].memory_mode)
+        for p in parts:
+            for image, path, seed, subseed, text in zip(p.images, p.paths, p.seeds, p.subseeds, p.infotexts):
+                out.add(image, path, seed, subseed, text)
+            out.skipped += p.skipped
+            out.denoising_steps += p.denoising_steps
+            out.warnings += [w for w in p.warnings if w not in out.warnings]
+            out.control_maps = out.control_maps or p.control_maps
+        return out
+
     def add(self, image: Image.Image, path: Path, seed: int, subseed: int, text: str) -> None:
         self.images.append(image)
         self.paths.append(path)
@@ -96,7 +110,8 @@ class Engine:
                  oom_retry: bool = False, channels_last: bool = False, compile_unet: bool = False,
                  preview_decoder: str = "auto", compile_backend: str = "inductor", esrgan_dir: Path | None = None,
                  loras: "LoraLibrary | None" = None, embeddings: "Embeddings | None" = None,
-                 vaes: VaeLibrary | None = None, checkpoints_dir: Path | None = None, round_pixels: bool = False):
+                 vaes: VaeLibrary | None = None, checkpoints_dir: Path | None = None, round_pixels: bool = False,
+                 load_lock: Any = None):
         self.hw = hardware
         self.models_dir = Path(models_dir)
         self.esrgan_dir = esrgan_dir  # --esrgan-models-path (None: models/ESRGAN)
@@ -112,6 +127,9 @@ class Engine:
         self.config_root = Path(config_root)
         self.rng = canonical_source(rng)  # the noise source of requests that name none (CPU | GPU | NV)
         self.round_pixels = round_pixels  # 8-bit conversion: round (diffusers) instead of truncate (A1111)
+        # Loading builds models under accelerate's empty-weights context, which patches torch.nn process-wide: the
+        # engines of several device workers share one lock (app.py), so their loads take turns.
+        self.load_lock = load_lock if load_lock is not None else threading.Lock()
         self.preview_every = preview_every
         self.hub_endpoint = hub_endpoint  # annotator and hub-model downloads; None = offline
         self.checkpoints_dir = checkpoints_dir  # where a hub model's offline error says to put a checkpoint
@@ -135,6 +153,11 @@ class Engine:
             return f"{info.name}@{st.st_size}-{int(st.st_mtime)}"
         return info.name
 
+    def holds(self, info: CheckpointInfo) -> bool:
+        """True when this engine's cache already holds the checkpoint's UNet (a job for it starts without a load):
+        the job queue sends such a job to this engine's worker when it is idle."""
+        return self.manager.where(f"{self.identity(info)}::unet") is not None
+
     @contextmanager
     def components(self, info: CheckpointInfo, ctx: JobContext | None = None, *,
                    run: Run | None = None) -> Iterator[Components]:
@@ -148,9 +171,10 @@ class Engine:
         def load() -> dict[str, Any]:
             if ctx is not None:
                 ctx.progress(0, 1, label=f"loading {info.name}")
-            c = load_components(info, dtype=self.hw.dtype, config_root=self.config_root,
-                                progress=self.download_progress(ctx), checkpoints_dir=self.checkpoints_dir,
-                                hub_endpoint=self.hub_endpoint, offline=self.hub_endpoint is None)
+            with self.load_lock:
+                c = load_components(info, dtype=self.hw.dtype, config_root=self.config_root,
+                                    progress=self.download_progress(ctx), checkpoints_dir=self.checkpoints_dir,
+                                    hub_endpoint=self.hub_endpoint, offline=self.hub_endpoint is None)
             if ctx is not None:
                 ctx.progress(0, 1, label=f"hashing {info.name}")
             discovery.ensure_hash(info, self.hash_cache)  # A1111 "Model hash", cached after the first time
@@ -193,7 +217,8 @@ class Engine:
 
         def load() -> dict[str, Any]:
             run.ctx.progress(0, 1, label=f"loading VAE {vae.name}")
-            model = vae_loader.load_vae(vae, base.config, dtype=self.hw.dtype, config_root=self.config_root)
+            with self.load_lock:
+                model = vae_loader.load_vae(vae, base.config, dtype=self.hw.dtype, config_root=self.config_root)
             apply_attention(model, self.hw.attention)
             return {key: model}
 
@@ -223,7 +248,11 @@ class Engine:
     @contextmanager
     def cached(self, key: str, load: Any) -> Iterator[Any]:
         """One component from the model manager's cache (loaded by `load()` on a miss), pinned while inside."""
-        with self.manager.use([key], lambda: {key: load()}) as objs:
+        def locked() -> dict[str, Any]:
+            with self.load_lock:
+                return {key: load()}
+
+        with self.manager.use([key], locked) as objs:
             yield objs[key]
 
     @staticmethod
