@@ -225,7 +225,7 @@ def build_img2img(studio: Studio, checkpoint: gr.Dropdown, status: gr.Markdown,
             controlnet = build_controlnet(studio, prefix, checkpoint, img2img=True, source_inputs=[mode, *sources],
                                           source_of=lambda m, *v: mode_input(m, **dict(zip(src_names, v))))
             with gr.Accordion("Advanced", open=False, elem_id=f"{prefix}-advanced"):
-                for name in [n for n in ("clip_skip", *INPAINT_FIELDS) if n not in w]:
+                for name in [n for n in dict.fromkeys(("clip_skip", *INPAINT_FIELDS)) if n not in w]:
                     add(name)  # clip skip, then any parameter added to the specs later
         with gr.Column(scale=1, elem_id=f"{prefix}-output"):
             advice = build_advisor(prefix)  # here, changes in its height move no input

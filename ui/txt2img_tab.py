@@ -113,7 +113,7 @@ def build_txt2img(studio: Studio, checkpoint: gr.Dropdown, status: gr.Markdown,
             controlnet = build_controlnet(studio, "txt2img", checkpoint)
             sweep = build_sweep("txt2img")
             with gr.Accordion("Advanced", open=False, elem_id="txt2img-advanced"):
-                for name in [n for n in ("clip_skip", *TXT2IMG_FIELDS) if n not in w]:
+                for name in [n for n in dict.fromkeys(("clip_skip", *TXT2IMG_FIELDS)) if n not in w]:
                     add(name)  # clip skip, then any parameter added to the specs later
         with gr.Column(scale=1, elem_id="txt2img-output"):
             advice = build_advisor("txt2img")  # here, changes in its height move no input

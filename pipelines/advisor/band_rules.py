@@ -113,6 +113,8 @@ def _band_example(spec: ParamSpec) -> dict[str, Any] | None:
         extra["enable_hr"] = True
     if spec.name == "inpaint_full_res_padding":
         extra["inpaint_full_res"] = "Only masked"
+    if spec.name == "eta":  # judged for a sampler that takes it
+        extra["sampler_name"] = "Euler a"
     if spec.kind == "choice":  # judged choices may take values beyond the list (e.g. upscalers found on disk)
         candidates: list[Any] = list(spec.choices() if spec.choices else []) + (["None"] if spec.judge else [])
     elif spec.kind == "bool":
