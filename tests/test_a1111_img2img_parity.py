@@ -15,8 +15,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from tests import a1111_reference as ref
-from tests.conftest import TEST_DEVICE, TEST_PRECISION
-from tests.test_a1111_parity import build_parity_sd15
+from tests.test_a1111_parity import parity  # noqa: F401 - the parity model's engine, a fixture per module
 
 pytestmark = pytest.mark.engine  # tiny models on the CPU, no server
 
@@ -26,28 +25,6 @@ CFG, SIZE, SEED = 7.0, 64, 1234
 IMG2IMG_STEPS = 8
 HIRES_STEPS, HR_SCALE, HR_DENOISE = 6, 2.0, 0.5
 MAX_MEAN, MAX_ABS = 0.5, 8
-
-
-@pytest.fixture(scope="module")
-def parity(tmp_path_factory):
-    """The real engine and job runner over a models dir holding only the parity model (as in test_a1111_parity)."""
-    from pipelines import discovery
-    from pipelines.engine import devices
-    from pipelines.engine.generate import Engine
-    from pipelines.engine.manager import ModelManager
-    from pipelines.jobs import JobRunner
-    from pipelines.outputs import OutputWriter
-
-    root = tmp_path_factory.mktemp("a1111-img2img-parity")
-    folder = build_parity_sd15(root / "models" / "Stable-diffusion" / MODEL)
-    infos = {i.name: i for i in discovery.scan(root / "models")}
-    hw = devices.resolve(TEST_DEVICE, TEST_PRECISION)
-    manager = ModelManager(device=hw.device, device_budget=2**30, cpu_budget=0)
-    engine = Engine(hw, manager, OutputWriter(root / "outputs"), config_root=root / "models" / ".cache" / "configs",
-                    hash_cache=root / "models" / ".cache" / "hashes.json", preview_every=0)
-    runner = JobRunner().start()
-    yield {"engine": engine, "runner": runner, "info": infos[MODEL], "folder": folder}
-    runner.stop()
 
 
 def picture(size=SIZE) -> Image.Image:
