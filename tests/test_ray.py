@@ -9,6 +9,7 @@ import ast
 import base64
 import io
 import json
+import os
 import re
 import threading
 from pathlib import Path
@@ -50,7 +51,17 @@ def server(tiny_store, tmp_path_factory):
     root = tmp_path_factory.mktemp("ray")
     models = root / "models"
     shutil.copytree(tiny_store / "tiny-sd15", models / "Stable-diffusion" / "tiny-sd15")
-    s = Server(models, root / "outputs", "--api", "--ray", "auto", "--ray-replicas", "2", "--preview-every", "1")
+    # every replica's log lines reach the head's log: Ray folds lines that differ only in numbers (the replicas'
+    # names) into "[repeated Nx]" otherwise, and the kill test reads which replica runs a batch from them
+    old = os.environ.get("RAY_DEDUP_LOGS")
+    os.environ["RAY_DEDUP_LOGS"] = "0"
+    try:
+        s = Server(models, root / "outputs", "--api", "--ray", "auto", "--ray-replicas", "2", "--preview-every", "1")
+    finally:
+        if old is None:
+            os.environ.pop("RAY_DEDUP_LOGS", None)
+        else:
+            os.environ["RAY_DEDUP_LOGS"] = old
     try:
         s.wait_ready(timeout=240)
         yield s
