@@ -23,10 +23,6 @@ def build_app(settings: Settings):
     import gradio as gr
     from fastapi import FastAPI
 
-    from pipelines import first_run
-    from pipelines.engine import devices, memory
-    from pipelines.engine.generate import Engine
-    from pipelines.engine.manager import ModelManager
     from pipelines.jobs import JobRunner
     from pipelines.networks.embeddings import Embeddings
     from pipelines.networks.loras import LoraLibrary
@@ -43,48 +39,24 @@ def build_app(settings: Settings):
     writer = OutputWriter(settings.outputs_dir)
     if stale := writer.clean_stale():  # hidden partial files a crash or kill -9 left behind
         log.info("removed %d stale temporary file(s) from %s", stale, settings.outputs_dir)
-    from pipelines.settings import device_list
-
     loras = LoraLibrary(settings.folders.lora, settings.cache_dir / "hashes.json")
     embeddings = Embeddings(settings.folders.embeddings, settings.cache_dir / "hashes.json")
     vaes = VaeLibrary(settings.folders, settings.cache_dir / "hashes.json")
-    # One device worker per --device entry, each with its own engine, model cache and memory budget; the queue,
-    # the outputs writer and the model listings are shared.
-    names = devices.expand(device_list(settings.device))
-    hws = [devices.resolve(name, settings.precision, settings.attention) for name in names]
-    gib, ram = 2**30, devices.system_ram()
-    on_cpu = sum(1 for hw in hws if hw.device.type == "cpu")  # CPU workers share the machine's RAM
-    ram_budget = int(settings.ram_budget_gb * gib) if settings.ram_budget_gb else int(ram * 0.4) // max(on_cpu, 1)
-    engines, load_lock = [], threading.Lock()  # model loads take turns (see Engine.load_lock)
-    for hw in hws:
-        if hw.device.type == "cpu":  # one tier: the models live in RAM
-            device_budget = int(settings.ram_budget_gb * gib) if settings.ram_budget_gb else int(ram * 0.6) // on_cpu
-        else:
-            device_budget = (int(settings.vram_budget_gb * gib) if settings.vram_budget_gb
-                             else int(hw.total_memory * 0.85))
-        manager = ModelManager(device=hw.device, device_budget=device_budget, cpu_budget=ram_budget)
-        mode, why = memory.pick_mode(settings.memory, hw)
-        log.info("%s: memory mode %s (%s): %s", hw.device, mode, why, memory.DESCRIPTIONS[mode])
-        engines.append(Engine(hw, manager, writer, config_root=settings.cache_dir / "configs",
-                              hash_cache=settings.cache_dir / "hashes.json", rng=settings.rng,
-                              models_dir=settings.models_dir, preview_every=settings.preview_every,
-                              hub_endpoint=settings.hub_endpoint, memory_mode=mode, oom_retry=settings.oom_retry,
-                              channels_last=settings.channels_last if settings.channels_last is not None
-                              else hw.device.type == "cuda",
-                              compile_unet=settings.compile, preview_decoder=settings.preview_decoder,
-                              esrgan_dir=settings.esrgan_models_path, loras=loras, embeddings=embeddings, vaes=vaes,
-                              checkpoints_dir=settings.checkpoints_dir, round_pixels=settings.round_pixels,
-                              load_lock=load_lock))
-    runner = JobRunner(max_queued_per_owner=settings.max_queued_per_client,
-                       workers=[str(hw.device) for hw in hws],
-                       holds=lambda i, info: engines[i].holds(info)).start()
-    hw = hws[0]
-    # the hardware facts the first-run choice (the hub model offered while nothing is local) depends on
-    machine = first_run.Machine(hw.device.type, hw.total_memory, fp16=str(hw.dtype) == "torch.float16")
-    described = " + ".join(f"{h.device}: {h.describe()}" for h in hws) if len(hws) > 1 else hw.describe()
+    if settings.ray:  # the device workers are Ray Serve replicas; this process keeps the UI, API, queue and outputs
+        from pipelines.cluster import start_cluster
+
+        cluster = start_cluster(settings, writer)
+        engines, machine, described = cluster.engines, cluster.machine(), cluster.describe()
+        runner = JobRunner(max_queued_per_owner=settings.max_queued_per_client,
+                           workers=[e.name for e in engines]).start()
+    else:
+        engines, machine, described = local_engines(settings, writer, loras, embeddings, vaes)
+        runner = JobRunner(max_queued_per_owner=settings.max_queued_per_client,
+                           workers=[str(e.hw.device) for e in engines],
+                           holds=lambda i, info: engines[i].holds(info)).start()
     studio = Studio(settings, runner, engines, hardware=described, loras=loras, embeddings=embeddings,
                     vaes=vaes, machine=machine)
-    log.info("device%s: %s", "s" if len(hws) > 1 else "", described)
+    log.info("device%s: %s", "s" if len(engines) > 1 else "", described)
 
     if warning := settings.open_to_network:
         log.warning("%s", warning)
@@ -98,8 +70,33 @@ def build_app(settings: Settings):
         app = gr.mount_gradio_app(app, build_ui(studio), path="/", auth=settings.auth, ssr_mode=False,
                                   max_file_size=f"{settings.max_upload_mb}mb", css=CSS, head=HEAD)
     app.router.add_event_handler("shutdown", runner.stop)
+    if settings.ray:
+        app.router.add_event_handler("shutdown", cluster.stop)
     install_limits(app, settings.max_upload_mb * 2**20)
     return app
+
+
+def local_engines(settings: Settings, writer, loras, embeddings, vaes):
+    """One engine per --device entry, each with its own model cache and memory budget (the queue, the outputs writer
+    and the model listings are shared); with the first-run hardware facts and a description of the devices."""
+    from pipelines import first_run
+    from pipelines.engine import devices
+    from pipelines.engine.setup import device_budget, make_engine, ram_budget
+    from pipelines.settings import device_list
+
+    names = devices.expand(device_list(settings.device))
+    hws = [devices.resolve(name, settings.precision, settings.attention) for name in names]
+    ram = devices.system_ram()
+    on_cpu = sum(1 for hw in hws if hw.device.type == "cpu")  # CPU workers share the machine's RAM
+    load_lock = threading.Lock()  # model loads take turns (see Engine.load_lock)
+    engines = [make_engine(settings, hw, writer, device_budget=device_budget(settings, hw, ram, on_cpu),
+                           ram_budget=ram_budget(settings, ram, on_cpu), loras=loras, embeddings=embeddings,
+                           vaes=vaes, load_lock=load_lock) for hw in hws]
+    hw = hws[0]
+    # the hardware facts the first-run choice (the hub model offered while nothing is local) depends on
+    machine = first_run.Machine(hw.device.type, hw.total_memory, fp16=str(hw.dtype) == "torch.float16")
+    described = " + ".join(f"{h.device}: {h.describe()}" for h in hws) if len(hws) > 1 else hw.describe()
+    return engines, machine, described
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -54,6 +54,9 @@ class Settings:
     embeddings_dir: Path | None = None
     controlnet_models_dir: Path | None = None
     esrgan_models_path: Path | None = None
+    # the Ray Serve cluster backend (pipelines/cluster.py, docs/deployment.md): None = in-process device workers
+    ray: str | None = None  # "auto": a local Ray started by the app; else an address (ray://head:10001, head:6379)
+    ray_replicas: int | None = None  # a fixed number of replicas; None = autoscaling (1 to one per GPU)
 
     @property
     def folders(self) -> ModelFolders:
@@ -156,6 +159,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="largest request body or uploaded file in MB (default: 50)")
     p.add_argument("--offline", action="store_true",
                    help="never download (annotator weights must be in models/annotators); also set by HF_HUB_OFFLINE=1")
+    cluster = p.add_argument_group("cluster (optional: pip install -r requirements-ray.txt; docs/deployment.md)")
+    cluster.add_argument("--ray", default=None, metavar="auto|ADDRESS",
+                         help="generate on Ray Serve replicas (one device worker each) instead of in this process: "
+                              "auto starts a local Ray; ray://HOST:10001 or HOST:6379 joins a cluster")
+    cluster.add_argument("--ray-replicas", type=int, default=None, metavar="N",
+                         help="a fixed number of Ray replicas (default: autoscaling, 1 to one per GPU)")
     folders = p.add_argument_group("model folders (A1111's flags: use an existing models tree as it is)")
     for flag, dest, kind in (("--ckpt-dir", "ckpt_dir", "checkpoints (default: MODELS/Stable-diffusion)"),
                              ("--lora-dir", "lora_dir", "LoRAs (default: MODELS/Lora)"),
@@ -233,5 +242,5 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         preview_decoder=a.preview_decoder, api_auth=a.api_auth, max_upload_mb=a.max_upload_mb,
         ckpt_dir=a.ckpt_dir, lora_dir=a.lora_dir, lyco_dir=a.lyco_dir, vae_dir=a.vae_dir,
         embeddings_dir=a.embeddings_dir, controlnet_models_dir=a.controlnet_models_dir,
-        esrgan_models_path=a.esrgan_models_path,
+        esrgan_models_path=a.esrgan_models_path, ray=a.ray, ray_replicas=a.ray_replicas,
     )

@@ -902,6 +902,15 @@ class Studio:
         from pipelines.engine import memory  # torch: lazily
 
         eng = self.engine
+        if getattr(eng, "remote", False):  # Ray replicas (pipelines/cluster.py): this process's RAM and each slot
+            import torch
+
+            workers = self.runner.workers
+            return {**memory.usage(torch.device("cpu")), "mode": self.memory_mode(),
+                    "mode_configured": eng.memory_mode, "mode_setting": self.settings.memory, "models": {},
+                    "devices": [{"device": e.name, "mode": self.memory_mode(i), "models": {},
+                                 "job": workers[i].current.id if i < len(workers) and workers[i].current else None}
+                                for i, e in enumerate(self.engines)]}
         out = {**memory.usage(eng.hw.device), "mode": self.memory_mode(), "mode_configured": eng.memory_mode,
                "mode_setting": self.settings.memory, "models": eng.manager.usage()}
         if len(self.engines) > 1:  # one entry per device worker, the first as above

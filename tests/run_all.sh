@@ -8,6 +8,7 @@ if ! command -v chromium >/dev/null 2>&1 && [ ! -x /usr/bin/chromium ]; then
   $SUDO apt-get update -qq && $SUDO apt-get install -y -qq chromium >/dev/null
 fi
 python -m pip install -q -r requirements.txt -r tests/requirements.txt
+python -m pip install -q -r requirements-ray.txt  # the optional cluster backend (tests/test_ray.py)
 # tests/a1111_reference.py loads k-diffusion's sampling code by path; its declared deps are training-only
 python -m pip install -q --no-deps k-diffusion==0.1.1.post1 torchdiffeq
 python -m ruff check .
