@@ -16,7 +16,6 @@ import dataclasses
 import logging
 import os
 import queue
-import random
 import threading
 import time
 from pathlib import Path
@@ -24,12 +23,12 @@ from typing import Any
 
 from pipelines.errors import BadRequest
 from pipelines.jobs import Cancelled, Skipped
+from pipelines.params.specs import resolve_seed
 from pipelines.wire import from_png, to_png
 
 log = logging.getLogger("studio.cluster")
 APP = "studio"
 IDLE_S = float(os.environ.get("STUDIO_RAY_IDLE_S", "300"))  # the longest wait for a replica's next event
-SEED_MAX = 2**32 - 1
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -105,9 +104,7 @@ class RemoteEngine:
         if controls:
             raise NotOnRay("ControlNet is not available on the Ray backend yet: start the studio without --ray")
         # seeds resolved here, so a retry knows which images are missing (as one worker would draw -1)
-        seed = params.seed if params.seed is not None and params.seed >= 0 else random.randint(0, SEED_MAX)
-        subseed = getattr(params, "subseed", None)
-        subseed = subseed if subseed is not None and subseed >= 0 else random.randint(0, SEED_MAX)
+        seed, subseed = resolve_seed(params.seed), resolve_seed(getattr(params, "subseed", None))
         params = params.model_copy(update={"seed": seed, "subseed": subseed})
         state, last, start, lost, skipped = Attempt(), None, 0, 0, 0
         batched = kind != "hires_fix"  # hires_fix: one image, run again whole

@@ -33,7 +33,6 @@ from pipelines.params.specs import (
     LATENT_UPSCALERS,
     PARAMS,
     SAMPLER_OPTIONS,
-    SEED_MAX,
     ExtrasParams,
     HintContext,
     Img2ImgParams,
@@ -41,6 +40,7 @@ from pipelines.params.specs import (
     SdUpscaleParams,
     Txt2ImgParams,
     ZoomParams,
+    resolve_seed,
 )
 from pipelines.settings import Settings, canonical_rng
 
@@ -510,9 +510,6 @@ class Studio:
         """A job whose batches (batch count) run on every idle device worker at once: one txt2img per batch with
         that batch's seeds, merged in order. Each image is the one a single worker makes for its seed (its noise
         comes from its own seed alone)."""
-        def resolve_seed(v: int | None) -> int:  # -1: one random seed for the whole job, as one worker draws it
-            return random.randint(0, SEED_MAX) if v is None or v < 0 else int(v)
-
         seed, subseed = resolve_seed(params.seed), resolve_seed(params.subseed)
         size = params.batch_size
         parts = [params.model_copy(update={"n_iter": 1, "seed": seed + i * size, "subseed": subseed + i * size})
@@ -543,7 +540,6 @@ class Studio:
                    options: Any = None, fix_seeds: bool = False) -> Any:
         """The SweepPlan (cells and cost) of txt2img `params` swept along `axes` ((type, values) pairs or
         {"type", "values"} dicts, X first), every cell checked; BadRequest naming the axis, value or cell."""
-        import random
 
         from pipelines.sweep import plan as sweep
 

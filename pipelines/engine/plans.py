@@ -23,9 +23,9 @@ from PIL import Image
 
 from pipelines import imageops
 from pipelines.discovery import CheckpointInfo
-from pipelines.engine.request import Resolved, Run, resolve_seed
+from pipelines.engine.request import Resolved, Run
 from pipelines.params import samplers
-from pipelines.params.specs import PARAMS
+from pipelines.params.specs import PARAMS, resolve_seed
 
 if TYPE_CHECKING:
     from pipelines.engine.generate import Engine

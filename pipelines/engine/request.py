@@ -14,14 +14,11 @@ are, and the progress counters.
 from __future__ import annotations
 
 import dataclasses
-import random
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 from pydantic import BaseModel
-
-from pipelines.params.specs import SEED_MAX
 
 if TYPE_CHECKING:
     from pipelines.engine.control import Control
@@ -30,10 +27,6 @@ if TYPE_CHECKING:
     from pipelines.networks.loras import LoraInfo
     from pipelines.networks.vaes import VaeFile
 
-
-def resolve_seed(seed: int | None) -> int:
-    """-1 (or None): a random seed, drawn once per job."""
-    return random.randint(0, SEED_MAX) if seed is None or seed < 0 else int(seed)
 
 
 @dataclass(frozen=True)

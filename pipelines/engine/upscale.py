@@ -19,11 +19,10 @@ from pipelines import imageops
 from pipelines.discovery import CheckpointInfo
 from pipelines.engine.generate import VERSION, GenerationResult
 from pipelines.engine.img2img import Img2ImgPlan
-from pipelines.engine.request import resolve_seed
 from pipelines.jobs import Skipped
 from pipelines.outputs import read_png_info
 from pipelines.params import cost, infotext, samplers
-from pipelines.params.specs import Img2ImgParams
+from pipelines.params.specs import Img2ImgParams, resolve_seed
 
 if TYPE_CHECKING:
     from pipelines.engine.generate import Engine

@@ -24,10 +24,9 @@ from pipelines.discovery import CheckpointInfo
 from pipelines.engine.generate import VERSION, GenerationResult
 from pipelines.engine.img2img import Img2ImgPlan
 from pipelines.engine.plans import Txt2ImgPlan
-from pipelines.engine.request import resolve_seed
 from pipelines.jobs import Cancelled, Skipped
 from pipelines.params import cost, infotext, samplers
-from pipelines.params.specs import Img2ImgParams, Txt2ImgParams
+from pipelines.params.specs import Img2ImgParams, Txt2ImgParams, resolve_seed
 
 if TYPE_CHECKING:
     from pipelines.engine.generate import Engine

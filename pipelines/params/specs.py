@@ -7,6 +7,7 @@ This module is pure Python (no torch), so the UI may import it.
 
 from __future__ import annotations
 
+import random
 import re
 from typing import Any, Mapping
 
@@ -20,6 +21,11 @@ from pipelines.params.spec import Band, Bands, HintContext, JudgeFn, ParamSpec, 
 from pipelines.settings import RNG_SOURCES, canonical_rng
 
 SEED_MAX = 2**32 - 1
+
+
+def resolve_seed(seed: int | None) -> int:
+    """-1 (or None): a random seed, drawn once per job (before its batches are split over workers or replicas)."""
+    return random.randint(0, SEED_MAX) if seed is None or seed < 0 else int(seed)
 
 
 # ----------------------------------------------------------------------------------------------
