@@ -5,7 +5,10 @@ The job runner gets one worker slot per replica ("ray:0", "ray:1"...); a slot's 
 sends the typed request to the Serve deployment (routed by checkpoint: Serve's model multiplexing), consumes the
 streamed events and turns them into the job's progress, previews and images. Each image is saved here the moment
 it arrives, with the infotext the replica wrote. Interrupt cancels the stream (the replica stops within a step); a
-replica lost mid-job is retried once on another, re-running only the batches not received yet.
+replica lost mid-job is retried once on another, re-running only the batches not received yet. The jobs that handle
+Interrupt and Skip themselves (the zoom's keyframes, the upscales, ControlNet detection) get them through a small
+Signals actor instead, which their replica polls, so they end as they do on a local worker (a zoom keeps its
+keyframes and its video is still written, here).
 
 Pure Python: Ray is imported lazily (it is optional: requirements-ray.txt), torch only when a result is built.
 """
@@ -18,6 +21,7 @@ import os
 import queue
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +36,26 @@ IDLE_S = float(os.environ.get("STUDIO_RAY_IDLE_S", "300"))  # the longest wait f
 ROOT = Path(__file__).resolve().parents[1]
 
 
+STOP_S = 60.0  # after Interrupt, how long a job that stops itself may take to end before its stream is cancelled
+JOB_METHODS = ("zoom_keyframes", "extras", "sd_upscale", "detect")  # run whole on a replica (Replica._dispatch)
+
+
 class NotOnRay(ValueError, AttributeError):
-    """What the Ray backend does not run (the job fails with this message; getattr(engine, x, default) works)."""
+    """An engine attribute the head does not offer (getattr(engine, x, default) works)."""
+
+
+class Signals:
+    """Interrupt and Skip for the requests running a job that handles them itself: the head sets a request's
+    flag, the request's replica takes it (one actor per cluster, created by the head)."""
+
+    def __init__(self) -> None:
+        self.flags: dict[str, set[str]] = {}
+
+    def set(self, key: str, flag: str) -> None:
+        self.flags.setdefault(key, set()).add(flag)
+
+    def take(self, key: str) -> list[str]:
+        return sorted(self.flags.pop(key, ()))
 
 
 class ReplicaLost(RuntimeError):
@@ -62,8 +84,9 @@ class RemoteEngine:
     hw = None
 
     def __init__(self, name: str, handle: Any, writer: Any, memory_mode: str = "auto",
-                 skip_lock: threading.Lock | None = None):
+                 skip_lock: threading.Lock | None = None, signals: Any = None):
         self.name, self.handle, self.writer, self.memory_mode = name, handle, writer, memory_mode
+        self.signals = signals  # the cluster's Signals actor (None: jobs that need it are not offered)
         self.idle_s = IDLE_S
         # one Skip is taken by one batch, when a job's batches run on several slots at once (shared by the slots)
         self.skip_lock = skip_lock if skip_lock is not None else threading.Lock()
@@ -81,8 +104,7 @@ class RemoteEngine:
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__"):
             raise AttributeError(name)
-        raise NotOnRay(f"'{name}' is not available on the Ray backend: it runs txt2img (Hires. fix included), "
-                       "img2img, inpaint and model loads; start the studio without --ray for the rest")
+        raise NotOnRay(f"'{name}' is not available on the Ray backend")
 
     # -- the calls the studio makes --------------------------------------------------------
     def warm(self, ctx: Any, info: Any) -> str:
@@ -99,10 +121,23 @@ class RemoteEngine:
         return self._generate(ctx, "img2img", params, info, controls, image=to_png(image),
                               mask=to_png(mask) if mask is not None else None)
 
+    def outpaint(self, ctx: Any, params: Any, info: Any, image: Any, controls: Any = ()) -> Any:
+        return self._generate(ctx, "outpaint", params, info, controls, image=to_png(image))
+
+    def zoom_keyframes(self, ctx: Any, params: Any, info: Any, image: Any = None) -> Any:
+        return self._job(ctx, "zoom_keyframes", info, params, info, image)
+
+    def extras(self, ctx: Any, images: Any, params: Any) -> Any:
+        return self._job(ctx, "extras", None, images, params)
+
+    def sd_upscale(self, ctx: Any, params: Any, info: Any, image: Any) -> Any:
+        return self._job(ctx, "sd_upscale", info, params, info, image)
+
+    def detect(self, ctx: Any, unit: Any, image: Any) -> Any:
+        return self._job(ctx, "detect", None, unit, image)
+
     # -- the request and its stream ---------------------------------------------------------
     def _generate(self, ctx: Any, kind: str, params: Any, info: Any, controls: Any, **images: Any) -> Any:
-        if controls:
-            raise NotOnRay("ControlNet is not available on the Ray backend yet: start the studio without --ray")
         # seeds resolved here, so a retry knows which images are missing (as one worker would draw -1)
         seed, subseed = resolve_seed(params.seed), resolve_seed(getattr(params, "subseed", None))
         params = params.model_copy(update={"seed": seed, "subseed": subseed})
@@ -114,7 +149,8 @@ class RemoteEngine:
                                              "seed": seed + start * params.batch_size,
                                              "subseed": subseed + start * params.batch_size})
             try:
-                last = self._call(ctx, {"kind": kind, "params": part.model_dump(), **images}, info, state)
+                last = self._call(ctx, {"kind": kind, "params": part, "controls": list(controls), **images}, info,
+                                  state)
                 break
             except SkipBatch:  # Skip: the running batch is abandoned, the job goes on with the next
                 if not batched:
@@ -134,12 +170,40 @@ class RemoteEngine:
         result.skipped += skipped
         return result
 
+    def _job(self, ctx: Any, method: str, info: Any, *args: Any) -> Any:
+        """One of JOB_METHODS run whole on a replica (retried once, whole, on another if its replica is lost: what was
+        saved is not saved twice). A GenerationResult comes back with the head's files and images."""
+        if self.signals is None:
+            raise NotOnRay(f"'{method}' needs the cluster's Signals actor")
+        state, lost = Attempt(), 0
+        while True:
+            try:
+                out = self._call(ctx, {"kind": "job", "method": method, "args": args}, info, state)
+                break
+            except ReplicaLost as e:
+                lost += 1
+                if lost > 1:
+                    raise RuntimeError(f"The Ray replica running this job was lost twice ({e}); the "
+                                       f"{len(state.saved)} image(s) received are saved. Run the job again.") from None
+                log.warning("Ray replica lost during a %s job (%s): running it again on another", method, e)
+                ctx.report("ray_retried", True)
+        if hasattr(out, "paths"):  # the replica's placeholders: the files saved here and their images
+            saved = [state.placeholders[str(p)] for p in out.paths]
+            out.paths, out.images = [p for p, _ in saved], [image for _, image in saved]
+        return out
+
     def _call(self, ctx: Any, request: dict[str, Any], info: Any, state: Attempt | None = None) -> Any:
         """One request, streamed: returns the replica's result (its wire form); raises Cancelled, BadRequest,
-        RuntimeError (the replica's error) or ReplicaLost (the replica died or stopped answering)."""
+        RuntimeError (the replica's error) or ReplicaLost (the replica died or stopped answering).
+        A "job" request gets Interrupt and Skip through the Signals actor (the job ends itself); any other has its
+        stream cancelled on Interrupt, and on Skip (SkipBatch)."""
         state = state if state is not None else Attempt()
-        request = {**request, "info": dataclasses.asdict(info)}
-        response = self.handle.options(stream=True, multiplexed_model_id=info.name).remote(request)
+        signalled = request["kind"] == "job"
+        key = f"{self.name}-{uuid.uuid4().hex}"
+        request = {**request, "info": dataclasses.asdict(info) if info is not None else None,
+                   **({"signals": self.signals, "key": key} if signalled else {})}
+        options = {"multiplexed_model_id": info.name} if info is not None else {}
+        response = self.handle.options(stream=True, **options).remote(request)
         events: queue.Queue = queue.Queue()
 
         def pump() -> None:  # the stream blocks between events: read it here, check for Interrupt there
@@ -152,18 +216,30 @@ class RemoteEngine:
 
         threading.Thread(target=pump, daemon=True, name=f"{self.name}-stream").start()
         saved_before = dict(state.saved)
-        deadline = time.monotonic() + self.idle_s
+        deadline, stopping = time.monotonic() + self.idle_s, None
         while True:
             try:
                 ctx.check()
                 if request["kind"] != "warm" and self._take_skip(ctx):
-                    raise SkipBatch()
-            except (Cancelled, SkipBatch):
-                response.cancel()  # the replica sees the stream closed and stops within a step
+                    if not signalled:
+                        raise SkipBatch()
+                    self.signals.set.remote(key, "skip")
+            except Cancelled:
+                if not signalled:
+                    response.cancel()  # the replica sees the stream closed and stops within a step
+                    raise
+                if stopping is None:  # the job stops itself and answers (a zoom: with its keyframes)
+                    self.signals.set.remote(key, "interrupt")
+                    stopping = time.monotonic() + STOP_S
+            except SkipBatch:
+                response.cancel()
                 raise
             try:
                 tag, ev = events.get(timeout=0.1)
             except queue.Empty:
+                if stopping is not None and time.monotonic() > stopping:
+                    response.cancel()
+                    raise Cancelled("interrupted") from None
                 if time.monotonic() > deadline:
                     response.cancel()
                     raise ReplicaLost(f"no answer from the replica for {self.idle_s:.0f} s") from None
@@ -192,8 +268,8 @@ class RemoteEngine:
             if ev["seed"] not in state.seen:
                 state.seen.add(ev["seed"])
                 state.images.append((image, path, ev["seed"], ev["infotext"]))
-                ctx.image(image, {"path": str(path), "seed": ev["seed"], "infotext": ev["infotext"]},
-                          label=ev.get("label"))
+                ctx.image(image, {**ev.get("payload", {}), "path": str(path), "seed": ev["seed"],
+                                  "infotext": ev["infotext"]}, label=ev.get("label"))
         elif kind == "report":
             ctx.report(ev["key"], ev["value"])
         elif kind == "done":
@@ -230,10 +306,11 @@ class Cluster:
     """The Serve application and the worker slots that use it."""
 
     def __init__(self, handle: Any, writer: Any, slots: int, facts: dict[str, Any], local: bool, settings: Any,
-                 owned: bool = True):
+                 owned: bool = True, signals: Any = None):
         self.handle, self.facts, self.local, self.owned = handle, facts, local, owned
         skip_lock = threading.Lock()
-        self.engines = [RemoteEngine(f"ray:{i}", handle, writer, settings.memory, skip_lock) for i in range(slots)]
+        self.engines = [RemoteEngine(f"ray:{i}", handle, writer, settings.memory, skip_lock, signals)
+                        for i in range(slots)]
 
     def machine(self) -> Any:
         from pipelines import first_run
@@ -306,4 +383,5 @@ def start_cluster(settings: Any, writer: Any) -> Cluster:
     facts = handle.facts.remote().result(timeout_s=IDLE_S)
     slots = options.get("num_replicas") or options["autoscaling_config"]["max_replicas"]
     log.info("Ray Serve: %d replica slot(s) ready in %.1f s (%s)", slots, time.perf_counter() - t0, facts["describe"])
-    return Cluster(handle, writer, slots, facts, local, settings, owned=not running)
+    signals = ray.remote(num_cpus=0)(Signals).remote()  # Interrupt and Skip for the jobs that end themselves
+    return Cluster(handle, writer, slots, facts, local, settings, owned=not running, signals=signals)

@@ -165,8 +165,6 @@ class ControlNets:
 
         def run(ctx: Any) -> list[Any]:
             """Skip ends the detection after the running image, keeping the maps already made."""
-            from pipelines.engine.control import detect_map
-
             maps = []
             for n, image in enumerate(images):
                 try:
@@ -174,7 +172,7 @@ class ControlNets:
                 except Skipped:
                     ctx.clear_skip()
                     break
-                maps.append(detect_map(self.engine(ctx), ctx, unit, image))
+                maps.append(self.engine(ctx).detect(ctx, unit, image))
                 ctx.progress(n + 1, len(images), label=f"{unit.module}: {n + 1}/{len(images)}")
             return maps
 

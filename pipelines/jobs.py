@@ -233,13 +233,17 @@ class JobContext:
     def image(self, image: Any, payload: Any = None, label: str | None = None) -> None:
         self.job.emit(JobEvent(EventKind.IMAGE, self.job.id, image=image, result=payload, label=label))
 
-    def spread(self, tasks: Sequence[Callable[["JobContext"], Any]]) -> list[Any]:
+    def spread(self, tasks: Sequence[Callable[["JobContext"], Any]],
+               totals: Sequence[int] | None = None) -> list[Any]:
         """Run `tasks` (each `task(ctx)`) for this job on this worker and on every worker that is idle now, and
         return their results in order. Each task gets a context whose `worker` says whose engine to use; progress
-        adds up over the tasks. The first error (Interrupt included) is raised once every started task ended."""
-        if self._runner is None or len(tasks) < 2:
-            return [task(self) for task in tasks]
-        return self._runner.spread(self, tasks)
+        adds up over the tasks (`totals`: each task's steps, where known before it starts). Once a task failed no
+        other starts; the first error (Interrupt first) is raised once every started task ended."""
+        if self._runner is None:
+            share = Share(self.job, tasks, totals)
+            share.drain(self.worker)
+            return share.wait()
+        return self._runner.spread(self, tasks, totals)
 
 
 class TaskContext(JobContext):
@@ -258,8 +262,9 @@ class TaskContext(JobContext):
 class Share:
     """Tasks of one job that idle workers help with: each worker takes the next task until none is left."""
 
-    def __init__(self, job: Job, tasks: Sequence[Callable[[JobContext], Any]]):
+    def __init__(self, job: Job, tasks: Sequence[Callable[[JobContext], Any]], totals: Sequence[int] | None = None):
         self.job = job
+        self.totals = list(totals) if totals is not None else None
         self.todo = deque(enumerate(tasks))
         self.results: list[Any] = [None] * len(tasks)
         self.error: BaseException | None = None
@@ -271,6 +276,9 @@ class Share:
 
     def add_progress(self, index: int, step: int, total: int) -> tuple[int, int]:
         with self._cond:
+            if self.totals is not None:  # known in advance: a task's own total only bounds its step
+                self._steps[index] = (min(step, self.totals[index]), self.totals[index])
+                return sum(s for s, _ in self._steps.values()), sum(self.totals)
             self._steps[index] = (step, total)
             per_task = max(t for _, t in self._steps.values())  # tasks not started yet: as long as the longest
             done = sum(s for s, _ in self._steps.values())
@@ -428,9 +436,10 @@ class JobRunner:
             except ValueError:
                 return None
 
-    def spread(self, ctx: JobContext, tasks: Sequence[Callable[[JobContext], Any]]) -> list[Any]:
+    def spread(self, ctx: JobContext, tasks: Sequence[Callable[[JobContext], Any]],
+               totals: Sequence[int] | None = None) -> list[Any]:
         """JobContext.spread: the idle workers join the job's own worker on `tasks`."""
-        share = Share(ctx.job, tasks)
+        share = Share(ctx.job, tasks, totals)
         with self._lock:
             for w in self.workers:
                 if w.index != ctx.worker and w.current is None and w.share is None and w.thread is not None:

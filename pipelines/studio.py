@@ -253,7 +253,7 @@ class Studio:
         family = info.family if info.family != "unknown" else "sd15"
         half = str(getattr(getattr(self.engine, "hw", None), "dtype", "")) == "torch.float16"
         return HintContext(family=family, native=info.native or 512, distilled=info.distilled, half=half,
-                           vaes=tuple(v.name for v in self.vaes.list()))
+                           vaes=tuple(v.name for v in self.vaes.list()), workers=len(self.engines))
 
     # -- VAEs (A1111's sd_vae) ------------------------------------------------------------------------
     def vae_list(self, refresh: bool = False) -> list[VaeFile]:
@@ -585,7 +585,7 @@ class Studio:
             jobs.append((p, info, controls))
         from pipelines.sweep.run import run_sweep
 
-        return self.runner.submit(lambda ctx: run_sweep(self.on(ctx), ctx, plan, jobs), kind="sweep", owner=owner)
+        return self.runner.submit(lambda ctx: run_sweep(self.on, ctx, plan, jobs), kind="sweep", owner=owner)
 
     def submit_hires_fix(self, params: BaseModel | Mapping[str, Any], image: Any, *, model: str | None = None,
                          owner: str | None = None) -> Job:
@@ -715,10 +715,7 @@ class Studio:
             used.add(params.upscaler_2)
         for name in used - {"None"}:
             self._check_upscaler(name)
-        from pipelines.engine import upscale
-
-        return self.runner.submit(lambda ctx: upscale.extras(self.on(ctx), ctx, images, params), kind="extras",
-                                  owner=owner)
+        return self.runner.submit(lambda ctx: self.on(ctx).extras(ctx, images, params), kind="extras", owner=owner)
 
     def submit_sd_upscale(self, params: BaseModel | Mapping[str, Any], image: Any, *, model: str | None = None,
                           owner: str | None = None) -> Job:
@@ -734,10 +731,8 @@ class Studio:
         if params.tile_width > w or params.tile_height > h:
             raise BadRequest(f"A {params.tile_width}x{params.tile_height} tile is larger than the {w}x{h} result: "
                              "use smaller tiles, a bigger scale, or plain img2img.")
-        from pipelines.engine import upscale
-
-        return self.runner.submit(lambda ctx: upscale.sd_upscale(self.on(ctx), ctx, params, info, image),
-                                  kind="sd-upscale", owner=owner, affinity=info)
+        return self.runner.submit(lambda ctx: self.on(ctx).sd_upscale(ctx, params, info, image), kind="sd-upscale",
+                                  owner=owner, affinity=info)
 
     # -- infinite zoom ----------------------------------------------------------------------------
     def parse_zoom(self, data: Mapping[str, Any] | BaseModel) -> BaseModel:
@@ -782,10 +777,12 @@ class Studio:
             zoom.encoder(params.zoom_format)
         except (ValueError, ImportError) as e:
             raise BadRequest(str(e)) from None
-        from pipelines.engine.zoom import infinite_zoom
+        def run(ctx: Any) -> Any:
+            from pipelines.engine.zoom import finish_zoom  # the video is written where the keyframes are saved
 
-        return self.runner.submit(lambda ctx: infinite_zoom(self.on(ctx), ctx, params, info, image), kind="zoom",
-                                  owner=owner, affinity=info)
+            return finish_zoom(ctx, self.on(ctx).zoom_keyframes(ctx, params, info, image), params)
+
+        return self.runner.submit(run, kind="zoom", owner=owner, affinity=info)
 
     @staticmethod
     def _check_image(image: Any) -> None:

@@ -43,14 +43,26 @@ def test_ray_stays_optional():
     assert "ray[serve]" in (ROOT / "requirements-ray.txt").read_text()
 
 
+def add_models(tiny_store: Path, models: Path) -> Path:
+    """The tiny checkpoint, a tiny canny ControlNet and a tiny ESRGAN: every tab has what it needs."""
+    import shutil
+
+    from tests.tiny_models import build_controlnet
+    from tests.tiny_upscalers import esrgan_state_dict, save_pth
+
+    shutil.copytree(tiny_store / "tiny-sd15", models / "Stable-diffusion" / "tiny-sd15")
+    build_controlnet(tiny_store / "tiny-sd15", models / "ControlNet" / "control_tiny_sd15_canny")
+    save_pth(esrgan_state_dict(scale=4), models / "ESRGAN" / "4x-tiny.pth")
+    return models
+
+
 @pytest.fixture(scope="module")
 def server(tiny_store, tmp_path_factory):
     pytest.importorskip("ray.serve")
     import shutil
 
     root = tmp_path_factory.mktemp("ray")
-    models = root / "models"
-    shutil.copytree(tiny_store / "tiny-sd15", models / "Stable-diffusion" / "tiny-sd15")
+    models = add_models(tiny_store, root / "models")
     # every replica's log lines reach the head's log: Ray folds lines that differ only in numbers (the replicas'
     # names) into "[repeated Nx]" otherwise, and the kill test reads which replica runs a batch from them
     old = os.environ.get("RAY_DEDUP_LOGS")
@@ -218,3 +230,97 @@ def test_a_replica_killed_mid_job_retries_or_fails_clearly_and_keeps_the_files(s
     assert len({f.name.split("-", 1)[1] for f in saved}) == len(saved) <= 2
     assert not list(out.rglob("*.tmp"))
     assert requests.get(server.url + "/", timeout=T).ok  # the app stays up
+
+
+@pytest.fixture(scope="module")
+def reference(server, tiny_store, tmp_path_factory):
+    """The same studio without Ray: one in-process worker (the reference images), on one CPU thread as each
+    one-CPU replica is (Ray sets OMP_NUM_THREADS=1 there): a CPU convolution's sums depend on its thread count, and
+    the img2img family's VAE encoding then differs by a level or two in some pixels."""
+    root = tmp_path_factory.mktemp("ray-reference")
+    old = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = "1"
+    try:
+        s = Server(add_models(tiny_store, root / "models"), root / "outputs", "--api")
+    finally:
+        if old is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        else:
+            os.environ["OMP_NUM_THREADS"] = old
+    with s:
+        yield s
+
+
+def b64(image: Image.Image) -> str:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def picture(size: int = 64) -> Image.Image:
+    from PIL import ImageDraw
+
+    image = Image.new("RGB", (size, size), (90, 140, 200))
+    ImageDraw.Draw(image).ellipse([size // 4, size // 4, 3 * size // 4, 3 * size // 4], fill=(250, 250, 250))
+    return image
+
+
+ZOOM = {"prompt": "0: a forest, 1: a castle", "steps": 2, "width": 64, "height": 64, "seed": 3, "zoom_factor": 0.5,
+        "zoom_keyframes": 3, "zoom_frames_per_keyframe": 3, "zoom_fps": 6}
+
+
+def answer_images(answer: dict) -> list[np.ndarray]:
+    found = answer.get("images") or answer.get("keyframes") or [answer["image"]]
+    return [np.asarray(Image.open(io.BytesIO(base64.b64decode(b))).convert("RGB")) for b in found]
+
+
+def test_every_tab_runs_on_the_replicas_with_the_in_process_results(server, reference):
+    """ControlNet, outpainting, the infinite zoom, both upscales and ControlNet detection run on the replicas and
+    answer what one in-process worker answers, image for image, with the files saved by the head."""
+    canny = next(t for t in requests.get(server.url + "/controlnet/model_list", timeout=T).json()["model_list"]
+                 if "canny" in t)
+    unit = {"enabled": True, "image": b64(picture()), "module": "canny", "model": canny, "processor_res": 64,
+            "threshold_a": 100, "threshold_b": 200}
+    cases = {
+        "/sdapi/v1/txt2img": {**BODY, "alwayson_scripts": {"controlnet": {"args": [unit]}}},
+        "/studio/v1/outpaint": {"prompt": "a beach", "steps": 2, "seed": 4, "sampler_name": "Euler",
+                                "image": b64(picture()), "left": 8, "right": 16, "step": 8, "fill": "fill"},
+        "/studio/v1/zoom": {**ZOOM, "image": b64(picture())},
+        "/sdapi/v1/extra-single-image": {"image": b64(picture()), "upscaler_1": "4x-tiny", "upscaling_resize": 2},
+        "/studio/v1/sd-upscale": {"image": b64(picture()), "prompt": "a red cube", "upscaling_resize": 2,
+                                  "upscaler_1": "Lanczos", "tile_width": 64, "tile_height": 64, "tile_padding": 8,
+                                  "steps": 2, "denoising_strength": 0.3, "seed": 7},
+        "/controlnet/detect": {"controlnet_module": "canny", "controlnet_input_images": [b64(picture())],
+                               "controlnet_processor_res": 64, "controlnet_threshold_a": 100,
+                               "controlnet_threshold_b": 200},
+    }
+    for path, body in cases.items():
+        got, want = (requests.post(s.url + path, json=body, timeout=T, headers={"X-Client-Id": "tabs"})
+                     for s in (server, reference))
+        assert got.status_code == want.status_code == 200, (path, got.text[:300], want.text[:300])
+        a, b = answer_images(got.json()), answer_images(want.json())
+        assert len(a) == len(b) >= 1, path
+        for x, y in zip(a, b):
+            assert np.array_equal(x, y), path
+        if path == "/studio/v1/zoom":  # the video is written by the head, beside the keyframes it saved
+            assert got.json()["info"]["frames"] == 7 and Path(got.json()["video_path"]).is_file()
+            assert Path(got.json()["video_path"]).parent.parent == server.outputs_dir / "zoom"
+    assert "replica job (zoom_keyframes) started" in server.log.read_text()
+    assert len(list((server.outputs_dir / "extras").rglob("*.png"))) == 2  # the upscale and the SD upscale
+
+
+def test_an_interrupted_zoom_on_ray_keeps_its_keyframes_and_their_video(server):
+    """Interrupt reaches the replica's zoom as it does a local worker's: the keyframes made so far are kept and the
+    video of them is still written (the head's Signals actor carries Interrupt to the job)."""
+    answer: dict = {}
+    body = {**ZOOM, "zoom_keyframes": 8, "steps": 60}
+    t = threading.Thread(target=lambda: answer.update(requests.post(
+        server.url + "/studio/v1/zoom", json=body, timeout=T, headers={"X-Client-Id": "z"}).json()))
+    before = set((server.outputs_dir / "zoom").rglob("*keyframe-*.png"))
+    t.start()
+    wait_for(lambda: len(set((server.outputs_dir / "zoom").rglob("*keyframe-*.png")) - before) >= 2, timeout=T,
+             what="two keyframes saved")
+    requests.post(server.url + API + "/interrupt", timeout=T, headers={"X-Client-Id": "z"}).raise_for_status()
+    t.join(T)
+    assert not t.is_alive() and answer["info"]["interrupted"], answer
+    assert 2 <= len(answer["keyframes"]) < 8 and answer["video"] and Path(answer["video_path"]).is_file()

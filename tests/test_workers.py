@@ -158,3 +158,50 @@ def test_a_batch_count_spreads_over_idle_workers_and_keeps_order_and_seeds(two):
     for a, b in zip(single.images, result.images):
         assert np.array_equal(np.asarray(a), np.asarray(b))
     assert [t.split("Seed: ")[1].split(",")[0] for t in result.infotexts] == ["40", "41", "42", "43"]
+
+
+def studio_of(two):
+    from pipelines.settings import Settings
+    from pipelines.studio import Studio
+
+    settings = Settings(models_dir=two["root"] / "models", outputs_dir=two["root"] / "outputs", hub_models=(),
+                        ckpt="tiny-sd15", hub_endpoint=None)
+    return Studio(settings, two["runner"], two["engines"])
+
+
+def test_a_sweep_spreads_its_cells_over_idle_workers_and_each_cell_is_the_one_worker_image(two):
+    """An X/Y/Z plot (seeds x steps): the cells run on both workers, the progress counts every cell's steps once,
+    and each cell's image is the one a single worker makes with that cell's parameters."""
+    studio = studio_of(two)
+    base = {"prompt": "a red cube", "steps": 3, "seed": 7, "width": 64, "height": 64, "sampler_name": "Euler"}
+    job = studio.submit_sweep(base, [("Seed", "7, 8, 9"), ("Steps", "2, 4")])
+    events = list(job.events(timeout=300))
+    assert events[-1].kind is EventKind.FINISHED, events[-1]
+    result = job.result
+    assert job.details["workers"] == [0, 1]
+    progress = [e for e in events if e.kind is EventKind.PROGRESS and e.total]
+    assert {e.total for e in progress} == {3 * (2 + 4)} and progress[-1].step == 18
+    assert [e.step for e in progress] == sorted(e.step for e in progress)  # never goes back
+    assert len(result.grids) == 1 and result.grids[0].path.exists()
+    for out in result.cells:
+        seed, steps = out.cell.params["seed"], out.cell.params["steps"]
+        single = txt2img(two, seed=seed, steps=steps, sampler_name="Euler").wait(300)
+        assert np.array_equal(np.asarray(out.images[0]), pixels(single)), (seed, steps)
+
+
+def test_guided_drafts_are_a_batch_count_the_workers_share(two):
+    """With two workers, ① Draft's 4 random seeds run as 2 batches of 2 (one per worker), seeds in order."""
+    from pipelines.advisor import workflow
+
+    studio = studio_of(two)
+    ctx = studio.hint_context()
+    assert ctx.workers == 2 and workflow.draft_split(1) == (4, 1) and workflow.draft_split(3) == (2, 2)
+    changes = workflow.draft_settings({"prompt": "a red cube", "width": 64, "height": 64}, ctx)
+    assert (changes["batch_size"], changes["n_iter"]) == (2, 2)
+    values = {"prompt": "a red cube", **changes, "seed": 300, "steps": 3, "width": 64, "height": 64}
+    job = studio.submit_txt2img(values)
+    result = job.wait(300)
+    assert job.details["workers"] == [0, 1] and result.seeds == [300, 301, 302, 303]
+    single = txt2img(two, seed=300, steps=3, batch_size=2, n_iter=2, sampler_name=changes["sampler_name"]).wait(300)
+    for a, b in zip(single.images, result.images):
+        assert np.array_equal(np.asarray(a), np.asarray(b))

@@ -43,10 +43,18 @@ def native_size(values: Mapping[str, Any], ctx: HintContext) -> tuple[int, int]:
     return (w, h) if all(v == "best" for v in judged) else (ctx.native, ctx.native)
 
 
+def draft_split(workers: int) -> tuple[int, int]:
+    """(batch_size, n_iter) of the draft batch: one batch, or with several device workers a batch count that they
+    share (the most batches that divide the drafts evenly and have a worker each). Same seeds either way."""
+    n_iter = max(n for n in range(1, DRAFT_BATCH + 1) if DRAFT_BATCH % n == 0 and n <= max(workers, 1))
+    return DRAFT_BATCH // n_iter, n_iter
+
+
 def draft_settings(values: Mapping[str, Any], ctx: HintContext) -> dict[str, Any]:
     """The field changes that make the next run a draft batch."""
     w, h = native_size(values, ctx)
-    return {"steps": draft_steps(ctx), "seed": -1, "width": w, "height": h, "batch_size": DRAFT_BATCH, "n_iter": 1,
+    batch_size, n_iter = draft_split(ctx.workers)
+    return {"steps": draft_steps(ctx), "seed": -1, "width": w, "height": h, "batch_size": batch_size, "n_iter": n_iter,
             "enable_hr": False, "subseed_strength": 0.0,
             "sampler_name": deterministic(str(values.get("sampler_name") or PARAMS["sampler_name"].default))}
 

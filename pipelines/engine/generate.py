@@ -293,6 +293,30 @@ class Engine:
         """`params`: a validated OutpaintParams (pipelines/engine/outpaint.py), batch_size 1."""
         return self.generate(ctx, params, info, modes.outpaint(image), controls)
 
+    # -- the jobs written as functions of an engine: one method each, the calls a remote engine offers too ---------
+    def zoom_keyframes(self, ctx: JobContext, params: Any, info: CheckpointInfo,
+                       image: Image.Image | None = None) -> Any:
+        """The infinite zoom's keyframes (pipelines/engine/zoom.py; the studio writes the video with finish_zoom)."""
+        from pipelines.engine.zoom import zoom_keyframes
+
+        return zoom_keyframes(self, ctx, params, info, image)
+
+    def extras(self, ctx: JobContext, images: list[tuple[str, Image.Image]], params: Any) -> GenerationResult:
+        """Plain upscaling (A1111's extras): pipelines/engine/upscale.py."""
+        from pipelines.engine.upscale import extras
+
+        return extras(self, ctx, images, params)
+
+    def sd_upscale(self, ctx: JobContext, params: Any, info: CheckpointInfo, image: Image.Image) -> GenerationResult:
+        """The tiled SD upscale: pipelines/engine/upscale.py."""
+        from pipelines.engine.upscale import sd_upscale
+
+        return sd_upscale(self, ctx, params, info, image)
+
+    def detect(self, ctx: JobContext, unit: Any, image: Image.Image) -> Image.Image:
+        """A ControlNet preprocessor's map of `image` (the ControlNet tab's preview, /controlnet/detect)."""
+        return control.detect_map(self, ctx, unit, image)
+
     def start(self, ctx: JobContext, params: Any = None, info: CheckpointInfo | None = None) -> Run:
         """A job's own state; the job starts in the configured memory mode (an OOM retry may lower it). Given the
         request and checkpoint, the job's VAE is chosen too (its `sd_vae`)."""

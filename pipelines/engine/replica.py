@@ -11,6 +11,7 @@ Only imported where Ray is installed and `--ray` is given (the head imports it l
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import threading
 from pathlib import Path
@@ -19,7 +20,9 @@ from typing import Any, AsyncIterator
 import ray
 from ray import serve
 
+from pipelines.cluster import JOB_METHODS
 from pipelines.discovery import CheckpointInfo
+from pipelines.engine.generate import GenerationResult
 from pipelines.jobs import Cancelled, EventKind, Job, JobContext, JobEvent, Skipped
 from pipelines.settings import Settings
 from pipelines.wire import from_png, to_jpeg, to_png
@@ -62,13 +65,19 @@ class StreamJob(Job):
         elif event.kind is EventKind.IMAGE:
             payload = dict(event.result or {})
             self.sink({"kind": "image", "key": payload.get("path"), "seed": payload.get("seed"),
-                       "infotext": payload.get("infotext"), "label": event.label})
+                       "infotext": payload.get("infotext"), "label": event.label, "payload": payload})
 
 
 class StreamContext(JobContext):
     def report(self, key: str, value: Any) -> None:
         super().report(key, value)
         self.job.sink({"kind": "report", "key": key, "value": value})
+
+
+def job_result(result: Any) -> Any:
+    """A job method's result for the head: a GenerationResult without its images (streamed already; the head puts
+    back its own, by the paths), anything else (a control map) as it is."""
+    return dataclasses.replace(result, images=[]) if isinstance(result, GenerationResult) else result
 
 
 def result_wire(result: Any) -> dict[str, Any]:
@@ -128,10 +137,10 @@ class Replica:
         loop, events = asyncio.get_running_loop(), asyncio.Queue()
         job = StreamJob(request["kind"], lambda ev: loop.call_soon_threadsafe(events.put_nowait, ev))
         ctx = StreamContext(job)
-        info = CheckpointInfo(**request["info"])
+        info = CheckpointInfo(**request["info"]) if request.get("info") else None
         worker = None
         try:
-            if request["kind"] != "warm":  # warm: the job itself loads, reporting its progress
+            if request["kind"] != "warm" and info is not None:  # warm: the job itself loads, reporting its progress
                 self._infos[info.name] = info
                 yield {"kind": "progress", "step": 0, "total": 1, "label": f"loading {info.name}"}
                 try:
@@ -152,13 +161,19 @@ class Replica:
         finally:
             job._cancel.set()  # the head cancelled the stream (or it ended): the engine stops at its next check
 
-    def _run(self, request: dict[str, Any], info: CheckpointInfo, ctx: StreamContext) -> None:
+    def _run(self, request: dict[str, Any], info: CheckpointInfo | None, ctx: StreamContext) -> None:
         with self._lock:
             self.writer.sink = ctx.job.sink
-            log.info("replica job (%s) started on %s", request["kind"], ray.get_runtime_context().get_actor_name())
+            kind = request.get("method") or request["kind"]
+            log.info("replica job (%s) started on %s", kind, ray.get_runtime_context().get_actor_name())
+            ended = threading.Event()
+            if request.get("signals") is not None:
+                threading.Thread(target=poll_signals, args=(request["signals"], request["key"], ctx.job, ended),
+                                 daemon=True, name="replica-signals").start()
             try:
                 result = self._dispatch(request, info, ctx)
-                ctx.job.sink({"kind": "done", "result": result_wire(result)})
+                done = job_result(result) if request["kind"] == "job" else result_wire(result)
+                ctx.job.sink({"kind": "done", "result": done})
             except Cancelled as e:
                 log.info("replica job (%s) cancelled: the head closed its stream", request["kind"])
                 ctx.job.sink({"kind": "error", "type": "cancelled", "message": str(e) or "interrupted"})
@@ -169,23 +184,45 @@ class Replica:
                 ctx.job.sink({"kind": "error", "type": type(e).__name__, "message": str(e) or type(e).__name__,
                               "bad_request": type(e).__name__ == "BadRequest"})
             finally:
+                ended.set()
                 self.writer.sink = None
 
     def _dispatch(self, request: dict[str, Any], info: CheckpointInfo, ctx: StreamContext) -> Any:
-        from pipelines.params.specs import Img2ImgParams, Txt2ImgParams
+        from pipelines.params.specs import Img2ImgParams, OutpaintParams, Txt2ImgParams
 
         kind, eng = request["kind"], self.engine
         if kind == "warm":
             return eng.warm(ctx, info)
+        if kind == "job":  # a job written as a function of an engine, run whole here
+            if request["method"] not in JOB_METHODS:
+                raise ValueError(f"unknown job {request['method']!r}")
+            return getattr(eng, request["method"])(ctx, *request["args"])
         image = from_png(request["image"]) if request.get("image") else None
+        controls = request.get("controls") or []
         if kind == "txt2img":
-            return eng.txt2img(ctx, Txt2ImgParams.model_validate(request["params"]), info)
+            return eng.txt2img(ctx, Txt2ImgParams.model_validate(request["params"]), info, controls)
         if kind == "hires_fix":
             return eng.hires_fix(ctx, Txt2ImgParams.model_validate(request["params"]), info, image)
         if kind == "img2img":
             mask = from_png(request["mask"]) if request.get("mask") else None
-            return eng.img2img(ctx, Img2ImgParams.model_validate(request["params"]), info, image, mask)
+            return eng.img2img(ctx, Img2ImgParams.model_validate(request["params"]), info, image, mask, controls)
+        if kind == "outpaint":
+            return eng.outpaint(ctx, OutpaintParams.model_validate(request["params"]), info, image, controls)
         raise ValueError(f"unknown request kind {kind!r}")
+
+
+def poll_signals(signals: Any, key: str, job: Job, ended: threading.Event, every_s: float = 0.1) -> None:
+    """Interrupt and Skip from the head (the cluster's Signals actor) into the running job, until it ends."""
+    while not ended.wait(every_s):
+        try:
+            flags = ray.get(signals.take.remote(key), timeout=10)
+        except Exception:  # noqa: BLE001 - the head is gone: its stream closes too, which cancels the job
+            log.warning("replica: the head's signals are out of reach", exc_info=True)
+            return
+        if "interrupt" in flags:
+            job._cancel.set()
+        if "skip" in flags:
+            job._skip.set()
 
 
 def deployment(options: dict[str, Any]) -> Any:

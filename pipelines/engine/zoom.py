@@ -5,6 +5,8 @@ Reads as numbered steps: 1. keyframe 0 is the input image (fitted to width x hei
 img2img pass with a mask (Img2ImgPlan, as the tiled SD upscale redraws its tiles) under the schedule's prompt for
 that keyframe, the shrunk pixels composited back unchanged; each is saved to outputs/zoom/DAY as it is made;
 3. the interpolated frames are written as an MP4/WebM video (PyAV) and a GIF, read back to check the frame count.
+Steps 1-2 run on the engine (`zoom_keyframes`, a Ray replica's too), step 3 where the keyframes are saved
+(`finish_zoom`).
 
 Interrupt: the keyframes finished so far are kept and a video of them is still written; the job then ends as
 cancelled, with the files in its details["zoom"]. Skip: the keyframe being redrawn is abandoned and the zoom stops
@@ -51,8 +53,10 @@ class ZoomResult(GenerationResult):
                 "frames": self.frames, "keyframes": [str(p) for p in self.paths], "stopped": self.stopped}
 
 
-def infinite_zoom(engine: "Engine", ctx: "JobContext", params: Any, info: CheckpointInfo,
-                  image: Image.Image | None = None) -> ZoomResult:
+def zoom_keyframes(engine: "Engine", ctx: "JobContext", params: Any, info: CheckpointInfo,
+                   image: Image.Image | None = None) -> ZoomResult:
+    """Steps 1-2: the keyframes, each saved as it is made. An Interrupt or Skip after the first keyframe returns
+    the ones finished (`stopped` says which); before it, the job ends as cancelled or skipped."""
     p = params
     schedule = zoom.parse_schedule(p.prompt, p.zoom_keyframes)
     run = engine.start(ctx, params, info)
@@ -134,21 +138,29 @@ def infinite_zoom(engine: "Engine", ctx: "JobContext", params: Any, info: Checkp
         raise Skipped()
     if result.stopped == "interrupted":
         run.note(f"Interrupted: the video shows the {len(keyframes)} of {n} keyframes finished.")
+    result.memory_mode = run.mode
+    return result
 
-    # 3. The video and the GIF, beside the keyframes; the video is read back to check it.
-    ctx.progress(run.done, run.total, label="writing the video")
+
+def finish_zoom(ctx: "JobContext", result: ZoomResult, params: Any) -> ZoomResult:
+    """Step 3: the video and the GIF of `result`'s keyframes, beside them; the video is read back to check it.
+    Runs where the keyframes are saved (the head, with the Ray backend). Ends the job as cancelled after an
+    Interrupt, with the files in details["zoom"]."""
+    p, keyframes, size = params, result.images, result.size
+    total = int(result.cost.get("denoising_steps") or result.denoising_steps)
+    ctx.progress(result.denoising_steps, total, label="writing the video")
     frames = list(zoom.frames(keyframes, p.zoom_factor, p.zoom_frames_per_keyframe, p.zoom_direction))
     first = result.paths[0]
     stem = first.name.removesuffix("-keyframe-0.png") + "-" + p.zoom_direction.replace(" ", "-")
     result.video = zoom.write_video(frames, first.with_name(f"{stem}.{p.zoom_format}"), p.zoom_fps, p.zoom_format)
     result.gif = zoom.write_gif(frames, first.with_name(f"{stem}.gif"), p.zoom_fps)
     check = zoom.read_video(result.video)
-    if check["frames"] != len(frames) or check["size"] != size:
-        run.note(f"The video reads back as {check['frames']} frames of {check['size']}, not {len(frames)} of {size}.")
+    if check["frames"] != len(frames) or tuple(check["size"]) != tuple(size):
+        result.warnings.append(f"The video reads back as {check['frames']} frames of {check['size']}, not "
+                               f"{len(frames)} of {tuple(size)}.")
     result.frames = len(frames)
-    result.memory_mode = run.mode
     ctx.report("zoom", result)
-    ctx.progress(run.total, run.total, label="done")
+    ctx.progress(total, total, label="done")
     if result.stopped == "interrupted":
         raise Cancelled("interrupted")
     return result

@@ -115,7 +115,8 @@ def render_workflow(ctx: HintContext) -> str:
         "The txt2img tab's guided buttons follow the study's compute-saving workflow:", "",
         f"1. **Draft**: {workflow.DRAFT_BATCH} random seeds at {workflow.draft_steps(ctx)} steps (the draft band), "
         "the model's native size, a deterministic sampler (so a draft predicts what its seed gives at full "
-        "quality), hires fix off.",
+        "quality), hires fix off. A studio with several device workers runs them as a batch count that the idle "
+        "workers share (4 workers: 4 batches of 1; 2 workers: 2 batches of 2), with the same seeds.",
         f"2. **Refine selected**: the picked image's seed pinned, {workflow.refine_steps(ctx)} steps, one image per "
         "run while prompt, CFG or sampler are edited.",
         "3. **Finalize selected**: only the chosen image is enlarged: Hires. fix's second pass over that image (its "

@@ -68,6 +68,7 @@ class HintContext:
     # the LoRAs / embeddings / checkpoints listed and whether each fits the model (the studio fills it in for the
     # advisor and the LoRA tags' verdicts; None: not known, and the rules about them stay silent)
     networks: Networks | None = None
+    workers: int = 1  # device workers serving the studio: a draft batch is split into a batch count over them
 
 
 @dataclass(frozen=True)

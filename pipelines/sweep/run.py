@@ -5,8 +5,8 @@ IMAGE event, so a gallery grows); progress counts denoising steps across the who
 5/20"). At the end the grid (one per Z value, plus the Z grids side by side when Z has several values) is saved
 under outputs/txt2img-grids/ with the base infotext plus A1111's "X Type / X Values" keys and emitted as the
 last IMAGE event(s). A cancel keeps the finished cells, saves a partial grid of them, then ends the job as
-cancelled (a failing cell likewise ends the job as failed after the partial grid). Nothing here imports torch:
-the engine comes in as an argument.
+cancelled (a failing cell likewise ends the job as failed after the partial grid). With several device workers,
+the idle ones run cells too (JobContext.spread). Nothing here imports torch: the engines come in as an argument.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from PIL import Image
 
@@ -97,11 +97,11 @@ def plain_value(v: Any) -> Any:
 
 
 class CellContext:
-    """The job context as one cell's engine run sees it: progress offset into the sweep's total, images tagged
-    with the cell, everything else (cancel, skip, previews) passed through."""
+    """The job context as one cell's engine run sees it: progress labelled with the cell (the job's context adds the
+    cells' steps up), images tagged with the cell, everything else (cancel, skip, previews) passed through."""
 
-    def __init__(self, ctx: "JobContext", out: CellOutput, n_cells: int, done_before: int, total: int):
-        self.ctx, self.out, self.done_before, self.total = ctx, out, done_before, max(total, 1)
+    def __init__(self, ctx: "JobContext", out: CellOutput, n_cells: int):
+        self.ctx, self.out, self.worker = ctx, out, ctx.worker
         self.tag = f"cell {out.cell.order + 1}/{n_cells}"
 
     def check(self) -> None:
@@ -126,7 +126,7 @@ class CellContext:
             text = f"{self.tag} · step {step}/{total}"
             if label and label != "batch 1/1":
                 text += f" · {label}"
-        self.ctx.progress(min(self.done_before + step, self.total), self.total, label=text)
+        self.ctx.progress(step, max(self.out.cell.steps, 1), label=text)
 
     def preview(self, image: Any, step: int | None = None) -> None:
         self.ctx.preview(image, step)
@@ -138,30 +138,38 @@ class CellContext:
         self.ctx.image(image, payload, label=self.tag)
 
 
-def run_sweep(engine: "Engine", ctx: "JobContext", plan: SweepPlan,
+def run_sweep(engine_of: Callable[[Any], "Engine"], ctx: "JobContext", plan: SweepPlan,
               jobs: Sequence[tuple[Any, Any, Any]]) -> SweepResult:
     """Run `plan`; `jobs[i]` = (Txt2ImgParams, CheckpointInfo, ControlNet requests) of `plan.cells[i]`, as the
-    studio checked and prepared them before queueing."""
+    studio checked and prepared them before queueing. The cells run on this job's device worker and on every
+    other one that is idle (`ctx.spread`; `engine_of(ctx)` is the engine of the worker a cell runs on): each cell
+    is the image one worker makes with its parameters, whichever worker that is."""
     total = plan.cost.steps
     outputs = [CellOutput(c) for c in plan.cells]
     result = SweepResult(plan, sorted(outputs, key=lambda o: o.cell.pos[::-1]))
-    done, error = 0, None
+    error = None
+
+    def cell_task(out: CellOutput, params: Any, info: Any, controls: Any) -> Callable[[Any], Any]:
+        def run(task_ctx: Any) -> None:
+            task_ctx.check()
+            cell_ctx = CellContext(task_ctx, out, len(plan.cells))
+            out.result = engine_of(task_ctx).txt2img(cell_ctx, params, info, controls)
+        return run
+
     try:
-        for out, (params, info, controls) in zip(outputs, jobs):
-            ctx.check()
-            res = engine.txt2img(CellContext(ctx, out, len(plan.cells), done, total), params, info, controls)
-            out.result = res
-            done += out.cell.steps
-            result.denoising_steps += res.denoising_steps
-            result.skipped += res.skipped
-            result.warnings += [w for w in res.warnings if w not in result.warnings]
+        ctx.spread([cell_task(out, *job) for out, job in zip(outputs, jobs)], totals=[c.steps for c in plan.cells])
     except Cancelled:
         result.cancelled = True
     except Exception as e:  # e.g. out of memory on a big cell: the grid of what finished is still saved
         error = e
+    for out in outputs:  # in cell order, whichever worker finished first
+        if (res := out.result) is not None:
+            result.denoising_steps += res.denoising_steps
+            result.skipped += res.skipped
+            result.warnings += [w for w in res.warnings if w not in result.warnings]
     if any(o.images for o in outputs):
         ctx.progress(total, total, label="drawing the grid")
-        save_grids(engine, ctx, result)
+        save_grids(engine_of(ctx), ctx, result)
     if error is not None:
         raise error
     if result.cancelled:
