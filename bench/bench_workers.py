@@ -5,12 +5,14 @@
 
     python bench/bench_workers.py                 # tiny model, CPU: 8 jobs of 8 steps at 64x64
     python bench/bench_workers.py --jobs 16 --steps 20 --no-ray
+    python bench/bench_workers.py --arch sd15 --size 256 --jobs 4 --steps 4 --warmup 1   # SD 1.5 architecture
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import json
 import statistics
 import sys
@@ -33,21 +35,21 @@ def local_engines(settings: Settings, writer: OutputWriter, n: int) -> list:
     from pipelines.engine.setup import make_engine
 
     lock = threading.Lock()
-    return [make_engine(settings, devices.resolve("cpu", "auto"), writer, device_budget=2**30, ram_budget=0,
+    return [make_engine(settings, devices.resolve("cpu", "auto"), writer, device_budget=2**35, ram_budget=0,
                         load_lock=lock) for _ in range(n)]
 
 
-def throughput(engines: list, info, jobs: int, steps: int) -> float:
+def throughput(engines: list, info, jobs: int, steps: int, size: int = 64, warmup: int = 4) -> float:
     """Images per minute for `jobs` single-image jobs spread over the engines' workers (after a warm-up)."""
     runner = JobRunner(workers=[f"w{i}" for i in range(len(engines))]).start()
     try:
         def submit(seed: int, s: int):
-            p = Txt2ImgParams(prompt="a red cube", steps=s, seed=seed, width=64, height=64)
+            p = Txt2ImgParams(prompt="a red cube", steps=s, seed=seed, width=size, height=size)
             return runner.submit(lambda ctx: engines[ctx.worker].txt2img(ctx, p, info))
 
         # every worker (every Ray replica) loads the model first: Serve routes a checkpoint's jobs to the replicas
         # that hold it and only falls back to another after a second, so one cold replica would skew the figure
-        warm = [submit(i, steps) for i in range(4 * len(engines))]
+        warm = [submit(i, steps) for i in range(warmup * len(engines))]
         for job in warm:
             job.wait(600)
         t0 = time.perf_counter()
@@ -58,11 +60,11 @@ def throughput(engines: list, info, jobs: int, steps: int) -> float:
         runner.stop()
 
 
-def latency(engine, info, runs: int) -> dict:
+def latency(engine, info, runs: int, size: int = 64) -> dict:
     """Median seconds, on one worker with the model loaded, of a one-step job and of a job that only checks the model
     is loaded (Engine.warm: no compute, so through Ray it is the head's and Serve's cost of a job alone)."""
     runner = JobRunner(workers=["w"]).start()
-    p = Txt2ImgParams(prompt="a red cube", steps=1, seed=1, width=64, height=64)
+    p = Txt2ImgParams(prompt="a red cube", steps=1, seed=1, width=size, height=size)
     try:
         out = {}
         for name, fn in (("one_step_job", lambda ctx: engine.txt2img(ctx, p, info)),
@@ -86,27 +88,35 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads in this process (default 1: what Ray gives a one-CPU replica, so a local "
                          "worker and a replica compute alike; 0 = torch's default)")
+    ap.add_argument("--arch", choices=("tiny", "sd15"), default="tiny",
+                    help="the tests' tiny SD 1.5, or the full SD 1.5 architecture with random weights")
+    ap.add_argument("--size", type=int, default=64, help="image side in pixels")
+    ap.add_argument("--warmup", type=int, default=4, help="warm-up jobs per worker before timing")
     ap.add_argument("--no-ray", action="store_true")
     a = ap.parse_args()
     if a.threads:
         import torch
 
         torch.set_num_threads(a.threads)
-    from tests.tiny_models import build_sd15
+    from bench.common import build_model
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        build_sd15(root / "models" / "Stable-diffusion" / "tiny-sd15")
+        build_model(a.arch, root / "models" / "Stable-diffusion" / f"bench-{a.arch}")
         settings = Settings(models_dir=root / "models", outputs_dir=root / "outputs", preview_every=0,
                             hub_endpoint=None, device="cpu")
-        info = next(i for i in discovery.scan(settings.models_dir) if i.name == "tiny-sd15")
+        info = next(i for i in discovery.scan(settings.models_dir) if i.name == f"bench-{a.arch}")
         writer = OutputWriter(settings.outputs_dir)
-        out: dict = {"jobs": a.jobs, "steps": a.steps, "size": 64, "threads": a.threads}
-        one = throughput(local_engines(settings, writer, 1), info, a.jobs, a.steps)
+        out: dict = {"arch": a.arch, "jobs": a.jobs, "steps": a.steps, "size": a.size, "threads": a.threads}
+        run = dict(jobs=a.jobs, steps=a.steps, size=a.size, warmup=a.warmup)
+        one = throughput(local_engines(settings, writer, 1), info, **run)
         out["local_1"] = {"images_per_min": round(one, 1), "ratio": 1.0}
-        two = throughput(local_engines(settings, writer, 2), info, a.jobs, a.steps)
+        gc.collect()
+        two = throughput(local_engines(settings, writer, 2), info, **run)
         out["local_2"] = {"images_per_min": round(two, 1), "ratio": round(two / one, 2)}
-        local_latency = latency(local_engines(settings, writer, 1)[0], info, a.runs)
+        gc.collect()
+        local_latency = latency(local_engines(settings, writer, 1)[0], info, a.runs, a.size)
+        gc.collect()
         if not a.no_ray:
             from ray import serve
 
@@ -114,10 +124,10 @@ def main() -> None:
 
             for n in (1, 2):
                 cluster = start_cluster(dataclasses.replace(settings, ray="auto", ray_replicas=n), writer)
-                rate = throughput(cluster.engines, info, a.jobs, a.steps)
+                rate = throughput(cluster.engines, info, **run)
                 out[f"ray_{n}"] = {"images_per_min": round(rate, 1), "ratio": round(rate / one, 2)}
                 if n == 1:
-                    ray_latency = latency(cluster.engines[0], info, a.runs)
+                    ray_latency = latency(cluster.engines[0], info, a.runs, a.size)
                     out["latency_s"] = {"local": local_latency, "ray": ray_latency,
                                         "ray_overhead_per_job": round(ray_latency["empty_job"]
                                                                       - local_latency["empty_job"], 4)}

@@ -77,6 +77,11 @@ class Attempt:
         self.seen: set[int] = set()  # seeds of the images streamed
 
 
+def lost_twice(e: Exception, state: Attempt) -> RuntimeError:
+    return RuntimeError(f"The Ray replica running this job was lost twice ({e}); the {len(state.saved)} image(s) "
+                        "received are saved. Run the job again.")
+
+
 class RemoteEngine:
     """A worker slot's engine: the studio's Engine calls, run on a Ray Serve replica."""
 
@@ -160,8 +165,7 @@ class RemoteEngine:
             except ReplicaLost as e:
                 lost += 1
                 if lost > 1:
-                    raise RuntimeError(f"The Ray replica running this job was lost twice ({e}); the "
-                                       f"{len(state.images)} image(s) received are saved. Run the job again.") from None
+                    raise lost_twice(e, state) from None
                 start += (len(state.images) - before) // params.batch_size if batched else 0
                 log.warning("Ray replica lost during a %s job (%s): retrying the %d missing batch(es) on another",
                             kind, e, params.n_iter - start)
@@ -183,8 +187,7 @@ class RemoteEngine:
             except ReplicaLost as e:
                 lost += 1
                 if lost > 1:
-                    raise RuntimeError(f"The Ray replica running this job was lost twice ({e}); the "
-                                       f"{len(state.saved)} image(s) received are saved. Run the job again.") from None
+                    raise lost_twice(e, state) from None
                 log.warning("Ray replica lost during a %s job (%s): running it again on another", method, e)
                 ctx.report("ray_retried", True)
         if hasattr(out, "paths"):  # the replica's placeholders: the files saved here and their images
@@ -215,6 +218,15 @@ class RemoteEngine:
                 events.put(("lost", f"{type(e).__name__}: {e}"))
 
         threading.Thread(target=pump, daemon=True, name=f"{self.name}-stream").start()
+        try:
+            return self._follow(ctx, request, response, events, state)
+        finally:
+            if signalled:  # a flag the replica did not take (set as the job ended) goes too
+                self.signals.take.remote(key)
+
+    def _follow(self, ctx: Any, request: dict[str, Any], response: Any, events: queue.Queue, state: Attempt) -> Any:
+        """Read the request's events until its result, passing Interrupt and Skip on (see _call)."""
+        signalled, key = request["kind"] == "job", request.get("key")
         saved_before = dict(state.saved)
         deadline, stopping = time.monotonic() + self.idle_s, None
         while True:
@@ -245,6 +257,8 @@ class RemoteEngine:
                     raise ReplicaLost(f"no answer from the replica for {self.idle_s:.0f} s") from None
                 continue
             if tag == "lost":
+                if stopping is not None:  # interrupted anyway: nothing to retry
+                    raise Cancelled("interrupted")
                 raise ReplicaLost(ev)
             deadline = time.monotonic() + self.idle_s
             if (out := self._event(ctx, ev, state, saved_before)) is not None:

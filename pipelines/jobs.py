@@ -258,6 +258,12 @@ class TaskContext(JobContext):
         step, total = self._share.add_progress(self._index, step, total)
         super().progress(step, total, label)
 
+    def skip_point(self) -> None:
+        """One Skip press skips one task's unit of work, even when several tasks reach a skip point at once."""
+        self.check()
+        if self.job._skip.is_set() and self._share.take_skip():
+            raise Skipped()
+
 
 class Share:
     """Tasks of one job that idle workers help with: each worker takes the next task until none is left."""
@@ -283,6 +289,14 @@ class Share:
             per_task = max(t for _, t in self._steps.values())  # tasks not started yet: as long as the longest
             done = sum(s for s, _ in self._steps.values())
             return done, sum(t for _, t in self._steps.values()) + per_task * (self._n - len(self._steps))
+
+    def take_skip(self) -> bool:
+        """Clear the job's Skip flag; True for the one task that cleared it."""
+        with self._cond:
+            if not self.job._skip.is_set():
+                return False
+            self.job._skip.clear()
+            return True
 
     def drain(self, worker: int) -> None:
         """Run tasks on `worker` until none is left (or one failed). Never raises: errors go to `error`."""

@@ -198,3 +198,37 @@ def test_per_owner_queue_cap(runner):
         runner.submit(stepper(1, 0), owner="x")
     runner.submit(stepper(1, 0), owner="y")  # other clients are not affected
     gate.set()
+
+
+def test_spread_tasks_share_progress_and_one_skip_press_skips_one_task():
+    """Tasks of a spread job: their progress adds up to the totals given, and when two tasks reach a skip point
+    after one press, only one of them is skipped."""
+    runner = JobRunner(workers=["a", "b"]).start()
+    try:
+        ready, pressed = [], threading.Event()
+        outcome: dict[int, str] = {}
+
+        def task(i: int):
+            def run(ctx):
+                ctx.progress(3, 3)
+                ready.append(i)
+                pressed.wait(30)
+                try:
+                    ctx.skip_point()
+                    outcome[i] = "ran"
+                except Skipped:
+                    ctx.clear_skip()
+                    outcome[i] = "skipped"
+                return i
+            return run
+
+        job = runner.submit(lambda ctx: ctx.spread([task(0), task(1)], totals=[3, 5]))
+        wait_for(lambda: len(ready) == 2, timeout=30, what="both tasks running, one on each worker")
+        runner.skip(job)
+        pressed.set()
+        assert job.wait(30) == [0, 1]
+        assert sorted(outcome.values()) == ["ran", "skipped"]
+        progress = [e for e in job.events(timeout=5) if e.kind is EventKind.PROGRESS]
+        assert {e.total for e in progress} == {8} and max(e.step for e in progress) == 6
+    finally:
+        runner.stop()

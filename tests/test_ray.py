@@ -270,13 +270,14 @@ ZOOM = {"prompt": "0: a forest, 1: a castle", "steps": 2, "width": 64, "height":
 
 
 def answer_images(answer: dict) -> list[np.ndarray]:
-    found = answer.get("images") or answer.get("keyframes") or [answer["image"]]
+    found = [*answer.get("grids", []), *(answer.get("images") or answer.get("keyframes") or [answer["image"]])]
     return [np.asarray(Image.open(io.BytesIO(base64.b64decode(b))).convert("RGB")) for b in found]
 
 
 def test_every_tab_runs_on_the_replicas_with_the_in_process_results(server, reference):
-    """ControlNet, outpainting, the infinite zoom, both upscales and ControlNet detection run on the replicas and
-    answer what one in-process worker answers, image for image, with the files saved by the head."""
+    """ControlNet, outpainting, the infinite zoom, both upscales, ControlNet detection and an X/Y/Z plot (its cells
+    spread over both replicas) run on the replicas and answer what one in-process worker answers, image for image,
+    with the files saved by the head."""
     canny = next(t for t in requests.get(server.url + "/controlnet/model_list", timeout=T).json()["model_list"]
                  if "canny" in t)
     unit = {"enabled": True, "image": b64(picture()), "module": "canny", "model": canny, "processor_res": 64,
@@ -293,6 +294,8 @@ def test_every_tab_runs_on_the_replicas_with_the_in_process_results(server, refe
         "/controlnet/detect": {"controlnet_module": "canny", "controlnet_input_images": [b64(picture())],
                                "controlnet_processor_res": 64, "controlnet_threshold_a": 100,
                                "controlnet_threshold_b": 200},
+        "/studio/v1/sweep": {"params": {**BODY, "steps": 2}, "axes": [{"type": "Seed", "values": "1, 2, 3"},
+                                                                     {"type": "Steps", "values": "2, 3"}]},
     }
     for path, body in cases.items():
         got, want = (requests.post(s.url + path, json=body, timeout=T, headers={"X-Client-Id": "tabs"})

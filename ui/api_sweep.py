@@ -74,7 +74,8 @@ def outcome(events: list[Any]) -> tuple[list[tuple[Any, dict]], list[tuple[Any, 
         r = last.result
         return [(g.image, {"infotext": g.infotext, "path": str(g.path), "z": g.z}) for g in r.grids], r.cell_images, r
     shown = [(ev.image, dict(ev.result or {})) for ev in events if ev.kind is EventKind.IMAGE]
-    return [x for x in shown if x[1].get("grid")], [x for x in shown if not x[1].get("grid")], None
+    cells = sorted((x for x in shown if not x[1].get("grid")), key=lambda x: x[1].get("cell", 0))  # workers finish
+    return [x for x in shown if x[1].get("grid")], cells, None  # cells in any order: answer them in plan order
 
 
 def _info(result: Any, req_params: dict[str, Any], grids: list, cells: list, warnings: list[str]) -> dict:

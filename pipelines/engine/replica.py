@@ -175,7 +175,8 @@ class Replica:
                 done = job_result(result) if request["kind"] == "job" else result_wire(result)
                 ctx.job.sink({"kind": "done", "result": done})
             except Cancelled as e:
-                log.info("replica job (%s) cancelled: the head closed its stream", request["kind"])
+                log.info("replica job (%s) cancelled: %s", kind, "Interrupt from the head" if request["kind"] == "job"
+                         else "the head closed its stream")
                 ctx.job.sink({"kind": "error", "type": "cancelled", "message": str(e) or "interrupted"})
             except Skipped:
                 ctx.job.sink({"kind": "error", "type": "cancelled", "message": "skipped"})
