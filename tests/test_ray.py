@@ -59,7 +59,6 @@ def add_models(tiny_store: Path, models: Path) -> Path:
 @pytest.fixture(scope="module")
 def server(tiny_store, tmp_path_factory):
     pytest.importorskip("ray.serve")
-    import shutil
 
     root = tmp_path_factory.mktemp("ray")
     models = add_models(tiny_store, root / "models")
