@@ -6,6 +6,7 @@
     python bench/bench_workers.py                 # tiny model, CPU: 8 jobs of 8 steps at 64x64
     python bench/bench_workers.py --jobs 16 --steps 20 --no-ray
     python bench/bench_workers.py --arch sd15 --size 256 --jobs 4 --steps 4 --warmup 1   # SD 1.5 architecture
+    python bench/bench_workers.py --device cuda --arch sd15 --size 512 --jobs 16 --steps 20 --threads 0 --no-ray
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ def local_engines(settings: Settings, writer: OutputWriter, n: int) -> list:
     from pipelines.engine.setup import make_engine
 
     lock = threading.Lock()
-    return [make_engine(settings, devices.resolve("cpu", "auto"), writer, device_budget=2**35, ram_budget=0,
+    return [make_engine(settings, devices.resolve(settings.device, "auto"), writer, device_budget=2**35, ram_budget=0,
                         load_lock=lock) for _ in range(n)]
 
 
@@ -92,6 +93,9 @@ def main() -> None:
                     help="the tests' tiny SD 1.5, or the full SD 1.5 architecture with random weights")
     ap.add_argument("--size", type=int, default=64, help="image side in pixels")
     ap.add_argument("--warmup", type=int, default=4, help="warm-up jobs per worker before timing")
+    ap.add_argument("--device", default="cpu",
+                    help="every local worker's device: with cuda, two workers share one GPU (their decoding and PNG "
+                         "writes overlap the other's denoising)")
     ap.add_argument("--no-ray", action="store_true")
     a = ap.parse_args()
     if a.threads:
@@ -104,7 +108,7 @@ def main() -> None:
         root = Path(tmp)
         build_model(a.arch, root / "models" / "Stable-diffusion" / f"bench-{a.arch}")
         settings = Settings(models_dir=root / "models", outputs_dir=root / "outputs", preview_every=0,
-                            hub_endpoint=None, device="cpu")
+                            hub_endpoint=None, device=a.device)
         info = next(i for i in discovery.scan(settings.models_dir) if i.name == f"bench-{a.arch}")
         writer = OutputWriter(settings.outputs_dir)
         out: dict = {"arch": a.arch, "jobs": a.jobs, "steps": a.steps, "size": a.size, "threads": a.threads}

@@ -517,7 +517,9 @@ class Studio:
 
         def run(ctx: Any) -> Any:
             results = ctx.spread([lambda c, p=p: self.on(c).txt2img(c, p, info, controls) for p in parts])
-            return type(results[0]).merge(results)
+            merged = type(results[0]).merge(results)
+            merged.parameters["n_iter"] = params.n_iter  # the job's, not its first batch's
+            return merged
 
         return run
 

@@ -150,6 +150,7 @@ def test_a_batch_count_spreads_over_idle_workers_and_keeps_order_and_seeds(two):
     events = list(job.events(timeout=300))
     result = job.result
     assert events[-1].kind is EventKind.FINISHED and result.seeds == [40, 41, 42, 43]
+    assert result.parameters["n_iter"] == 4 and result.parameters["seed"] == 40
     assert job.details["workers"] == [0, 1]  # both workers took part
     progress = [e for e in events if e.kind is EventKind.PROGRESS and e.total]
     assert progress[-1].step == progress[-1].total == 12
