@@ -779,6 +779,7 @@ class Studio:
             zoom.encoder(params.zoom_format)
         except (ValueError, ImportError) as e:
             raise BadRequest(str(e)) from None
+
         def run(ctx: Any) -> Any:
             from pipelines.engine.zoom import finish_zoom  # the video is written where the keyframes are saved
 

@@ -56,6 +56,17 @@ def add_models(tiny_store: Path, models: Path) -> Path:
     return models
 
 
+@pytest.mark.unit
+def test_the_status_line_names_each_replica_slot_and_its_job():
+    """/sdapi/v1/memory's devices as the Ray head reports them (no local model cache) read as one entry each."""
+    from ui.topbar import device_text
+
+    assert device_text({"device": "ray:0", "job": 7, "models": {}}) == "ray:0: job 7"
+    assert device_text({"device": "ray:1", "job": None, "models": {}}) == "ray:1: idle"
+    assert device_text({"device": "cuda:1", "job": None, "models": {"device_bytes": 2 * 2**30}}) == \
+        "cuda:1: idle, 2.0 GB of models"
+
+
 @pytest.fixture(scope="module")
 def server(tiny_store, tmp_path_factory):
     pytest.importorskip("ray.serve")

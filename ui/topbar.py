@@ -65,6 +65,14 @@ def device_use_text(mem: dict[str, Any]) -> str:
     return f"process RAM {_size(mem['ram']['used'])}"
 
 
+def device_text(d: dict[str, Any]) -> str:
+    """One device worker in the status line: its running job or idle, and its models when it has a local cache."""
+    text = f"{d['device']}: {'job ' + str(d['job']) if d['job'] else 'idle'}"
+    if "device_bytes" in d.get("models", {}):
+        text += f", {_size(d['models']['device_bytes'])} of models"
+    return text
+
+
 def status_text(studio: Studio, note: str = "") -> str:
     try:
         mem = studio.memory()
@@ -77,13 +85,14 @@ def status_text(studio: Studio, note: str = "") -> str:
         memory = "memory: n/a"
     queued = len(studio.runner.queue())  # running or waiting; a job that has just ended is not counted
     try:
-        per_device = [f"{d['device']}: {'job ' + str(d['job']) if d['job'] else 'idle'}, "
-                      f"{_size(d['models']['device_bytes'])} of models" for d in mem.get("devices", [])]
+        per_device = [device_text(d) for d in mem.get("devices", [])]
     except Exception:  # status must never break the page
         per_device = []
     if per_device:
         open_to_all = studio.settings.open_to_network
-        return " · ".join([f"🖥️ {len(per_device)} devices", *per_device, f"jobs: {queued}" if queued else "idle",
+        # Ray replicas report no local model cache: the head names the cluster instead
+        head = f"🖥️ {len(per_device)} devices" if mem.get("models") else f"🖥️ {studio.hardware}"
+        return " · ".join([head, *per_device, f"jobs: {queued}" if queued else "idle",
                            *([f"⚠️ {open_to_all}"] if open_to_all else []), *([note] if note else [])])
     parts = [f"🖥️ {studio.hardware or 'device'}", memory, f"jobs: {queued}" if queued else "idle"]
     if open_to_all := studio.settings.open_to_network:
