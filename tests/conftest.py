@@ -50,27 +50,35 @@ def no_network(monkeypatch):
     return attempts
 
 
+def tiny_engine(root: Path, writer=None, *, preview_every: int = 0, load_lock=None):
+    """The real Engine on the test device (its own 1 GiB model cache) over root/models, its config and hash caches
+    in root/models/.cache, saving to root/outputs unless given a writer."""
+    from pipelines.engine import devices
+    from pipelines.engine.generate import Engine
+    from pipelines.engine.manager import ModelManager
+    from pipelines.outputs import OutputWriter
+
+    hw = devices.resolve(TEST_DEVICE, TEST_PRECISION)
+    cache = root / "models" / ".cache"
+    return Engine(hw, ModelManager(device=hw.device, device_budget=2**30, cpu_budget=0),
+                  writer or OutputWriter(root / "outputs"), config_root=cache / "configs",
+                  hash_cache=cache / "hashes.json", preview_every=preview_every, load_lock=load_lock)
+
+
 @pytest.fixture(scope="module")
 def world(tiny_store, tmp_path_factory):
     """The real engine (CPU) and job runner over a models dir with the tiny sd15, sdxl and inpainting models."""
     from pipelines import discovery
-    from pipelines.engine import devices
-    from pipelines.engine.generate import Engine
-    from pipelines.engine.manager import ModelManager
     from pipelines.jobs import JobRunner
-    from pipelines.outputs import OutputWriter
 
     root = tmp_path_factory.mktemp("engine")
     ckpts = root / "models" / "Stable-diffusion"
     for name in ("tiny-sd15", "tiny-sdxl", "tiny-sd15-inpainting"):
         shutil.copytree(tiny_store / name, ckpts / name)
     infos = {i.name: i for i in discovery.scan(root / "models")}
-    hw = devices.resolve(TEST_DEVICE, TEST_PRECISION)
-    manager = ModelManager(device=hw.device, device_budget=2**30, cpu_budget=0)
-    engine = Engine(hw, manager, OutputWriter(root / "outputs"), config_root=root / "models" / ".cache" / "configs",
-                    hash_cache=root / "models" / ".cache" / "hashes.json", preview_every=1)
+    engine = tiny_engine(root, preview_every=1)
     runner = JobRunner().start()
-    yield {"engine": engine, "runner": runner, "infos": infos, "root": root, "manager": manager}
+    yield {"engine": engine, "runner": runner, "infos": infos, "root": root, "manager": engine.manager}
     runner.stop()
 
 

@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from tests import a1111_reference as ref
-from tests.conftest import TEST_DEVICE, TEST_PRECISION
+from tests.conftest import tiny_engine
 
 pytestmark = pytest.mark.engine  # tiny models on the CPU, no server
 
@@ -56,19 +56,12 @@ def build_parity_sd15(path: Path, *, seed: int = 0, eps_gain: float = 3.0) -> Pa
 def parity(tmp_path_factory):
     """The real engine and job runner over a models dir holding only the parity model (like conftest's `world`)."""
     from pipelines import discovery
-    from pipelines.engine import devices
-    from pipelines.engine.generate import Engine
-    from pipelines.engine.manager import ModelManager
     from pipelines.jobs import JobRunner
-    from pipelines.outputs import OutputWriter
 
     root = tmp_path_factory.mktemp("a1111-parity")
     folder = build_parity_sd15(root / "models" / "Stable-diffusion" / MODEL)
     infos = {i.name: i for i in discovery.scan(root / "models")}
-    hw = devices.resolve(TEST_DEVICE, TEST_PRECISION)
-    manager = ModelManager(device=hw.device, device_budget=2**30, cpu_budget=0)
-    engine = Engine(hw, manager, OutputWriter(root / "outputs"), config_root=root / "models" / ".cache" / "configs",
-                    hash_cache=root / "models" / ".cache" / "hashes.json", preview_every=0)
+    engine = tiny_engine(root)
     runner = JobRunner().start()
     yield {"engine": engine, "runner": runner, "info": infos[MODEL], "folder": folder}
     runner.stop()

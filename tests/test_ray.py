@@ -19,7 +19,7 @@ import pytest
 import requests
 from PIL import Image
 
-from tests.conftest import ROOT, TEST_DEVICE, TEST_PRECISION, Server
+from tests.conftest import ROOT, Server, tiny_engine
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.server
@@ -103,18 +103,12 @@ def in_process(tiny_store: Path, tmp_path: Path, **params) -> np.ndarray:
     import shutil
 
     from pipelines import discovery
-    from pipelines.engine import devices
-    from pipelines.engine.generate import Engine
-    from pipelines.engine.manager import ModelManager
     from pipelines.jobs import JobRunner
-    from pipelines.outputs import OutputWriter
     from pipelines.params.specs import Txt2ImgParams
 
     shutil.copytree(tiny_store / "tiny-sd15", tmp_path / "models" / "Stable-diffusion" / "tiny-sd15")
     info = next(i for i in discovery.scan(tmp_path / "models") if i.name == "tiny-sd15")
-    hw = devices.resolve(TEST_DEVICE, TEST_PRECISION)
-    engine = Engine(hw, ModelManager(device=hw.device, device_budget=2**30, cpu_budget=0),
-                    OutputWriter(tmp_path / "outputs"), config_root=tmp_path / "configs", preview_every=0)
+    engine = tiny_engine(tmp_path)
     runner = JobRunner().start()
     try:
         p = Txt2ImgParams(**{**BODY, **params})

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from pipelines.jobs import EventKind, JobRunner
-from tests.conftest import TEST_DEVICE, TEST_PRECISION
+from tests.conftest import tiny_engine
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.engine
@@ -25,23 +25,14 @@ pytestmark = pytest.mark.engine
 def two(tiny_store, tmp_path_factory):
     """Two engines (each with its own model cache) on the test device, and a runner with a worker for each."""
     from pipelines import discovery
-    from pipelines.engine import devices
-    from pipelines.engine.generate import Engine
-    from pipelines.engine.manager import ModelManager
     from pipelines.outputs import OutputWriter
 
     root = tmp_path_factory.mktemp("workers")
     for name in ("tiny-sd15", "tiny-sdxl"):
         shutil.copytree(tiny_store / name, root / "models" / "Stable-diffusion" / name)
     infos = {i.name: i for i in discovery.scan(root / "models")}
-    writer = OutputWriter(root / "outputs")
-    engines, load_lock = [], threading.Lock()
-    for _ in range(2):
-        hw = devices.resolve(TEST_DEVICE, TEST_PRECISION)
-        engines.append(Engine(hw, ModelManager(device=hw.device, device_budget=2**30, cpu_budget=0), writer,
-                              config_root=root / "models" / ".cache" / "configs",
-                              hash_cache=root / "models" / ".cache" / "hashes.json", preview_every=0,
-                              load_lock=load_lock))
+    writer, load_lock = OutputWriter(root / "outputs"), threading.Lock()
+    engines = [tiny_engine(root, writer, load_lock=load_lock) for _ in range(2)]
     runner = JobRunner(workers=["cpu:a", "cpu:b"], holds=lambda i, info: engines[i].holds(info)).start()
     yield {"engines": engines, "runner": runner, "infos": infos, "root": root}
     runner.stop()
