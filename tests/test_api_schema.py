@@ -126,7 +126,8 @@ def cheap(body: Any) -> Any:
         return body
     for field, cap in (("width", 64), ("height", 64), ("steps", 2), ("batch_size", 1), ("n_iter", 1),
                        ("hr_second_pass_steps", 1), ("hr_scale", 1.5), ("hr_resize_x", 96), ("hr_resize_y", 96),
-                       ("upscaling_resize", 2), ("tile_width", 64), ("tile_height", 64), ("tile_padding", 8),
+                       ("upscaling_resize", 2), ("upscaling_resize_w", 128), ("upscaling_resize_h", 128),
+                       ("tile_width", 64), ("tile_height", 64), ("tile_padding", 8),
                        ("seams_fix_width", 16), ("seams_fix_padding", 8), ("zoom_keyframes", 2),
                        ("zoom_frames_per_keyframe", 2), ("outpaint_left", 16), ("outpaint_right", 16),
                        ("outpaint_up", 16), ("outpaint_down", 16), ("left", 16), ("right", 16), ("up", 16),
