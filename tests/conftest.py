@@ -217,5 +217,13 @@ def pytest_collection_modifyitems(config, items):
 
 
 def pytest_configure(config):
+    # tests/run_all.sh's --dist loadgroup: pytest-xdist (3.8) tags each test's id by setting Node._nodeid; a pytest
+    # whose ids come from elsewhere (9.2) ignores that, and the modules then split over both workers (two servers per
+    # module, browser tests at once). Stop with why instead.
+    from _pytest.nodes import Node
+
+    if config.getoption("dist", "no") == "loadgroup" and "_nodeid" not in getattr(Node, "__slots__", ("_nodeid",)):
+        raise pytest.UsageError(f"pytest {pytest.__version__} breaks pytest-xdist's --dist loadgroup: install the "
+                                "versions tests/requirements.txt pins (python -m pip install -r tests/requirements.txt)")
     # diffusers' schedulers trip numpy 2's deprecation warnings thousands of times per run: noise, not signal
     config.addinivalue_line("filterwarnings", "ignore::DeprecationWarning")
